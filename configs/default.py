@@ -1,0 +1,73 @@
+"""Reference CycleGAN defaults (Zhu et al. 2017 and the reference PyTorch code).
+
+Every experiment config imports this file and overrides what differs. Keys are documented where
+they are defined; DESIGN.md §4 lists where each default comes from.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.batch_size = 1  # Global batch: per-device batch × number of devices.
+  config.num_train_steps = -1  # -1: (n_epochs + n_epochs_decay) epochs.
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 1000
+  config.sample_every_steps = 1000
+  config.keep_checkpoints = 3
+  config.num_sample_images = 4  # Images per domain in each sample grid.
+  config.family = 'cyclegan'
+
+  config.model = model = ml_collections.ConfigDict()
+  model.generator = 'resnet_9blocks'  # resnet_9blocks | resnet_6blocks | unet_256 | unet_128
+  model.discriminator = 'basic'  # basic | n_layers | pixel | conv4
+  model.input_nc = 3
+  model.output_nc = 3
+  model.ngf = 64
+  model.ndf = 64
+  model.n_layers_d = 3  # Used by discriminator 'n_layers'; 'basic' is always 3.
+  model.norm = 'instance'  # instance | batch | none
+  model.init_type = 'normal'  # normal | xavier | kaiming | orthogonal
+  model.init_gain = 0.02
+  model.dropout = 0.0  # The reference CycleGAN trains without dropout.
+  model.activation = 'relu'  # Generator activation: relu | leaky_relu.
+  model.leaky_slope = 0.2  # Slope when activation is leaky_relu (seed S3 used 0.01).
+  model.dtype = 'float32'  # Compute dtype (bfloat16 on TPU); parameters stay float32.
+
+  config.loss = loss = ml_collections.ConfigDict()
+  loss.gan_mode = 'lsgan'  # lsgan | vanilla | wgangp | hinge
+  loss.lambda_a = 10.0
+  loss.lambda_b = 10.0
+  loss.lambda_identity = 0.5
+  loss.lambda_gp = 10.0  # Gradient-penalty weight when gan_mode is wgangp.
+  loss.pool_size = 50
+
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.lr = 2e-4  # Generator learning rate (and the discriminator's unless lr_d is set).
+  optim.lr_d = ml_collections.config_dict.placeholder(float)
+  optim.beta1 = 0.5
+  optim.beta2 = 0.999
+  optim.lr_policy = 'linear'  # linear | step | cosine | constant
+  optim.n_epochs = 100  # Epochs at the initial lr ('linear').
+  optim.n_epochs_decay = 100  # Epochs of linear decay to 0 ('linear').
+  optim.lr_decay_epochs = 50  # 'step': multiply lr by 0.1 every this many epochs.
+
+  config.data = data = ml_collections.ConfigDict()
+  data.source = 'demo'  # demo | folders | tfds
+  data.path = ''  # Zip or directory holding the domain folders (source 'folders').
+  data.name = ''  # tfds builder, e.g. 'cycle_gan/vangogh2photo' (source 'tfds').
+  data.dir_a = 'trainA'
+  data.dir_b = 'trainB'
+  data.test_dir_a = 'testA'
+  data.test_dir_b = 'testB'
+  data.load_size = 286
+  data.crop_size = 256
+  data.preprocess = 'resize_and_crop'  # resize_and_crop | crop | scale_width | scale_width_and_crop | none
+  data.flip = True
+  data.serial_batches = False  # Pair A and B in order instead of drawing B at random.
+  data.strict = False  # Stop on unreadable or too-small files instead of skipping them.
+  data.demo_size = 1000  # Images per domain and epoch drawn from the embedded demo set.
+  data.num_workers = 2  # Decoding threads.
+  data.prefetch = 2  # Batches prepared ahead of the train step.
+  return config

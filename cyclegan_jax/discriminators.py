@@ -1,0 +1,92 @@
+"""Discriminators: PatchGAN (n_layers), PixelGAN, and the small 4-conv digit critic.
+
+Every discriminator returns *logits*; the losses module applies any sigmoid, so the vanilla
+GAN loss stays finite at extreme outputs.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from cyclegan_jax import layers
+
+
+class _Critic(nn.Module):
+  """Options every discriminator shares."""
+  ndf: int = 64
+  norm: str = 'instance'
+  init_type: str = 'normal'
+  init_gain: float = 0.02
+  dtype: Any = jnp.float32
+
+  def conv(self, features, kernel_size, stride, padding, use_bias=None):
+    use_bias = layers.norm_uses_conv_bias(self.norm) if use_bias is None else use_bias
+    return layers.Conv(features, kernel_size, stride=stride, padding=padding, use_bias=use_bias,
+                       kernel_init=layers.kernel_init(self.init_type, self.init_gain),
+                       dtype=self.dtype)
+
+  def norm_act(self, x: jax.Array, train: bool) -> jax.Array:
+    x = layers.Norm(self.norm, gain=self.init_gain, dtype=self.dtype)(x, train)
+    return nn.leaky_relu(x, 0.2)
+
+
+class PatchDiscriminator(_Critic):
+  """The PatchGAN: n_layers=3 is the 70×70 `basic` D (256² → 30×30 logits)."""
+  n_layers: int = 3
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    x = x.astype(self.dtype)
+    x = nn.leaky_relu(self.conv(self.ndf, 4, 2, 1, use_bias=True)(x), 0.2)
+    for n in range(1, self.n_layers):
+      x = self.norm_act(self.conv(self.ndf * min(2**n, 8), 4, 2, 1)(x), train)
+    x = self.norm_act(self.conv(self.ndf * min(2**self.n_layers, 8), 4, 1, 1)(x), train)
+    return self.conv(1, 4, 1, 1, use_bias=True)(x).astype(jnp.float32)
+
+
+class PixelDiscriminator(_Critic):
+  """1×1 PixelGAN: judges every pixel on its own (colour statistics only)."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    x = x.astype(self.dtype)
+    x = nn.leaky_relu(self.conv(self.ndf, 1, 1, 0, use_bias=True)(x), 0.2)
+    x = self.norm_act(self.conv(self.ndf * 2, 1, 1, 0)(x), train)
+    return self.conv(1, 1, 1, 0)(x).astype(jnp.float32)
+
+
+class Conv4Discriminator(_Critic):
+  """Seed S0's digit critic for 32×32: three conv4 s2 (norm after the first), conv4 to 1×1.
+
+  The seed ended in a sigmoid; here the sigmoid lives in the loss (`vanilla` = BCE on logits).
+  """
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    x = x.astype(self.dtype)
+    x = nn.leaky_relu(self.conv(self.ndf, 4, 2, 1, use_bias=True)(x), 0.2)
+    x = self.norm_act(self.conv(self.ndf * 2, 4, 2, 1)(x), train)
+    x = self.norm_act(self.conv(self.ndf * 4, 4, 2, 1)(x), train)
+    return self.conv(1, x.shape[1], 1, 0, use_bias=True)(x).astype(jnp.float32)
+
+
+DISCRIMINATORS = ('basic', 'n_layers', 'pixel', 'conv4')
+
+
+def create_discriminator(model_config: ml_collections.ConfigDict) -> nn.Module:
+  """Builds the discriminator named by `model_config.discriminator`."""
+  name = model_config.discriminator
+  common = dict(ndf=model_config.ndf, norm=model_config.norm, init_type=model_config.init_type,
+                init_gain=model_config.init_gain, dtype=jnp.dtype(model_config.dtype))
+  if name == 'basic':
+    return PatchDiscriminator(n_layers=3, **common)
+  if name == 'n_layers':
+    return PatchDiscriminator(n_layers=model_config.n_layers_d, **common)
+  if name == 'pixel':
+    return PixelDiscriminator(**common)
+  if name == 'conv4':
+    return Conv4Discriminator(**common)
+  raise ValueError(f'unknown discriminator {name!r}; expected one of {", ".join(DISCRIMINATORS)}')

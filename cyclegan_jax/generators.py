@@ -1,0 +1,152 @@
+"""Generators: the reference ResNet and U-Net image-to-image networks.
+
+Flax modules used only through `init`/`apply`; they know nothing of devices, data or files.
+"""
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from cyclegan_jax import layers
+
+
+class _ModelOptions(nn.Module):
+  """Options every generator shares; the concrete models add their own."""
+  output_nc: int = 3
+  ngf: int = 64
+  norm: str = 'instance'
+  init_type: str = 'normal'
+  init_gain: float = 0.02
+  dropout: float = 0.0
+  activation: str = 'relu'
+  leaky_slope: float = 0.2
+  dtype: Any = jnp.float32
+
+  @property
+  def use_bias(self) -> bool:
+    return layers.norm_uses_conv_bias(self.norm)
+
+  def conv(self, features, kernel_size, **kwargs):
+    kwargs.setdefault('use_bias', self.use_bias)
+    return layers.Conv(features, kernel_size, dtype=self.dtype,
+                       kernel_init=layers.kernel_init(self.init_type, self.init_gain), **kwargs)
+
+  def conv_transpose(self, features, **kwargs):
+    kwargs.setdefault('use_bias', self.use_bias)
+    return layers.ConvTranspose(features, dtype=self.dtype,
+                                kernel_init=layers.kernel_init(self.init_type, self.init_gain),
+                                **kwargs)
+
+  def shared_options(self) -> dict[str, Any]:
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(_ModelOptions)
+            if f.name not in ('parent', 'name')}
+
+  def norm_layer(self):
+    return layers.Norm(self.norm, gain=self.init_gain, dtype=self.dtype)
+
+  def act(self):
+    return layers.activation(self.activation, self.leaky_slope)
+
+
+class ResnetBlock(_ModelOptions):
+  """x + (reflect-pad 1, conv3, norm, act, [dropout], reflect-pad 1, conv3, norm)(x)."""
+  features: int = 256
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    y = self.conv(self.features, 3, padding=1, pad_mode='reflect')(x)
+    y = self.act()(self.norm_layer()(y, train))
+    if self.dropout > 0:
+      y = nn.Dropout(self.dropout, deterministic=not train)(y)
+    y = self.conv(self.features, 3, padding=1, pad_mode='reflect')(y)
+    y = self.norm_layer()(y, train)
+    return x + y
+
+
+class ResnetGenerator(_ModelOptions):
+  """Encoder (c7s1-ngf, d2ngf, d4ngf), `n_blocks` residual blocks, decoder (u2ngf, ungf, c7s1-3)."""
+  n_blocks: int = 9
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    x = x.astype(self.dtype)
+    x = self.conv(self.ngf, 7, padding=3, pad_mode='reflect')(x)
+    x = self.act()(self.norm_layer()(x, train))
+    for mult in (2, 4):
+      x = self.conv(self.ngf * mult, 3, stride=2, padding=1)(x)
+      x = self.act()(self.norm_layer()(x, train))
+    for _ in range(self.n_blocks):
+      x = ResnetBlock(features=self.ngf * 4, **self.shared_options())(x, train)
+    for mult in (2, 1):
+      x = self.conv_transpose(self.ngf * mult)(x)
+      x = self.act()(self.norm_layer()(x, train))
+    x = self.conv(self.output_nc, 7, padding=3, pad_mode='reflect', use_bias=True)(x)
+    return jnp.tanh(x).astype(jnp.float32)
+
+
+class UnetGenerator(_ModelOptions):
+  """The reference U-Net: `num_downs` stride-2 halvings with skip connections at every level.
+
+  Built iteratively from the outside in, mirroring UnetSkipConnectionBlock: down path
+  (LReLU 0.2, conv4 s2, norm), innermost without norm, up path (ReLU, convT4 s2, norm,
+  dropout in the ngf*8 blocks), concatenating each level's input with its output.
+  """
+  num_downs: int = 8
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    ngf = self.ngf
+    # (outer_nc, inner_nc, dropout) from outermost to innermost, as the reference builds them.
+    inner = [(ngf * 8, ngf * 8, True)] * (self.num_downs - 5) + [(ngf * 8, ngf * 8, False)]
+    levels = [(None, ngf, False), (ngf, ngf * 2, False), (ngf * 2, ngf * 4, False),
+              (ngf * 4, ngf * 8, False)] + inner
+    x = x.astype(self.dtype)
+    skips = []
+    for depth, (_, inner_nc, _) in enumerate(levels):
+      innermost = depth == len(levels) - 1
+      skips.append(x)
+      if depth > 0:
+        x = nn.leaky_relu(x, 0.2)
+      x = self.conv(inner_nc, 4, stride=2, padding=1)(x)
+      if 0 < depth and not innermost:
+        x = self.norm_layer()(x, train)
+    for depth in reversed(range(1, len(levels))):
+      outer_nc, _, use_dropout = levels[depth]
+      x = nn.relu(x)
+      x = self.conv_transpose(outer_nc, kernel_size=4, padding=1, output_padding=0)(x)
+      x = self.norm_layer()(x, train)
+      if use_dropout and self.dropout > 0:
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+      x = jnp.concatenate([skips[depth], x], axis=-1)
+    x = self.conv_transpose(self.output_nc, kernel_size=4, padding=1, output_padding=0,
+                            use_bias=True)(nn.relu(x))
+    return jnp.tanh(x).astype(jnp.float32)
+
+
+GENERATORS = {
+    'resnet_9blocks': (ResnetGenerator, {'n_blocks': 9}),
+    'resnet_6blocks': (ResnetGenerator, {'n_blocks': 6}),
+    'unet_256': (UnetGenerator, {'num_downs': 8}),
+    'unet_128': (UnetGenerator, {'num_downs': 7}),
+}
+
+
+def create_generator(model_config: ml_collections.ConfigDict) -> nn.Module:
+  """Builds the generator named by `model_config.generator` with the shared model options."""
+  name = model_config.generator
+  n_blocks = name[len('resnet_'):-len('blocks')]
+  if name.startswith('resnet_') and name.endswith('blocks') and n_blocks.isdigit():
+    cls, extra = ResnetGenerator, {'n_blocks': int(n_blocks)}
+  elif name in GENERATORS:
+    cls, extra = GENERATORS[name]
+  else:
+    raise ValueError(f'unknown generator {name!r}; expected one of {", ".join(GENERATORS)} '
+                     'or resnet_<n>blocks')
+  return cls(output_nc=model_config.output_nc, ngf=model_config.ngf, norm=model_config.norm,
+             init_type=model_config.init_type, init_gain=model_config.init_gain,
+             dropout=model_config.dropout, activation=model_config.activation,
+             leaky_slope=model_config.leaky_slope, dtype=jnp.dtype(model_config.dtype), **extra)

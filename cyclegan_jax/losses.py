@@ -1,0 +1,88 @@
+"""Losses as pure functions of arrays: no flax, no state, differentiable everywhere.
+
+`prediction`s are discriminator logits. `vanilla` is BCE-with-logits written in its stable
+form, so it stays finite at any logit (the seed's `D_loss 100 / G_loss 0` came from a BCE on
+clamped probabilities).
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+GAN_MODES = ('lsgan', 'vanilla', 'wgangp', 'hinge')
+
+
+def _check_mode(mode: str) -> None:
+  if mode not in GAN_MODES:
+    raise ValueError(f'unknown gan_mode {mode!r}; expected one of {", ".join(GAN_MODES)}')
+
+
+def gan_loss(prediction: jax.Array, target_is_real: bool, mode: str) -> jax.Array:
+  """The adversarial loss of logits against an all-real or all-fake target.
+
+  lsgan: mean((p - t)²) with t in {1, 0}; vanilla: mean BCE(sigmoid(p), t);
+  wgangp: -mean(p) for real, +mean(p) for fake; hinge (discriminator side): mean(relu(1 ∓ p)).
+  For a generator under hinge use `generator_gan_loss`, which is -mean(p).
+  """
+  _check_mode(mode)
+  prediction = prediction.astype(jnp.float32)
+  if mode == 'lsgan':
+    return jnp.mean(jnp.square(prediction - (1.0 if target_is_real else 0.0)))
+  if mode == 'vanilla':
+    # -log σ(p) = softplus(-p) and -log(1 - σ(p)) = softplus(p): exact and overflow-free.
+    return jnp.mean(jax.nn.softplus(-prediction if target_is_real else prediction))
+  if mode == 'hinge':
+    return jnp.mean(jax.nn.relu(1.0 - prediction if target_is_real else 1.0 + prediction))
+  return -jnp.mean(prediction) if target_is_real else jnp.mean(prediction)
+
+
+def generator_gan_loss(prediction_on_fake: jax.Array, mode: str) -> jax.Array:
+  """What a generator minimises: its fakes judged real (hinge uses -mean, as is standard)."""
+  _check_mode(mode)
+  if mode == 'hinge':
+    return -jnp.mean(prediction_on_fake.astype(jnp.float32))
+  return gan_loss(prediction_on_fake, True, mode)
+
+
+def discriminator_loss(pred_real: jax.Array, pred_fake: jax.Array, mode: str) -> jax.Array:
+  """½ (loss on real + loss on fake), the reference's halving to slow D relative to G."""
+  return 0.5 * (gan_loss(pred_real, True, mode) + gan_loss(pred_fake, False, mode))
+
+
+def gradient_penalty(d_apply: Callable[[jax.Array], jax.Array], real: jax.Array,
+                     fake: jax.Array, key: jax.Array, lambda_gp: float = 10.0) -> jax.Array:
+  """WGAN-GP: λ·mean((‖∇D(x̂)‖₂ − 1)²) on random per-sample mixes x̂ of real and fake.
+
+  `d_apply` maps images to logits with the discriminator's parameters already bound, so the
+  penalty's gradient w.r.t. those parameters flows through this function.
+  """
+  alpha = jax.random.uniform(key, (real.shape[0],) + (1,) * (real.ndim - 1), real.dtype)
+  mixed = alpha * real + (1.0 - alpha) * fake
+  grads = jax.grad(lambda x: jnp.sum(d_apply(x)))(mixed)
+  norms = jnp.sqrt(jnp.sum(jnp.square(grads.reshape(grads.shape[0], -1)), axis=1) + 1e-16)
+  return lambda_gp * jnp.mean(jnp.square(norms - 1.0))
+
+
+def l1_loss(x: jax.Array, y: jax.Array) -> jax.Array:
+  return jnp.mean(jnp.abs(x.astype(jnp.float32) - y.astype(jnp.float32)))
+
+
+def cycle_consistency_loss(real_a: jax.Array, rec_a: jax.Array, real_b: jax.Array,
+                           rec_b: jax.Array, lambda_a: float, lambda_b: float
+                           ) -> tuple[jax.Array, jax.Array]:
+  """(λ_A·|F(G(A)) − A|₁, λ_B·|G(F(B)) − B|₁), returned apart so both can be logged."""
+  return lambda_a * l1_loss(rec_a, real_a), lambda_b * l1_loss(rec_b, real_b)
+
+
+def identity_loss(real_a: jax.Array, same_a: jax.Array, real_b: jax.Array, same_b: jax.Array,
+                  lambda_a: float, lambda_b: float, lambda_identity: float
+                  ) -> tuple[jax.Array, jax.Array]:
+  """(λ_idt·λ_A·|F(A) − A|₁, λ_idt·λ_B·|G(B) − B|₁): a generator fed an image of its own
+  output domain should leave it alone, which keeps colours from drifting.
+
+  Terms are named by the domain of the image (`same_a` = G_BA(A)); the reference names them
+  by generator instead (its idt_A is G_A(B)).
+  """
+  return (lambda_identity * lambda_a * l1_loss(same_a, real_a),
+          lambda_identity * lambda_b * l1_loss(same_b, real_b))
