@@ -1,0 +1,201 @@
+"""Datasets → per-host, per-device numpy batches for the train step, and fixed images for eval.
+
+Sources (config.data.source): 'demo' (embedded photos ↔ Starry Night crops, demo_data.py),
+'folders' (a folder or zip holding trainA/trainB/testA/testB, image_files.py) and 'tfds' (read
+with random access through `tfds.data_source`, which needs no TensorFlow; the dir_*/test_dir_*
+keys name the splits and data.path, if set, is the tfds data_dir).
+
+Order, as the reference unaligned dataset: an epoch is max(|A|, |B|) samples; sample k of an
+epoch takes A item perm[k] mod |A| (perm is a fresh shuffle each epoch, the identity with
+serial_batches) and a random B item (k mod |B| with serial_batches). Every choice and every
+augmentation comes from numpy generators seeded with (seed, host, epoch or sample number), so the
+batches from step k on are a function of (seed, k) alone: resuming at step k needs only k.
+
+Hosts: host p uses items i ≡ p (mod hosts) of each domain and runs its own epochs over that
+shard; hosts never talk, so nothing can hang. Every host checks all files at start-up, so all
+agree on the file list and the skip report; after that each host reads only its own shard.
+"""
+
+import collections
+from collections.abc import Iterator
+import concurrent.futures
+import functools
+import itertools
+from typing import Any
+
+from absl import logging
+import jax
+import numpy as np
+from PIL import Image
+
+from cyclegan_jax import demo_data
+from cyclegan_jax import image_files
+from cyclegan_jax import parallel
+from cyclegan_jax import preprocess
+
+_ORDER_STREAM, _SAMPLE_STREAM = 0, 1  # Seed-sequence tags; demo_data uses 2.
+SOURCES = ('demo', 'folders', 'tfds')
+
+
+def _check(config) -> None:
+  data = config.data
+  if data.source not in SOURCES:
+    raise ValueError(f'data.source={data.source!r}; expected one of {", ".join(SOURCES)}.')
+  preprocess.check_config(data)
+  if data.num_workers < 1 or data.prefetch < 0:
+    raise ValueError(f'need data.num_workers >= 1 and data.prefetch >= 0, got '
+                     f'{data.num_workers} and {data.prefetch}.')
+
+
+def _tfds_domain(config, split: str) -> image_files.Domain:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # Only this source.
+  source = tfds.data_source(config.data.name, split=split, data_dir=config.data.path or None,
+                            download=False)
+  name = f'tfds {config.data.name} split {split}'
+
+  def load(i: int) -> Image.Image:
+    pixels = source[i]['image']
+    return image_files.to_rgb(Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels))
+
+  return image_files.Domain(name, len(source), load, lambda i: f'{name} record {i}')
+
+
+def _domain(config, domain: str, split: str, announce: bool = True) -> image_files.Domain | None:
+  """All of one domain's split (every host the same), or None if the source lacks a test split."""
+  data = config.data
+  folder = {('a', 'train'): data.dir_a, ('b', 'train'): data.dir_b,
+            ('a', 'test'): data.test_dir_a, ('b', 'test'): data.test_dir_b}[domain, split]
+  if data.source == 'demo':
+    if split == 'test':
+      return None
+    result = demo_data.demo_domain(domain, data.demo_size, data.crop_size, config.seed)
+  elif data.source == 'folders':
+    store = image_files.open_store(data.path)
+    if split == 'test' and image_files.find_folder(store, folder) is None:
+      return None
+    size_problem = functools.partial(preprocess.size_problem, data=data)
+    result = image_files.folder_domain(store, folder, size_problem, data.strict, data.num_workers,
+                                       announce)
+  else:
+    result = _tfds_domain(config, folder)
+  if announce:
+    logging.info('%s: %d images', result.name, result.size)
+  return result
+
+
+def _hosts(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  if not 0 <= index < count:
+    raise ValueError(f'process_index {index} is not in [0, {count}).')
+  return index, count
+
+
+def host_shard(domain: image_files.Domain, process_index: int,
+               process_count: int) -> image_files.Domain:
+  """Items i ≡ process_index (mod process_count): the hosts' shards are disjoint and cover all."""
+  shard = domain.take(range(process_index, domain.size, process_count))
+  if not shard.size:
+    raise ValueError(f'{domain.name} has {domain.size} images: too few for {process_count} hosts '
+                     'to get one each.')
+  return shard
+
+
+def host_domains(config, process_index: int | None = None,
+                 process_count: int | None = None) -> tuple[image_files.Domain, ...]:
+  """This host's shards of the A and B training domains."""
+  _check(config)
+  index, count = _hosts(process_index, process_count)
+  return tuple(host_shard(_domain(config, d, 'train'), index, count) for d in 'ab')
+
+
+def domain_sizes(config) -> tuple[int, int]:
+  """Global |A| and |B| of the training split after bad files are dropped (no logging)."""
+  _check(config)
+  return tuple(_domain(config, d, 'train', announce=False).size for d in 'ab')
+
+
+def _sample_plans(seed: int, host: int, size_a: int, size_b: int, serial: bool,
+                  start: int) -> Iterator[tuple[int, int, np.random.Generator]]:
+  """(A index, B index, augmentation rng) for each of this host's samples from number `start`."""
+  epoch_length = max(size_a, size_b)
+  order = None
+  for sample in itertools.count(start):
+    epoch, position = divmod(sample, epoch_length)
+    rng = np.random.default_rng([seed, host, _SAMPLE_STREAM, sample])
+    if serial:
+      yield position % size_a, position % size_b, rng
+      continue
+    if order is None or position == 0:
+      order = np.random.default_rng([seed, host, _ORDER_STREAM, epoch]).permutation(epoch_length)
+    yield int(order[position]) % size_a, int(rng.integers(size_b)), rng
+
+
+def _prepared(domain: image_files.Domain, index: int, data,
+              rng: np.random.Generator | None) -> np.ndarray:
+  """One transformed item; failures name the file, as they surface far away, in the train loop."""
+  try:
+    return preprocess.transform(domain.load(index), data, rng)
+  except Exception as e:  # Decoding and resizing raise many types; all mean "this file".
+    raise image_files.BadImageError(f'{domain.describe(index)}: {e}') from e
+
+
+def _batches(domain_a: image_files.Domain, domain_b: image_files.Domain,
+             plans: Iterator[tuple[int, int, np.random.Generator]], host_batch: int,
+             data) -> Iterator[dict[str, np.ndarray]]:
+  """Sharded {'a', 'b'} batches forever; worker threads keep data.prefetch batches ready."""
+
+  def sample(plan):
+    index_a, index_b, rng = plan
+    return _prepared(domain_a, index_a, data, rng), _prepared(domain_b, index_b, data, rng)
+
+  # No shutdown needed: once the iterator is dropped, the collected pool wakes its threads, which
+  # finish the batches already queued (at most prefetch + 1) and exit.
+  pool = concurrent.futures.ThreadPoolExecutor(data.num_workers, 'input_pipeline')
+  pending = collections.deque()
+  while True:
+    while len(pending) <= data.prefetch:
+      pending.append([pool.submit(sample, p) for p in itertools.islice(plans, host_batch)])
+    pairs = [future.result() for future in pending.popleft()]
+    yield parallel.shard_batch({'a': np.stack([a for a, _ in pairs]),
+                                'b': np.stack([b for _, b in pairs])})
+
+
+def create_train_iterator(config, start_step: int = 0, *, process_index: int | None = None,
+                          process_count: int | None = None) -> Iterator[dict[str, Any]]:
+  """Endless {'a', 'b'} float32 batches [local devices, per-device batch, crop, crop, 3] in [-1, 1].
+
+  Start-up work (checking every file, the skip report, config errors) happens here, not at the
+  first `next`. With start_step=k it yields exactly what an iterator that ran k steps yields next.
+  """
+  if start_step < 0:
+    raise ValueError(f'start_step={start_step} must be >= 0.')
+  host_batch = parallel.host_batch_size(config.batch_size)
+  index, count = _hosts(process_index, process_count)
+  domain_a, domain_b = host_domains(config, index, count)
+  plans = _sample_plans(config.seed, index, domain_a.size, domain_b.size,
+                        config.data.serial_batches, start_step * host_batch)
+  return _batches(domain_a, domain_b, plans, host_batch, config.data)
+
+
+def load_eval_images(config, domain: str, num: int, split: str = 'test') -> np.ndarray:
+  """The first `num` usable images of a split (-1: all), [num, crop, crop, 3] float32 in [-1, 1].
+
+  Deterministic (centre crop, no flip) and the same on every host. Without a test split (the
+  demo, a folder without testA) it logs that and uses the train split.
+  """
+  if domain not in ('a', 'b') or split not in ('train', 'test'):
+    raise ValueError(f"domain must be 'a' or 'b' and split 'train' or 'test', got {domain!r}, "
+                     f'{split!r}.')
+  _check(config)
+  images = _domain(config, domain, split)
+  if images is None:
+    logging.info('%s has no %s split for domain %s: eval images come from the train split.',
+                 config.data.source, split, domain.upper())
+    images = _domain(config, domain, 'train')
+  count = images.size if num == -1 else num
+  if not 0 < count <= images.size:
+    raise ValueError(f'asked for {num} images of {images.name}, which has {images.size}.')
+  with concurrent.futures.ThreadPoolExecutor(config.data.num_workers) as pool:
+    return np.stack(list(pool.map(lambda i: _prepared(images, i, config.data, None),
+                                  range(count))))
