@@ -1,0 +1,112 @@
+"""Whole-state checkpoints with orbax: atomic, asynchronous, keep-N, portable across topologies.
+
+A checkpoint holds the unreplicated train state (parameters, optimizer states, batch
+statistics, step and base rng), the image pools of every local device, and the resolved
+config as JSON. The input stream is a pure function of (seed, step), so the step is also the
+data position. Everything is saved as host numpy arrays, which makes a checkpoint independent
+of the device count that wrote it.
+"""
+
+import re
+from typing import Any
+
+import flax.serialization
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from cyclegan_jax import parallel
+from cyclegan_jax.train_state import TrainState
+
+
+class CheckpointMismatchError(ValueError):
+  """The checkpoint's arrays do not fit the state the config builds."""
+
+
+def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
+                                         cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(epath.Path(workdir) / 'checkpoints', options=options)
+
+
+def _to_host(replicated: TrainState) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(state without pools as a state dict of numpy arrays, pools stacked per local device)."""
+  state = parallel.unreplicate(replicated.replace(pools={}))
+  state = state.replace(rng=jax.random.key_data(state.rng))
+  state_dict = jax.device_get(flax.serialization.to_state_dict(state))
+  return state_dict, jax.device_get(flax.serialization.to_state_dict(replicated.pools))
+
+
+def non_finite_leaves(tree: Any) -> list[str]:
+  """Paths of floating-point leaves holding NaN or inf."""
+  return [jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_leaves_with_path(tree)
+          if np.issubdtype(np.asarray(x).dtype, np.floating) and not np.all(np.isfinite(x))]
+
+
+def save(manager: ocp.CheckpointManager, replicated: TrainState,
+         config: ml_collections.ConfigDict) -> int:
+  """Starts an asynchronous save of the state at its step; refuses non-finite states."""
+  state_dict, pools = _to_host(replicated)
+  bad = non_finite_leaves(state_dict)
+  if bad:
+    raise FloatingPointError(f'refusing to checkpoint a non-finite state: {", ".join(bad[:5])}')
+  step = int(state_dict['step'])
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state_dict), pools=ocp.args.StandardSave(pools),
+      config=ocp.args.JsonSave(config.to_dict())), force=True)
+  return step
+
+
+def _tree_name(key_path: str) -> str:
+  """"['params']['g_ab']['Conv_0']..." -> "params/g_ab"; "['opt_state_d'][0]..." -> "opt_state_d"."""
+  parts = re.findall(r"\['([^']*)'\]", key_path) or [key_path]
+  return '/'.join(parts[:2]) if parts[0] in ('params', 'batch_stats') else parts[0]
+
+
+def _check_fits(expected: dict[str, Any], restored: dict[str, Any]) -> None:
+  """Names every leaf whose shape differs or that only one side has."""
+  flat = lambda tree: {jax.tree_util.keystr(p): np.shape(x)
+                       for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+  want, got = flat(expected), flat(restored)
+  problems = [f'{k}: checkpoint {got[k]} vs config {want[k]}'
+              for k in want if k in got and got[k] != want[k]]
+  problems += [f'{k}: missing from the checkpoint' for k in want if k not in got]
+  problems += [f'{k}: in the checkpoint but not in the config' for k in got if k not in want]
+  if problems:
+    trees = sorted({_tree_name(p) for p in problems})
+    raise CheckpointMismatchError(
+        f'the checkpoint does not fit this config (trees: {", ".join(trees)}); '
+        f'{len(problems)} arrays differ, e.g.\n  ' + '\n  '.join(problems[:8]))
+
+
+def restore(manager: ocp.CheckpointManager, template: TrainState,
+            step: int | None = None) -> TrainState:
+  """Restores the latest (or given) step onto `template`'s structure, replicated.
+
+  `template` is a fresh unreplicated state from the same config. Pools saved on n devices are
+  dealt out to this host's devices round-robin, so a checkpoint moves between topologies.
+  """
+  step = manager.latest_step() if step is None else step
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(), pools=ocp.args.StandardRestore()))
+  target = template.replace(pools={}, rng=jax.random.key_data(template.rng))
+  target_dict = flax.serialization.to_state_dict(target)
+  _check_fits(target_dict, restored['state'])
+  state = flax.serialization.from_state_dict(target, restored['state'])
+  state = state.replace(rng=jax.random.wrap_key_data(np.asarray(state.rng)))
+  _check_fits({'pools': flax.serialization.to_state_dict(template.pools)},
+              {'pools': jax.tree.map(lambda x: np.asarray(x)[0], restored['pools'])})
+  n_local = jax.local_device_count()
+  pools = jax.tree.map(lambda x: np.stack([np.asarray(x)[i % len(x)] for i in range(n_local)]),
+                       restored['pools'])
+  pools = flax.serialization.from_state_dict(template.pools, pools)
+  replicated = parallel.replicate(state)
+  return replicated.replace(pools=parallel.device_put_sharded(pools))
+
+
+def restored_config(manager: ocp.CheckpointManager, step: int | None = None) -> dict[str, Any]:
+  step = manager.latest_step() if step is None else step
+  return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
+

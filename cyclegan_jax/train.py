@@ -1,0 +1,186 @@
+"""train_and_evaluate: the loop around the pmapped step, with logging, samples and checkpoints.
+
+Nothing is lost on a crash: checkpoints are atomic, a SIGTERM/SIGINT saves the current step
+before leaving, and a non-finite loss stops the run before any bad state reaches disk.
+"""
+
+import functools
+import signal
+import threading
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+from etils import epath
+
+from cyclegan_jax import (checkpointing, inference, input_pipeline, parallel, train_state,
+                          train_step, visualize)
+
+LOSS_GROUPS = {
+    'generator': ['g_adv_a', 'g_adv_b', 'cycle_a', 'cycle_b', 'idt_a', 'idt_b', 'semantic'],
+    'discriminator': ['d_a', 'd_b', 'd_a_gp', 'd_b_gp'],
+    'totals': ['g_total', 'd_total'],
+}
+
+
+class StopRequest:
+  """Turns SIGTERM/SIGINT into a flag the loop checks between steps (TPU VMs are preempted
+  with SIGTERM); a second signal falls through to the previous handler."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.received: str | None = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    if self.received is not None:
+      signal.signal(signum, self._previous[signum])
+      signal.raise_signal(signum)
+    self.received = signal.Signals(signum).name
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+    return self
+
+  def __exit__(self, *exc):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+
+
+class MetricsBuffer:
+  """Collects per-step metrics on the host, one step behind the devices so the next step is
+  already queued while this one is read back, and stops the run on a non-finite loss."""
+
+  def __init__(self):
+    self._pending: tuple[int, Any] | None = None
+    self.rows: list[dict[str, float]] = []
+
+  def add(self, step: int, device_metrics: Any) -> None:
+    self.flush()
+    self._pending = (step, device_metrics)
+
+  def flush(self) -> None:
+    if self._pending is None:
+      return
+    step, device_metrics = self._pending
+    self._pending = None
+    row = {k: float(v[0]) for k, v in jax.device_get(device_metrics).items()}
+    bad = sorted(k for k, v in row.items() if not np.isfinite(v))
+    if bad:
+      raise FloatingPointError(
+          f'non-finite loss at step {step}: {", ".join(bad)}. Stopped without saving; the '
+          'latest checkpoint on disk is untouched. Lower optim.lr or check the data.')
+    self.rows.append(row)
+
+  def mean_and_reset(self) -> dict[str, float]:
+    self.flush()
+    means = {k: float(np.mean([r[k] for r in self.rows])) for k in self.rows[0]}
+    self.rows = []
+    return means
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
+  """An epoch is max(|A|, |B|) images, as in the reference."""
+  return max(max(input_pipeline.domain_sizes(config)) // config.batch_size, 1)
+
+
+def _write_samples(workdir: epath.Path, writer, step: int, cycle_fn, state, images) -> None:
+  params, batch_stats = jax.device_get(parallel.unreplicate((state.params, state.batch_stats)))
+  out = jax.device_get(cycle_fn(params, batch_stats, *images))
+  grid = visualize.cycle_grid(**out)
+  (workdir / 'samples').mkdir(parents=True, exist_ok=True)
+  visualize.write_png(workdir / 'samples' / f'step_{step:07d}.png', grid)
+  writer.write_images(step, {'samples': grid[None]})
+
+
+def _save(manager, state, config, metrics: MetricsBuffer) -> None:
+  metrics.flush()
+  step = checkpointing.save(manager, state, config)
+  logging.info('checkpoint for step %d is being written', step)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+  """Trains until `num_train_steps` (or the epoch budget), resuming from `workdir` if it holds
+  a checkpoint. Returns the final (replicated) train state."""
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  is_chief = jax.process_index() == 0
+  parallel.per_device_batch_size(config.batch_size)  # Fail early on a batch that won't split.
+  epoch_steps = steps_per_epoch(config)
+  num_steps = train_state.total_train_steps(config, epoch_steps)
+  models = train_state.create_models(config, epoch_steps)
+  template = train_state.create_train_state(config, models, jax.random.key(config.seed))
+  manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  try:
+    if manager.latest_step() is not None:
+      state = checkpointing.restore(manager, template)
+      logging.info('resumed from the checkpoint of step %d', manager.latest_step())
+    else:
+      state = parallel.replicate(template)
+      writer.write_hparams({k: str(v) for k, v in _flatten(config.to_dict()).items()})
+    if is_chief:
+      (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+    return _train_loop(config, workdir, models, state, manager, writer, num_steps, epoch_steps)
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+
+
+def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  flat = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      flat.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      flat[f'{prefix}{k}'] = v
+  return flat
+
+
+def _train_loop(config, workdir, models, state, manager, writer, num_steps, epoch_steps):
+  is_chief = jax.process_index() == 0
+  initial_step = int(jax.device_get(state.step)[0])
+  logging.info('training steps %d..%d (%d steps per epoch, global batch %d)',
+               initial_step, num_steps, epoch_steps, config.batch_size)
+  p_step = parallel.pmap_step(
+      functools.partial(train_step.train_step, models=models, config=config))
+  batches = parallel.prefetch_to_device(
+      input_pipeline.create_train_iterator(config, start_step=initial_step),
+      config.data.prefetch)
+  cycle_fn = inference.make_cycle_fn(models)
+  sample_images = [input_pipeline.load_eval_images(config, d, config.num_sample_images)
+                   for d in ('a', 'b')]
+  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
+                                           every_steps=config.log_every_steps)
+  metrics = MetricsBuffer()
+  step = initial_step
+  with StopRequest() as stop:
+    while step < num_steps and stop.received is None:
+      state, step_metrics = p_step(state, next(batches))
+      step += 1
+      metrics.add(step, step_metrics)
+      report(step)
+      last = step == num_steps
+      if step % config.log_every_steps == 0 or last:
+        scalars = metrics.mean_and_reset()
+        writer.write_scalars(step, scalars)
+        if is_chief:
+          visualize.append_csv(workdir / 'loss_history.csv', step, scalars)
+      if is_chief and (step % config.sample_every_steps == 0 or last):
+        _write_samples(workdir, writer, step, cycle_fn, state, sample_images)
+      if step % config.checkpoint_every_steps == 0 or last or stop.received:
+        _save(manager, state, config, metrics)
+    if stop.received:
+      logging.warning('%s received: saved step %d; run the same command to resume.',
+                      stop.received, step)
+  if is_chief and (workdir / 'loss_history.csv').exists():
+    visualize.plot_loss_curves(visualize.read_csv(workdir / 'loss_history.csv'),
+                               workdir / 'loss_curves.png', LOSS_GROUPS)
+  writer.flush()
+  return state

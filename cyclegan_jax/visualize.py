@@ -1,0 +1,80 @@
+"""Pictures people look at: sample grids and loss curves, as PNG files."""
+
+import csv
+import io
+
+import numpy as np
+from etils import epath
+from PIL import Image
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """[-1, 1] floats → uint8."""
+  return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def image_grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
+  """Tiles rows of equally sized [H, W, C] images in [-1, 1] into one uint8 image."""
+  h, w, c = np.shape(rows[0][0])
+  n_rows, n_cols = len(rows), max(len(r) for r in rows)
+  grid = np.full((n_rows * (h + pad) + pad, n_cols * (w + pad) + pad, 3), 255, np.uint8)
+  for i, row in enumerate(rows):
+    for j, image in enumerate(row):
+      tile = to_uint8(image)
+      if c == 1:
+        tile = np.repeat(tile, 3, axis=-1)
+      top, left = pad + i * (h + pad), pad + j * (w + pad)
+      grid[top:top + h, left:left + w] = tile
+  return grid
+
+
+def cycle_grid(real_a, fake_b, rec_a, real_b, fake_a, rec_b) -> np.ndarray:
+  """Rows of real A | G_AB(A) | G_BA(G_AB(A)), then real B | G_BA(B) | G_AB(G_BA(B))."""
+  rows = [list(r) for r in zip(real_a, fake_b, rec_a)]
+  rows += [list(r) for r in zip(real_b, fake_a, rec_b)]
+  return image_grid(rows)
+
+
+def write_png(path: epath.PathLike, image: np.ndarray) -> None:
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format='PNG')
+  epath.Path(path).write_bytes(buffer.getvalue())
+
+
+def append_csv(path: epath.PathLike, step: int, scalars: dict[str, float]) -> None:
+  """Appends one row of the loss table, writing the header on first use."""
+  path = epath.Path(path)
+  new = not path.exists()
+  with path.open('a') as f:
+    writer = csv.DictWriter(f, fieldnames=['step'] + sorted(scalars))
+    if new:
+      writer.writeheader()
+    writer.writerow({'step': step, **scalars})
+
+
+def read_csv(path: epath.PathLike) -> dict[str, np.ndarray]:
+  with epath.Path(path).open() as f:
+    rows = list(csv.DictReader(f))
+  return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]} if rows else {}
+
+
+def plot_loss_curves(table: dict[str, np.ndarray], path: epath.PathLike,
+                     groups: dict[str, list[str]]) -> None:
+  """One panel per group of columns (e.g. generator terms, discriminator terms) against step."""
+  import matplotlib  # Imported here: plotting is rare and matplotlib is slow to import.
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  groups = {title: [k for k in keys if k in table] for title, keys in groups.items()}
+  groups = {title: keys for title, keys in groups.items() if keys}
+  fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.5), squeeze=False)
+  for ax, (title, keys) in zip(axes[0], groups.items()):
+    for key in keys:
+      ax.plot(table['step'], table[key], label=key)
+    ax.set_title(title)
+    ax.set_xlabel('step')
+    ax.legend(fontsize='small')
+  fig.tight_layout()
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', dpi=100)
+  plt.close(fig)
+  epath.Path(path).write_bytes(buffer.getvalue())

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Creates .venv (if missing) and installs the project with the given extras, e.g. `launch/setup.sh test`.
+# Settings: PYTHON (default python3), VENV (default .venv in the repository root).
+set -euo pipefail
+if [[ "${1:-}" == "--help" ]]; then
+  sed -n '2,3p' "$0"; exit 0
+fi
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${VENV:-$root/.venv}"
+extras="${1:-}"
+if [[ ! -x "$venv/bin/python" ]]; then
+  "${PYTHON:-python3}" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --upgrade pip
+"$venv/bin/python" -m pip install --quiet -e "$root${extras:+[$extras]}"
