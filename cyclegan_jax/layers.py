@@ -56,12 +56,14 @@ class Norm(nn.Module):
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
     _check_choice('norm', self.kind, NORMS)
     if self.kind == 'instance':
-      return nn.InstanceNorm(epsilon=1e-5, use_bias=False, use_scale=False, dtype=self.dtype)(x)
+      # Two-pass variance, as torch: E[x²] − E[x]² loses ~2% when |mean| ≈ 200·std.
+      return nn.InstanceNorm(epsilon=1e-5, use_bias=False, use_scale=False, dtype=self.dtype,
+                             use_fast_variance=False)(x)
     if self.kind == 'batch':
       scale_init = lambda key, shape, dtype=jnp.float32: (
           1.0 + self.gain * jax.random.normal(key, shape, dtype))
       return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                          scale_init=scale_init, dtype=self.dtype)(x)
+                          scale_init=scale_init, dtype=self.dtype, use_fast_variance=False)(x)
     return x
 
 
