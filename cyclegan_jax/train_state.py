@@ -95,32 +95,44 @@ def create_models(config: ml_collections.ConfigDict, steps_per_epoch: int) -> Mo
 
 
 def _init_variables(module: nn.Module, key: jax.Array, image_shape: tuple[int, ...]):
-  """Jitted init: eager init compiles every op separately and takes seconds per model."""
   dummy = jnp.zeros((1,) + image_shape, jnp.float32)
-  init = jax.jit(lambda k: module.init({'params': k, 'dropout': k}, dummy, train=False))
-  variables = init(key)
+  variables = module.init({'params': key, 'dropout': key}, dummy, train=False)
   return variables['params'], variables.get('batch_stats', {})
+
+
+def _init_key(key: jax.Array) -> jax.Array:
+  """An 'rbg' key drawn from `key` for parameter init only: threefry's bit generation makes the
+  init graph of a ResNet generator compile about 4× slower on CPU (26 s vs 7 s measured)."""
+  return jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl='rbg')
 
 
 def create_train_state(config: ml_collections.ConfigDict, models: Models,
                        key: jax.Array) -> TrainState:
-  """Fresh parameters for all four networks, optimizer states, empty pools, step 0."""
+  """Fresh parameters for all four networks, optimizer states, empty pools, step 0.
+
+  Built in one jitted function: eager init compiles every op separately (seconds per model).
+  """
   model = config.model
   size = config.data.crop_size
   init_key, step_key = jax.random.split(key)
-  keys = dict(zip(GENERATORS + DISCRIMINATORS, jax.random.split(init_key, 4)))
   channels = {'a': model.input_nc, 'b': model.output_nc}
   modules_and_inputs = {'g_ab': (models.generators['g_ab'], 'a'),
                         'g_ba': (models.generators['g_ba'], 'b'),
                         'd_a': (models.discriminator, 'a'), 'd_b': (models.discriminator, 'b')}
-  params, batch_stats = {}, {}
-  for name, (module, domain) in modules_and_inputs.items():
-    params[name], batch_stats[name] = _init_variables(
-        module, keys[name], (size, size, channels[domain]))
+
+  @jax.jit
+  def init(init_key):
+    keys = jax.random.split(_init_key(init_key), len(modules_and_inputs))
+    params, batch_stats = {}, {}
+    for k, (name, (module, domain)) in zip(keys, modules_and_inputs.items()):
+      params[name], batch_stats[name] = _init_variables(module, k,
+                                                        (size, size, channels[domain]))
+    return (params, batch_stats, models.tx_g.init({k: params[k] for k in GENERATORS}),
+            models.tx_d.init({k: params[k] for k in DISCRIMINATORS}))
+
+  params, batch_stats, opt_state_g, opt_state_d = init(init_key)
   pools = {d: image_pool.init(config.loss.pool_size, (size, size, channels[d]))
            for d in ('a', 'b')}
-  return TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-      opt_state_g=models.tx_g.init({k: params[k] for k in GENERATORS}),
-      opt_state_d=models.tx_d.init({k: params[k] for k in DISCRIMINATORS}),
-      pools=pools, rng=step_key)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state_g=opt_state_g, opt_state_d=opt_state_d, pools=pools,
+                    rng=step_key)

@@ -165,12 +165,11 @@ def torch_kernel_to_flax(module) -> np.ndarray:
 
 
 def torch_conv_params(module) -> dict:
-  """One of our `layers.Conv`/`layers.ConvTranspose` (each wraps a single flax conv)."""
-  inner = 'ConvTranspose_0' if isinstance(module, tnn.ConvTranspose2d) else 'Conv_0'
+  """One of our `layers.Conv` (wraps a flax Conv) or `layers.ConvTranspose` (owns its kernel)."""
   leaves = {'kernel': jnp.asarray(torch_kernel_to_flax(module).copy())}
   if module.bias is not None:
     leaves['bias'] = jnp.asarray(module.bias.detach().numpy())
-  return {inner: leaves}
+  return leaves if isinstance(module, tnn.ConvTranspose2d) else {'Conv_0': leaves}
 
 
 def params_from_torch(torch_model, flax_paths, expected) -> dict:
