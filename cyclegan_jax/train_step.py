@@ -116,7 +116,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, models: Models
   d_params, opt_state_d = _optimizer_update(models.tx_d, d_grads, state.opt_state_d, d_params)
 
   metrics = {**g_terms, **d_terms, 'g_total': g_total, 'd_total': d_total,
-             'g_grad_norm': optax.global_norm(g_grads), 'd_grad_norm': optax.global_norm(d_grads),
+             'g_grad_norm': optax.tree.norm(g_grads), 'd_grad_norm': optax.tree.norm(d_grads),
              'lr_g': models.lr_g(state.step), 'lr_d': models.lr_d(state.step)}
   new_state = state.replace(
       step=state.step + 1, params={**g_params, **d_params},
