@@ -159,7 +159,9 @@ def _train_loop(config, workdir, models, state, manager, writer, num_steps, epoc
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                            every_steps=config.log_every_steps)
   metrics = MetricsBuffer()
-  step = initial_step
+  if is_chief:  # Rows past the checkpoint came from steps a crash lost; they are redone now.
+    visualize.truncate_csv(workdir / 'loss_history.csv', initial_step)
+  step = saved_step = initial_step
   with StopRequest() as stop:
     while step < num_steps and stop.received is None:
       state, step_metrics = p_step(state, next(batches))
@@ -176,7 +178,10 @@ def _train_loop(config, workdir, models, state, manager, writer, num_steps, epoc
         _write_samples(workdir, writer, step, cycle_fn, state, sample_images)
       if step % config.checkpoint_every_steps == 0 or last or stop.received:
         _save(manager, state, config, metrics)
+        saved_step = step
     if stop.received:
+      if saved_step != step:  # The signal came after this step's checkpoint check.
+        _save(manager, state, config, metrics)
       logging.warning('%s received: saved step %d; run the same command to resume.',
                       stop.received, step)
   if is_chief and (workdir / 'loss_history.csv').exists():

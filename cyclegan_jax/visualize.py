@@ -52,6 +52,20 @@ def append_csv(path: epath.PathLike, step: int, scalars: dict[str, float]) -> No
     writer.writerow({'step': step, **scalars})
 
 
+def truncate_csv(path: epath.PathLike, max_step: int) -> None:
+  """Drops rows after `max_step`, so a run resumed from an older checkpoint logs no step twice."""
+  path = epath.Path(path)
+  if not path.exists():
+    return
+  lines = path.read_text().splitlines(keepends=True)
+  complete = [l for l in lines if l.endswith('\n')]  # A kill can cut the last row short.
+  kept = complete[:1] + [l for l in complete[1:] if int(l.split(',', 1)[0]) <= max_step]
+  if not kept:
+    path.unlink()
+  elif kept != lines:
+    path.write_text(''.join(kept))
+
+
 def read_csv(path: epath.PathLike) -> dict[str, np.ndarray]:
   with epath.Path(path).open() as f:
     rows = list(csv.DictReader(f))

@@ -1,0 +1,370 @@
+"""The training loop end to end, through the command line users run (`python -m
+cyclegan_jax.main --config=configs/test.py`): outputs on disk, bit-exact resume, recovery from
+kill -9 and SIGTERM, the non-finite-loss stop, resuming on another device count, config typos.
+
+Every run is a subprocess with its own forced CPU device count. All of them share one
+compilation cache, and runs that do not depend on each other go concurrently (a run spends
+much of its time importing TensorFlow and compiling), which keeps the module in minutes.
+"""
+
+import csv
+import io
+import itertools
+import json
+import os
+import pathlib
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import types
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from PIL import Image
+
+from cyclegan_jax import visualize
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TILE, PAD = 32, 2  # configs/test.py crops; visualize.image_grid's padding.
+NUM_SAMPLE_IMAGES = 2  # configs/test.py
+SCALARS = ('g_total', 'd_a', 'cycle_a', 'lr_g')
+TIMEOUT_S = 400  # Per run; a healthy one takes well under a minute even on 2 busy cores.
+KILLS = 5
+# Long enough to kill mid-run: checkpoints every 4 steps, no sample grids until the end.
+LONG_RUN = ('--config.num_train_steps=40', '--config.checkpoint_every_steps=4',
+            '--config.log_every_steps=2', '--config.sample_every_steps=1000')
+_log_numbers = itertools.count()
+
+
+class Run:
+  """One `python -m cyclegan_jax.main` subprocess on `devices` forced CPU devices."""
+
+  started: list['Run'] = []  # Every run of the session, so a failed test leaves none behind.
+
+  def __init__(self, workdir, *flags, cache, devices=8):
+    self.workdir = pathlib.Path(workdir)
+    name = f'{self.workdir.name}.{next(_log_numbers)}'
+    self.stdout_path = self.workdir.parent / f'{name}.stdout'
+    self.stderr_path = self.workdir.parent / f'{name}.stderr'
+    env = {**os.environ,
+           'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+           'JAX_COMPILATION_CACHE_DIR': str(cache), 'JAX_PLATFORMS': 'cpu',
+           'CUDA_VISIBLE_DEVICES': '', 'TF_CPP_MIN_LOG_LEVEL': '2'}
+    with open(self.stdout_path, 'w') as out, open(self.stderr_path, 'w') as err:
+      self.proc = subprocess.Popen(
+          [sys.executable, '-m', 'cyclegan_jax.main', '--config=configs/test.py',
+           f'--workdir={self.workdir}', *flags], cwd=ROOT, env=env, stdout=out, stderr=err)
+    self.rc = self.stdout = self.stderr = None
+    Run.started.append(self)
+
+  def wait(self) -> 'Run':
+    if self.rc is not None:
+      return self
+    try:
+      self.rc = self.proc.wait(TIMEOUT_S)
+    finally:
+      if self.proc.poll() is None:
+        self.proc.kill()
+        self.proc.wait()
+    self.stdout = self.stdout_path.read_text()
+    self.stderr = self.stderr_path.read_text()
+    return self
+
+  def succeeded(self) -> 'Run':
+    assert self.rc == 0, f'{self.proc.args} exited {self.rc}:\n{self.stderr[-4000:]}'
+    return self
+
+
+def complete_steps(workdir) -> list[int]:
+  """Steps whose checkpoint finished: orbax renames `N.orbax-checkpoint-tmp` to `N` last."""
+  path = pathlib.Path(workdir) / 'checkpoints'
+  return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit()) if path.exists() else []
+
+
+def restore(workdir, step):
+  """(state, pools) of a checkpoint as plain orbax reads it, as numpy trees."""
+  manager = ocp.CheckpointManager(pathlib.Path(workdir) / 'checkpoints',
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), pools=ocp.args.StandardRestore()))
+  finally:
+    manager.close()
+  return jax.tree.map(np.asarray, (restored['state'], restored['pools']))
+
+
+def flat(tree):
+  return {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def assert_bit_identical(expected, actual):
+  expected, actual = flat(expected), flat(actual)
+  assert sorted(expected) == sorted(actual)
+  differ = [k for k in expected if expected[k].dtype != actual[k].dtype
+            or not np.array_equal(expected[k], actual[k])]
+  assert not differ, f'{len(differ)} of {len(expected)} leaves differ, e.g. {differ[:5]}'
+
+
+def assert_finite(tree):
+  bad = [k for k, x in flat(tree).items()
+         if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x))]
+  assert not bad, bad
+
+
+def read_loss_csv(workdir):
+  with open(pathlib.Path(workdir) / 'loss_history.csv') as f:
+    return list(csv.DictReader(f))
+
+
+def wait_for_checkpoint(run, after=-1, timeout_s=TIMEOUT_S) -> int:
+  """Polls until `run` has finished a checkpoint past step `after`; returns its step."""
+  deadline = time.monotonic() + timeout_s
+  while time.monotonic() < deadline:
+    steps = [s for s in complete_steps(run.workdir) if s > after]
+    if steps:
+      return steps[0]
+    if run.proc.poll() is not None:
+      pytest.fail(f'run exited {run.proc.returncode} before its first checkpoint:\n'
+                  f'{run.stderr_path.read_text()[-4000:]}')
+    time.sleep(0.02)
+  pytest.fail('no checkpoint appeared in time')
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _stop_leftover_runs():
+  yield
+  for run in Run.started:
+    if run.proc.poll() is None:
+      run.proc.kill()
+      run.proc.wait()
+
+
+@pytest.fixture(scope='session')
+def cache(tmp_path_factory):
+  """One compilation cache for every subprocess: compiles after the first are fast."""
+  return tmp_path_factory.mktemp('jax_compilation_cache')
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory, cache):
+  """The runs most tests inspect, each started as soon as what it resumes from exists.
+
+  six: 6 steps on 8 devices (the issue's end-to-end command); twelve: 12 straight; resumed:
+  a copy of six continued to 12; to_one: another copy continued on 1 device; nan: an lr
+  that overflows the parameters.
+  """
+  root = tmp_path_factory.mktemp('runs')
+  start = lambda name, *flags, devices=8: Run(root / name, *flags, cache=cache, devices=devices)
+  six = start('six', '--config.num_train_steps=6')
+  twelve = start('twelve', '--config.num_train_steps=12')
+  nan = start('nan', '--config.optim.lr=1e30', '--config.checkpoint_every_steps=1')
+  done = {'six': six.wait().succeeded()}
+  for name in ('resumed', 'to_one'):
+    shutil.copytree(six.workdir, root / name)
+  resumed = start('resumed', '--config.num_train_steps=12')
+  to_one = start('to_one', '--config.num_train_steps=12', devices=1)
+  done.update(twelve=twelve.wait(), nan=nan.wait(), resumed=resumed.wait(),
+              to_one=to_one.wait())
+  return done
+
+
+@pytest.fixture(scope='module')
+def sigterm(tmp_path_factory, cache):
+  """A run on 1 device stopped by SIGTERM a random moment after its first checkpoint, and the
+  same command on 8 devices that finishes it."""
+  workdir = tmp_path_factory.mktemp('sigterm') / 'workdir'
+  stopped = Run(workdir, *LONG_RUN, cache=cache, devices=1)
+  first = wait_for_checkpoint(stopped)
+  time.sleep(random.Random(0).uniform(0.3, 1.5))
+  stopped.proc.send_signal(signal.SIGTERM)
+  stopped.wait().succeeded()
+  steps = complete_steps(workdir)
+  saved_state, _ = restore(workdir, steps[-1])
+  finished = Run(workdir, *LONG_RUN, cache=cache).wait()
+  return types.SimpleNamespace(first=first, stopped=stopped, steps=steps,
+                               saved_state=saved_state, finished=finished)
+
+
+def test_end_to_end_writes_checkpoints(runs):
+  six = runs['six']
+  assert complete_steps(six.workdir) == [3, 6]
+  state, pools = restore(six.workdir, 6)
+  assert int(state['step']) == 6
+  assert sorted(state['params']) == ['d_a', 'd_b', 'g_ab', 'g_ba']
+  assert pools['a']['images'].shape[0] == 8  # One pool per device.
+  assert_finite((state, pools))
+  assert json.loads((six.workdir / 'config.json').read_text())['num_train_steps'] == 6
+
+
+def test_end_to_end_writes_tensorboard_events(runs):
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.util import tensor_util
+  acc = event_accumulator.EventAccumulator(str(runs['six'].workdir),
+                                           size_guidance={'tensors': 0})
+  acc.Reload()
+  tags = acc.Tags()['tensors']
+  for tag in SCALARS:
+    assert tag in tags, tags
+    events = acc.Tensors(tag)
+    assert [e.step for e in events] == [2, 4, 6]
+    assert all(np.isfinite(tensor_util.make_ndarray(e.tensor_proto)) for e in events)
+  samples = acc.Tensors('samples')
+  assert [e.step for e in samples] == [3, 6]
+  width, height, png = tensor_util.make_ndarray(samples[-1].tensor_proto)[:3]
+  assert (int(width), int(height)) == Image.open(io.BytesIO(png)).size == (104, 138)
+
+
+def test_end_to_end_writes_sample_grids(runs):
+  """3 columns (real, translated, reconstructed) × 2·num_sample_images rows of 32² tiles."""
+  samples = runs['six'].workdir / 'samples'
+  assert sorted(p.name for p in samples.iterdir()) == ['step_0000003.png', 'step_0000006.png']
+  for path in samples.iterdir():
+    assert path.stat().st_size > 0
+    grid = np.asarray(Image.open(path).convert('RGB'))
+    rows, cols = 2 * NUM_SAMPLE_IMAGES, 3
+    assert grid.shape == (rows * (TILE + PAD) + PAD, cols * (TILE + PAD) + PAD, 3)
+    for i in range(rows + 1):
+      assert np.all(grid[i * (TILE + PAD):i * (TILE + PAD) + PAD] == 255)  # Padding rows.
+    for j in range(cols + 1):
+      assert np.all(grid[:, j * (TILE + PAD):j * (TILE + PAD) + PAD] == 255)  # Columns.
+    tiles = [grid[PAD + i * (TILE + PAD):][:TILE, PAD + j * (TILE + PAD):][:, :TILE]
+             for i in range(rows) for j in range(cols)]
+    assert all(tile.std() > 0 for tile in tiles)  # Pictures, not blank tiles.
+
+
+def test_end_to_end_writes_loss_table_and_curves(runs):
+  workdir = runs['six'].workdir
+  rows = read_loss_csv(workdir)
+  assert [int(r['step']) for r in rows] == [2, 4, 6]
+  assert set(SCALARS) <= set(rows[0])
+  assert all(np.isfinite(float(v)) for r in rows for v in r.values())
+  with Image.open(workdir / 'loss_curves.png') as curves:
+    assert curves.width > 0 and curves.height > 0
+
+
+def test_resume_is_bit_exact(runs):
+  """12 steps straight == 6 steps, then a second invocation to 12: parameters, optimizer
+  states, rng and every device's image pool, and the logged losses too."""
+  resumed = runs['resumed'].succeeded()
+  assert 'resumed from the checkpoint of step 6' in resumed.stderr
+  straight = runs['twelve'].succeeded()
+  assert_bit_identical(restore(straight.workdir, 12), restore(resumed.workdir, 12))
+  assert read_loss_csv(resumed.workdir) == read_loss_csv(straight.workdir)
+
+
+def test_resume_on_one_device_after_eight(runs):
+  """The checkpoint holds host arrays; device 0's pools go to the single device."""
+  run = runs['to_one'].succeeded()
+  assert 'resumed from the checkpoint of step 6' in run.stderr
+  assert complete_steps(run.workdir)[-1] == 12
+  state, pools = restore(run.workdir, 12)
+  assert int(state['step']) == 12
+  assert pools['a']['images'].shape[0] == pools['b']['count'].shape[0] == 1
+  assert_finite((state, pools))
+  assert [int(r['step']) for r in read_loss_csv(run.workdir)] == list(range(2, 13, 2))
+
+
+def test_non_finite_loss_stops_with_a_named_error(runs):
+  run = runs['nan']
+  assert run.rc == 1
+  match = re.search(r'non-finite loss at step (\d+)', run.stderr)
+  assert match, run.stderr[-4000:]
+  assert 'error: non-finite loss at step' in run.stderr  # Printed for people, not only logged.
+  assert 'Traceback' not in run.stderr
+  saved = complete_steps(run.workdir)
+  assert all(step < int(match[1]) for step in saved)  # The bad step never reached disk.
+  for step in saved:
+    assert_finite(restore(run.workdir, step))
+
+
+def test_mistyped_config_key_is_named(tmp_path, cache):
+  run = Run(tmp_path / 'typo', '--config.modle.ngf=4', cache=cache).wait()
+  assert run.rc != 0
+  assert 'modle' in run.stderr
+  assert not (tmp_path / 'typo' / 'checkpoints').exists()
+
+
+def test_sigterm_saves_the_current_step(sigterm):
+  """Exit 0 with a checkpoint of the step it was at, in general off the every-4 schedule."""
+  match = re.search(r'SIGTERM received: saved step (\d+)', sigterm.stopped.stderr)
+  assert match, sigterm.stopped.stderr[-4000:]
+  step = int(match[1])
+  assert sigterm.first < step < 40
+  assert f'checkpoint for step {step} is being written' in sigterm.stopped.stderr
+  assert sigterm.steps[-1] == step
+  assert int(sigterm.saved_state['step']) == step
+
+
+def test_resume_after_sigterm_on_eight_devices_after_one(sigterm):
+  """The same command finishes the run, from the signal's step, on 8 devices: the one saved
+  pool per domain is dealt out to all of them."""
+  finished = sigterm.finished.succeeded()
+  match = re.search(r'resumed from the checkpoint of step (\d+)', finished.stderr)
+  assert match and int(match[1]) == sigterm.steps[-1]
+  assert complete_steps(finished.workdir)[-1] == 40
+  state, pools = restore(finished.workdir, 40)
+  assert pools['a']['images'].shape[0] == pools['b']['count'].shape[0] == 8
+  assert_finite((state, pools))
+  steps = [int(r['step']) for r in read_loss_csv(finished.workdir)]
+  assert steps == sorted(set(steps)) and steps[-1] == 40
+
+
+@pytest.mark.slow
+def test_kill9_restart_resumes_from_the_latest_complete_checkpoint(tmp_path, cache):
+  """SIGKILL at a random moment after the first checkpoint (perhaps mid-save), KILLS times in
+  parallel workdirs; each restart resumes from the latest complete step, finishes, and ends
+  bit-identical to a run never interrupted. On 1 device: the cheapest run on 2 cores."""
+  rng = random.Random(0)
+  start = lambda name: Run(tmp_path / name, *LONG_RUN, cache=cache, devices=1)
+  reference = start('reference')
+  victims = [start(f'kill{i}') for i in range(KILLS)]
+  delays = [rng.uniform(0.0, 2.0) for _ in victims]
+  kill_at: list[float | None] = [None] * KILLS
+  deadline = time.monotonic() + TIMEOUT_S
+  while any(v.rc is None for v in victims) and time.monotonic() < deadline:
+    for i, victim in enumerate(victims):
+      if victim.rc is not None:
+        continue
+      if victim.proc.poll() is not None:
+        pytest.fail(f'kill{i} exited {victim.proc.returncode} before it was killed:\n'
+                    f'{victim.stderr_path.read_text()[-4000:]}')
+      if kill_at[i] is None and complete_steps(victim.workdir):
+        kill_at[i] = time.monotonic() + delays[i]
+      if kill_at[i] is not None and time.monotonic() >= kill_at[i]:
+        victim.proc.send_signal(signal.SIGKILL)
+        assert victim.wait().rc == -signal.SIGKILL
+    time.sleep(0.02)
+  assert all(v.rc == -signal.SIGKILL for v in victims), 'not every run was killed in time'
+  latest = [complete_steps(v.workdir)[-1] for v in victims]
+  restarts = [start(v.workdir.name) for v in victims]
+  expected = restore(reference.wait().succeeded().workdir, 40)
+  for restart, step in zip(restarts, latest):
+    restart.wait().succeeded()
+    assert f'resumed from the checkpoint of step {step}' in restart.stderr
+    assert complete_steps(restart.workdir)[-1] == 40
+    assert not list((restart.workdir / 'checkpoints').glob('*.orbax-checkpoint-tmp*'))
+    assert_bit_identical(expected, restore(restart.workdir, 40))
+    # Rows logged after the checkpoint by the killed run are not repeated.
+    assert [int(r['step']) for r in read_loss_csv(restart.workdir)] == list(range(2, 41, 2))
+
+
+def test_truncate_csv_drops_rows_after_the_checkpoint_and_a_cut_row(tmp_path):
+  path = tmp_path / 'loss_history.csv'
+  for step in (2, 4, 6):
+    visualize.append_csv(path, step, {'g_total': float(step)})
+  with open(path, 'a') as f:
+    f.write('8,0.')  # A row cut short by kill -9.
+  visualize.truncate_csv(path, 4)
+  visualize.append_csv(path, 6, {'g_total': 6.5})
+  assert visualize.read_csv(path)['step'].tolist() == [2, 4, 6]
+  assert visualize.read_csv(path)['g_total'].tolist() == [2, 4, 6.5]
+  cut_header = tmp_path / 'cut.csv'
+  cut_header.write_text('step,g_to')
+  visualize.truncate_csv(cut_header, 4)
+  assert not cut_header.exists()
