@@ -38,16 +38,17 @@ def kernel_init(init_type: str = 'normal', gain: float = 0.02) -> Initializer:
 
 
 def norm_uses_conv_bias(norm: str) -> bool:
-  """A conv feeding batch norm needs no bias (BN re-centres); the reference also keeps biases
-  before instance norm, which we follow so parameter counts and weights match."""
+  """The reference's rule, kept so parameter counts and imported weights match: convs carry a
+  bias only before instance norm (a bias before batch norm is re-centred away)."""
   _check_choice('norm', norm, NORMS)
-  return norm != 'batch'
+  return norm == 'instance'
 
 
 class Norm(nn.Module):
   """`instance` (no affine, eps 1e-5, as torch InstanceNorm2d), `batch` or `none`.
 
-  Batch-norm statistics are per device (not synced across devices), as in the reference.
+  Batch norm normalises with each device's own batch statistics, as the reference does on one
+  GPU; the train step pmeans the running averages so that every replica keeps the same ones.
   """
   kind: str = 'instance'
   gain: float = 0.02

@@ -231,7 +231,7 @@ def test_every_norm_builds_and_runs_generators(name, norm):
   assert out.shape == (2, size, size, 3) and np.all(np.isfinite(out))
   assert ('batch_stats' in variables) == (norm == 'batch')
   # A conv feeding batch norm has no bias; the reference keeps it before instance norm.
-  assert ('bias' in variables['params']['Conv_1']['Conv_0']) == (norm != 'batch')
+  assert ('bias' in variables['params']['Conv_1']['Conv_0']) == (norm == 'instance')
   if norm == 'batch':  # Eval mode runs from the running statistics alone.
     out_eval = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
     assert out_eval.shape == x.shape and np.all(np.isfinite(out_eval))
