@@ -34,9 +34,8 @@ def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
 def _to_host(replicated: TrainState) -> tuple[dict[str, Any], dict[str, Any]]:
   """(state without pools as a state dict of numpy arrays, pools stacked per local device)."""
   state = parallel.unreplicate(replicated.replace(pools={}))
-  state = state.replace(rng=jax.random.key_data(state.rng))
-  state_dict = jax.device_get(flax.serialization.to_state_dict(state))
-  return state_dict, jax.device_get(flax.serialization.to_state_dict(replicated.pools))
+  return (flax.serialization.to_state_dict(state),
+          jax.device_get(flax.serialization.to_state_dict(replicated.pools)))
 
 
 def non_finite_leaves(tree: Any) -> list[str]:
@@ -95,7 +94,8 @@ def restore(manager: ocp.CheckpointManager, template: TrainState,
   target_dict = flax.serialization.to_state_dict(target)
   _check_fits(target_dict, restored['state'])
   state = flax.serialization.from_state_dict(target, restored['state'])
-  state = state.replace(rng=jax.random.wrap_key_data(np.asarray(state.rng)))
+  state = state.replace(rng=jax.random.wrap_key_data(
+      np.asarray(state.rng), impl=jax.random.key_impl(template.rng)))
   _check_fits({'pools': flax.serialization.to_state_dict(template.pools)},
               {'pools': jax.tree.map(lambda x: np.asarray(x)[0], restored['pools'])})
   n_local = jax.local_device_count()

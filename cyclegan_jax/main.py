@@ -57,11 +57,20 @@ def main(argv):
   from cyclegan_jax import checkpointing, train
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (FloatingPointError, checkpointing.CheckpointMismatchError, ValueError) as e:
-    logging.error('%s: %s', type(e).__name__, e)
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  except (FloatingPointError, checkpointing.CheckpointMismatchError, ValueError,
+          FileNotFoundError) as e:
+    sys.exit(f'error: {e}')
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, but a bad --config.* override (unknown key, wrong type) is one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'error: {e}\nPass --helpfull to see the flags.')
+  except (KeyError, AttributeError, TypeError) as e:
+    sys.exit(f'error: bad config override: {e.args[0] if e.args else e}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

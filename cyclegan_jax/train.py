@@ -90,7 +90,7 @@ def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
 
 
 def _write_samples(workdir: epath.Path, writer, step: int, cycle_fn, state, images) -> None:
-  params, batch_stats = jax.device_get(parallel.unreplicate((state.params, state.batch_stats)))
+  params, batch_stats = parallel.unreplicate((state.params, state.batch_stats))
   out = jax.device_get(cycle_fn(params, batch_stats, *images))
   grid = visualize.cycle_grid(**out)
   (workdir / 'samples').mkdir(parents=True, exist_ok=True)

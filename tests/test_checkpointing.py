@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from cyclegan_jax import checkpointing, parallel, train_state
+from tests.helpers import host_tree
 
 N_DEVICES = 8
 STEPS_PER_EPOCH = 8
@@ -33,15 +34,6 @@ def fresh_state(config):
   shapes = jax.eval_shape(lambda: train_state.create_train_state(config, models, key))
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes.replace(rng=None))
   return zeros.replace(rng=key)
-
-
-def host_tree(tree):
-  """numpy leaves (typed PRNG keys as key data), for exact comparisons."""
-  def one(x):
-    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-      x = jax.random.key_data(x)
-    return np.asarray(x)
-  return jax.tree.map(one, tree)
 
 
 def assert_trees_equal(expected, actual):

@@ -1,15 +1,14 @@
 """Input pipeline: sources, bad-file handling, determinism and resume, host sharding."""
 
 import gc
-import importlib.util
 import io
 import logging
-import pathlib
 import socket
 import threading
 import time
 import zipfile
 
+from configs import default
 from cyclegan_jax import image_files
 from cyclegan_jax import input_pipeline
 from cyclegan_jax import preprocess
@@ -22,10 +21,6 @@ CROP = 32
 
 @pytest.fixture
 def config():
-  path = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'default.py'
-  spec = importlib.util.spec_from_file_location('_default_config', path)
-  default = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(default)
   config = default.get_config()
   config.batch_size = 8  # conftest forces 8 CPU devices: batches are [8, 1, ...].
   config.data.crop_size = CROP

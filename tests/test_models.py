@@ -1,8 +1,6 @@
 """Generators, discriminators and the layers they share: sizes, shapes and every option."""
 
-import importlib.util
 import math
-import pathlib
 
 import flax
 import jax
@@ -10,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import default
 from cyclegan_jax import discriminators, generators, layers
 
 # Threefry keys make XLA:CPU compile every initialiser slowly (seconds per model); the tests
@@ -18,17 +17,9 @@ KEY = jax.random.key(0, impl='rbg')
 GENERATOR_NAMES = ('resnet_9blocks', 'resnet_6blocks', 'unet_256', 'unet_128')
 
 
-def _load_default_config():
-  path = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'default.py'
-  spec = importlib.util.spec_from_file_location('_default_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config
-
-
 def model_config(**overrides):
   """The default `config.model` with some keys replaced."""
-  cfg = _load_default_config()().model
+  cfg = default.get_config().model
   for key, value in overrides.items():
     setattr(cfg, key, value)
   return cfg

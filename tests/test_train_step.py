@@ -8,10 +8,8 @@ module-scoped fixtures.
 import contextlib
 import dataclasses
 import functools
-import importlib.util
 import math
 import os
-import pathlib
 
 import flax.jax_utils
 import jax
@@ -20,7 +18,9 @@ import numpy as np
 import optax
 import pytest
 
+from configs import default
 from cyclegan_jax import parallel, train_state, train_step
+from tests.helpers import host_tree
 
 GLOBAL_BATCH = 8
 SIZE = 32
@@ -71,18 +71,10 @@ GOLDEN = {
 }
 
 
-def _load_default_config():
-  path = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'default.py'
-  spec = importlib.util.spec_from_file_location('_default_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config
-
-
 def tiny_config(**optim):
   """ngf = ndf = 8, two residual blocks, 32² crops, a pool that is still filling after 8 fakes
   per device (so it returns its inputs unchanged), lsgan, no dropout; lr_d differs from lr."""
-  c = _load_default_config()()
+  c = default.get_config()
   c.batch_size = GLOBAL_BATCH
   c.model.ngf = c.model.ndf = 8
   c.model.generator = 'resnet_2blocks'
@@ -99,15 +91,6 @@ def input_batches(n=STEPS):
   rng = np.random.default_rng(0)
   draw = lambda: rng.uniform(-1.0, 1.0, (GLOBAL_BATCH, SIZE, SIZE, 3)).astype(np.float32)
   return [{'a': draw(), 'b': draw()} for _ in range(n)]
-
-
-def to_host(tree):
-  """numpy copies of every leaf (typed PRNG keys as their raw key data)."""
-  def one(x):
-    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-      x = jax.random.key_data(x)
-    return np.asarray(x)
-  return jax.tree.map(one, tree)
 
 
 def leaf_paths(tree):
@@ -159,7 +142,7 @@ def run_steps(step, state, batches):
       rstate, m = step(rstate, parallel.shard_batch(batch))
       jax.block_until_ready((rstate, m))
     compiles.append(len(step_compiles))
-    states.append(to_host(rstate))
+    states.append(host_tree(rstate))
     metrics.append({k: np.asarray(v) for k, v in m.items()})
   return states, metrics, compiles
 
@@ -181,7 +164,7 @@ def run(tiny):
   each step [device, ...], metrics of each step [device], compilations of each step)."""
   _, _, state, step = tiny
   states, metrics, compiles = run_steps(step, state, input_batches())
-  return to_host(state), states, metrics, compiles
+  return host_tree(state), states, metrics, compiles
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,7 +230,7 @@ def test_zero_lr_changes_no_parameters(tiny):
       opt_state_g=models.tx_g.init({k: params[k] for k in train_state.GENERATORS}),
       opt_state_d=models.tx_d.init({k: params[k] for k in train_state.DISCRIMINATORS}))
   step = parallel.pmap_step(functools.partial(train_step.train_step, models=models, config=c))
-  before = to_host(state)
+  before = host_tree(state)
   states, metrics, _ = run_steps(step, state, input_batches(1))
   after = device_copy(states[0], 0)
   for name in NETWORKS:
@@ -326,7 +309,7 @@ def gradients_on(n, state):
         lambda x: x.astype(np.float64).reshape((n, GLOBAL_BATCH // n) + x.shape[1:]),
         input_batches(1)[0])
     new_state, metrics = step(rstate, batch)
-    before, after = to_host(params), to_host(new_state.params)
+    before, after = host_tree(params), host_tree(new_state.params)
   assert jax.tree.leaves(after)[0].dtype == np.float64
   # SGD(1): after = before − grad, and the subtraction after − before is exact (Sterbenz).
   grads = {name: jax.tree.map(lambda b, a: b - a[0], before[name], after[name])
