@@ -28,7 +28,10 @@ class CheckpointMismatchError(ValueError):
 def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
                                          cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(epath.Path(workdir) / 'checkpoints', options=options)
+  path = epath.Path(workdir) / 'checkpoints'
+  if not path.is_absolute():  # orbax refuses relative paths (at its first save).
+    path = path.absolute()
+  return ocp.CheckpointManager(path, options=options)
 
 
 def _to_host(replicated: TrainState) -> tuple[dict[str, Any], dict[str, Any]]:

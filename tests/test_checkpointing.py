@@ -154,6 +154,20 @@ def test_keeps_the_newest_checkpoints(tmp_path, config, template):
   assert step_dirs(tmp_path) == [4, 5]
 
 
+def test_a_relative_workdir_saves_and_restores(tmp_path, monkeypatch, config, template):
+  """orbax refuses relative paths at its first save; `--workdir=workdirs/demo` is relative."""
+  monkeypatch.chdir(tmp_path)
+  manager = checkpointing.create_manager('workdirs/run', keep=1)
+  try:
+    checkpointing.save(manager, parallel.replicate(template.replace(step=np.int32(2))), config)
+    manager.wait_until_finished()
+    restored = checkpointing.restore(manager, template)
+  finally:
+    manager.close()
+  assert step_dirs(tmp_path / 'workdirs' / 'run') == [2]
+  assert int(restored.step[0]) == 2
+
+
 @pytest.mark.parametrize('tmp_name', ['9.orbax-checkpoint-tmp', '9.orbax-checkpoint-tmp-123'])
 def test_a_save_cut_short_does_not_stop_restore_or_saving(tmp_path, saved, config, template,
                                                            trained, tmp_name):
