@@ -94,6 +94,7 @@ class Conv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    _check_choice('pad_mode', self.pad_mode, ('zeros', 'reflect'))
     padding = torch_padding(self.padding)
     if self.pad_mode == 'reflect' and self.padding:
       x = jnp.pad(x, ((0, 0),) + padding + ((0, 0),), mode='reflect')
