@@ -106,6 +106,18 @@ def _init_key(key: jax.Array) -> jax.Array:
   return jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl='rbg')
 
 
+def _check_discriminator_output(config: ml_collections.ConfigDict, models: Models) -> None:
+  """A crop too small for the discriminator gives an empty logit map, whose mean loss is NaN."""
+  size = config.data.crop_size
+  image = jnp.zeros((1, size, size, config.model.output_nc))
+  out, _ = jax.eval_shape(lambda: models.discriminator.init_with_output(
+      jax.random.key(0), image, train=False))
+  if 0 in out.shape:
+    raise ValueError(f'data.crop_size={size} is too small for discriminator '
+                     f'{config.model.discriminator!r}: its output would be {out.shape[1]}×'
+                     f'{out.shape[2]}; use a larger crop or fewer layers (model.n_layers_d).')
+
+
 def create_train_state(config: ml_collections.ConfigDict, models: Models,
                        key: jax.Array) -> TrainState:
   """Fresh parameters for all four networks, optimizer states, empty pools, step 0.
@@ -130,6 +142,7 @@ def create_train_state(config: ml_collections.ConfigDict, models: Models,
     return (params, batch_stats, models.tx_g.init({k: params[k] for k in GENERATORS}),
             models.tx_d.init({k: params[k] for k in DISCRIMINATORS}))
 
+  _check_discriminator_output(config, models)
   params, batch_stats, opt_state_g, opt_state_d = init(init_key)
   pools = {d: image_pool.init(config.loss.pool_size, (size, size, channels[d]))
            for d in ('a', 'b')}

@@ -245,6 +245,29 @@ def test_zero_lr_changes_no_parameters(tiny):
 # Golden values.
 
 
+def test_crop_too_small_for_the_discriminator_is_named():
+  config = tiny_config()
+  config.data.crop_size = 16  # basic PatchGAN: 16 -> 8 -> 4 -> 2 -> 1 -> 0.
+  models = train_state.create_models(config, steps_per_epoch=10)
+  with pytest.raises(ValueError, match=r"crop_size=16 is too small for discriminator 'basic'"):
+    train_state.create_train_state(config, models, jax.random.key(0))
+
+
+def test_bfloat16_compute_keeps_float32_state():
+  config = tiny_config()
+  config.model.dtype = 'bfloat16'
+  models = train_state.create_models(config, steps_per_epoch=10)
+  state = parallel.replicate(train_state.create_train_state(config, models, jax.random.key(0)))
+  step = parallel.pmap_step(functools.partial(train_step.train_step, models=models,
+                                              config=config))
+  state, metrics = step(state, parallel.shard_batch(input_batches(1)[0]))
+  float_leaves = [x for x in jax.tree.leaves((state.params, state.opt_state_g, state.opt_state_d))
+                  if jnp.issubdtype(x.dtype, jnp.floating)]
+  assert {x.dtype for x in float_leaves} == {jnp.dtype('float32')}
+  assert all(np.isfinite(np.asarray(v)).all() for v in metrics.values())
+  assert 0.0 < float(metrics['g_total'][0]) < 100.0
+
+
 def test_golden_losses(run):
   _, _, metrics, _ = run
   actual = {f'step_{i + 1}': {k: float(metrics[i][k][0]) for k in sorted(METRICS)
