@@ -1,15 +1,20 @@
 """Whole-state checkpoints with orbax: atomic, asynchronous, keep-N, portable across topologies.
 
 A checkpoint holds the unreplicated train state (parameters, optimizer states, batch
-statistics, step and base rng), the image pools of every local device, and the resolved
-config as JSON. The input stream is a pure function of (seed, step), so the step is also the
-data position. Everything is saved as host numpy arrays, which makes a checkpoint independent
-of the device count that wrote it.
+statistics, step and base rng), the image pools of every device of every process, and the
+resolved config as JSON. The input stream is a pure function of (seed, step), so the step is
+also the data position. Everything is saved as host numpy arrays, which makes a checkpoint
+independent of the device and process count that wrote it.
+
+Multi-host: every process calls `save` and `restore` (orbax coordinates them; the primary
+process writes the replicated arrays). The pools, which differ per device, are all-gathered
+first, so no process's pools are lost.
 """
 
 import re
 from typing import Any
 
+from absl import logging
 import flax.serialization
 import jax
 import ml_collections
@@ -35,10 +40,10 @@ def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
 
 
 def _to_host(replicated: TrainState) -> tuple[dict[str, Any], dict[str, Any]]:
-  """(state without pools as a state dict of numpy arrays, pools stacked per local device)."""
+  """(state without pools as a state dict of numpy arrays, pools stacked per global device)."""
   state = parallel.unreplicate(replicated.replace(pools={}))
-  return (flax.serialization.to_state_dict(state),
-          jax.device_get(flax.serialization.to_state_dict(replicated.pools)))
+  pools = jax.device_get(flax.serialization.to_state_dict(replicated.pools))
+  return flax.serialization.to_state_dict(state), parallel.gather_per_device(pools)
 
 
 def non_finite_leaves(tree: Any) -> list[str]:
@@ -55,6 +60,10 @@ def save(manager: ocp.CheckpointManager, replicated: TrainState,
   if bad:
     raise FloatingPointError(f'refusing to checkpoint a non-finite state: {", ".join(bad[:5])}')
   step = int(state_dict['step'])
+  if jax.process_count() > 1:
+    logging.info('step %d: the state is identical on all %d processes (fingerprint %08x)', step,
+                 jax.process_count(),
+                 parallel.check_same_on_all_processes(state_dict, f'train states at step {step}'))
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state_dict), pools=ocp.args.StandardSave(pools),
       config=ocp.args.JsonSave(config.to_dict())), force=True)
@@ -101,10 +110,8 @@ def restore(manager: ocp.CheckpointManager, template: TrainState,
       np.asarray(state.rng), impl=jax.random.key_impl(template.rng)))
   _check_fits({'pools': flax.serialization.to_state_dict(template.pools)},
               {'pools': jax.tree.map(lambda x: np.asarray(x)[0], restored['pools'])})
-  n_local = jax.local_device_count()
-  pools = jax.tree.map(lambda x: np.stack([np.asarray(x)[i % len(x)] for i in range(n_local)]),
-                       restored['pools'])
-  pools = flax.serialization.from_state_dict(template.pools, pools)
+  pools = flax.serialization.from_state_dict(
+      template.pools, parallel.local_slice_of_global(restored['pools']))
   replicated = parallel.replicate(state)
   return replicated.replace(pools=parallel.device_put_sharded(pools))
 

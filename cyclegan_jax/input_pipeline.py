@@ -142,7 +142,7 @@ def _prepared(domain: image_files.Domain, index: int, data,
 
 def _batches(domain_a: image_files.Domain, domain_b: image_files.Domain,
              plans: Iterator[tuple[int, int, np.random.Generator]], host_batch: int,
-             data) -> Iterator[dict[str, np.ndarray]]:
+             local_devices: int, data) -> Iterator[dict[str, np.ndarray]]:
   """Sharded {'a', 'b'} batches forever; worker threads keep data.prefetch batches ready."""
 
   def sample(plan):
@@ -158,24 +158,28 @@ def _batches(domain_a: image_files.Domain, domain_b: image_files.Domain,
       pending.append([pool.submit(sample, p) for p in itertools.islice(plans, host_batch)])
     pairs = [future.result() for future in pending.popleft()]
     yield parallel.shard_batch({'a': np.stack([a for a, _ in pairs]),
-                                'b': np.stack([b for _, b in pairs])})
+                                'b': np.stack([b for _, b in pairs])}, local_devices)
 
 
 def create_train_iterator(config, start_step: int = 0, *, process_index: int | None = None,
-                          process_count: int | None = None) -> Iterator[dict[str, Any]]:
+                          process_count: int | None = None,
+                          local_devices: int | None = None) -> Iterator[dict[str, Any]]:
   """Endless {'a', 'b'} float32 batches [local devices, per-device batch, crop, crop, 3] in [-1, 1].
 
   Start-up work (checking every file, the skip report, config errors) happens here, not at the
   first `next`. With start_step=k it yields exactly what an iterator that ran k steps yields next.
+  process_index, process_count and local_devices default to this process's; given, they yield
+  what that host of another topology would be fed (tests compare topologies with them).
   """
   if start_step < 0:
     raise ValueError(f'start_step={start_step} must be >= 0.')
-  host_batch = parallel.host_batch_size(config.batch_size)
+  local_devices = jax.local_device_count() if local_devices is None else local_devices
+  host_batch = parallel.host_batch_size(config.batch_size, local_devices)
   index, count = _hosts(process_index, process_count)
   domain_a, domain_b = host_domains(config, index, count)
   plans = _sample_plans(config.seed, index, domain_a.size, domain_b.size,
                         config.data.serial_batches, start_step * host_batch)
-  return _batches(domain_a, domain_b, plans, host_batch, config.data)
+  return _batches(domain_a, domain_b, plans, host_batch, local_devices, config.data)
 
 
 def load_eval_images(config, domain: str, num: int, split: str = 'test') -> np.ndarray:

@@ -10,13 +10,29 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+
+def _env_int(name: str) -> int | None:
+  value = os.environ.get(name)
+  return None if value is None else int(value)
+
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train'], 'What to do with the config.')
 _DISTRIBUTED = flags.DEFINE_bool(
     'jax_distributed', os.environ.get('CYCLEGAN_DISTRIBUTED') == '1',
-    'Call jax.distributed.initialize() first (multi-host: TPU pods, several processes).')
+    'Call jax.distributed.initialize() first (multi-host: TPU pods, several processes). On TPU '
+    'VMs and managed clusters it finds its peers itself; elsewhere give the three flags below.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', os.environ.get('JAX_COORDINATOR_ADDRESS'),
+    'host:port of process 0, with --jax_distributed off TPU (env JAX_COORDINATOR_ADDRESS).')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', _env_int('CYCLEGAN_NUM_PROCESSES'),
+    'Number of processes, with --jax_distributed off TPU (env CYCLEGAN_NUM_PROCESSES).')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', _env_int('CYCLEGAN_PROCESS_ID'),
+    'This process\'s index, with --jax_distributed off TPU (env CYCLEGAN_PROCESS_ID).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -48,7 +64,7 @@ def main(argv):
   _quiet_library_logs()
   import jax
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   _hide_gpus_from_tensorflow()
   _enable_compilation_cache(_WORKDIR.value)
   logging.info('process %d of %d; %d local devices of %d: %s', jax.process_index(),

@@ -7,8 +7,10 @@ Everything else works on per-device values. The step is written with explicit co
 import collections
 from collections.abc import Callable, Iterator
 from typing import Any
+import zlib
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 AXIS_NAME = 'batch'
@@ -24,14 +26,15 @@ def per_device_batch_size(global_batch_size: int, device_count: int | None = Non
   return global_batch_size // device_count
 
 
-def host_batch_size(global_batch_size: int) -> int:
+def host_batch_size(global_batch_size: int, local_devices: int | None = None) -> int:
   """Images this host feeds per step: its local devices' share of the global batch."""
-  return per_device_batch_size(global_batch_size) * jax.local_device_count()
+  local_devices = jax.local_device_count() if local_devices is None else local_devices
+  return per_device_batch_size(global_batch_size) * local_devices
 
 
-def shard_batch(host_batch: Any) -> Any:
+def shard_batch(host_batch: Any, local_devices: int | None = None) -> Any:
   """Reshapes every [host_batch, ...] array to [local_devices, per_device_batch, ...]."""
-  n = jax.local_device_count()
+  n = jax.local_device_count() if local_devices is None else local_devices
 
   def reshape(x):
     if x.shape[0] % n:
@@ -76,6 +79,51 @@ def unreplicate(tree: Any) -> Any:
     return np.asarray(x.addressable_shards[0].data)[0]
 
   return jax.tree.map(get, tree)
+
+
+def gather_per_device(local_tree: Any) -> Any:
+  """Per-device host arrays [local_devices, ...] of every process, as [global_devices, ...].
+
+  Ordered by process, then local device, which is the order of pmap's axis index.
+  """
+  if jax.process_count() == 1:
+    return local_tree
+  return multihost_utils.process_allgather(local_tree, tiled=True)
+
+
+def local_slice_of_global(global_tree: Any) -> Any:
+  """This process's [local_devices, ...] share of a [n, ...] per-device tree.
+
+  Local device i of process p takes entry (p * local_devices + i) mod n, so a tree saved on one
+  topology is dealt out whole to another (and exactly back on the same one).
+  """
+  n_local = jax.local_device_count()
+  first = jax.process_index() * n_local
+  return jax.tree.map(
+      lambda x: np.stack([np.asarray(x)[(first + i) % len(x)] for i in range(n_local)]),
+      global_tree)
+
+
+def fingerprint(tree: Any) -> int:
+  """CRC32 of every leaf's bytes, in tree order: equal trees give equal fingerprints."""
+  crc = 0
+  for leaf in jax.tree.leaves(tree):
+    crc = zlib.crc32(np.ascontiguousarray(leaf).tobytes(), crc)
+  return crc
+
+
+def check_same_on_all_processes(tree: Any, what: str) -> int:
+  """Stops the run if the processes hold different copies of `tree` (replicas drifted apart).
+
+  Returns the fingerprint, which every process logs the same. One tiny all-gather.
+  """
+  mine = fingerprint(tree)
+  if jax.process_count() > 1:
+    everyone = multihost_utils.process_allgather(np.array([mine], np.uint32), tiled=True)
+    if len(set(everyone.tolist())) != 1:
+      raise RuntimeError(f'{what} differ between processes: fingerprints '
+                         f'{", ".join(f"{p}: {f:08x}" for p, f in enumerate(everyone))}.')
+  return mine
 
 
 def device_put_sharded(host_batch: Any) -> Any:

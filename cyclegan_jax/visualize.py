@@ -42,14 +42,18 @@ def write_png(path: epath.PathLike, image: np.ndarray) -> None:
 
 
 def append_csv(path: epath.PathLike, step: int, scalars: dict[str, float]) -> None:
-  """Appends one row of the loss table, writing the header on first use."""
+  """Appends one row of the loss table, writing the header on first use.
+
+  Rewrites the file rather than opening it for appending, which object stores (gs://) lack.
+  """
   path = epath.Path(path)
-  new = not path.exists()
-  with path.open('a') as f:
-    writer = csv.DictWriter(f, fieldnames=['step'] + sorted(scalars))
-    if new:
-      writer.writeheader()
-    writer.writerow({'step': step, **scalars})
+  row = io.StringIO()
+  writer = csv.DictWriter(row, fieldnames=['step'] + sorted(scalars), lineterminator='\n')
+  old = path.read_text() if path.exists() else ''
+  if not old:
+    writer.writeheader()
+  writer.writerow({'step': step, **scalars})
+  path.write_text(old + row.getvalue())
 
 
 def truncate_csv(path: epath.PathLike, max_step: int) -> None:

@@ -1,7 +1,11 @@
 """Small helpers shared by several test files."""
 
+import csv
+import pathlib
+
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 
 def host_tree(tree):
@@ -13,3 +17,26 @@ def host_tree(tree):
     return np.asarray(x)
 
   return jax.tree.map(one, tree)
+
+
+def complete_steps(workdir) -> list[int]:
+  """Steps whose checkpoint finished: orbax renames `N.orbax-checkpoint-tmp` to `N` last."""
+  path = pathlib.Path(workdir) / 'checkpoints'
+  return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit()) if path.exists() else []
+
+
+def restore(workdir, step):
+  """(state, pools) of a checkpoint as plain orbax reads it, as numpy trees."""
+  manager = ocp.CheckpointManager(pathlib.Path(workdir) / 'checkpoints',
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), pools=ocp.args.StandardRestore()))
+  finally:
+    manager.close()
+  return jax.tree.map(np.asarray, (restored['state'], restored['pools']))
+
+
+def read_loss_csv(workdir):
+  with open(pathlib.Path(workdir) / 'loss_history.csv') as f:
+    return list(csv.DictReader(f))

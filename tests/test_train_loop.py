@@ -7,7 +7,6 @@ compilation cache, and runs that do not depend on each other go concurrently (a 
 much of its time importing TensorFlow and compiling), which keeps the module in minutes.
 """
 
-import csv
 import io
 import itertools
 import json
@@ -24,11 +23,11 @@ import types
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
 from cyclegan_jax import visualize
+from tests.helpers import complete_steps, read_loss_csv, restore
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TILE, PAD = 32, 2  # configs/test.py crops; visualize.image_grid's padding.
@@ -81,24 +80,6 @@ class Run:
     return self
 
 
-def complete_steps(workdir) -> list[int]:
-  """Steps whose checkpoint finished: orbax renames `N.orbax-checkpoint-tmp` to `N` last."""
-  path = pathlib.Path(workdir) / 'checkpoints'
-  return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit()) if path.exists() else []
-
-
-def restore(workdir, step):
-  """(state, pools) of a checkpoint as plain orbax reads it, as numpy trees."""
-  manager = ocp.CheckpointManager(pathlib.Path(workdir) / 'checkpoints',
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
-  try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), pools=ocp.args.StandardRestore()))
-  finally:
-    manager.close()
-  return jax.tree.map(np.asarray, (restored['state'], restored['pools']))
-
-
 def flat(tree):
   return {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
@@ -115,11 +96,6 @@ def assert_finite(tree):
   bad = [k for k, x in flat(tree).items()
          if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x))]
   assert not bad, bad
-
-
-def read_loss_csv(workdir):
-  with open(pathlib.Path(workdir) / 'loss_history.csv') as f:
-    return list(csv.DictReader(f))
 
 
 def wait_for_checkpoint(run, after=-1, timeout_s=TIMEOUT_S) -> int:

@@ -1,0 +1,125 @@
+"""The scripts under launch/: they parse, pass shellcheck, answer --help, and (DRY_RUN=1) the
+TPU scripts print exactly the gcloud commands they would run."""
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPTS = sorted((ROOT / 'launch').glob('*.sh'))
+RUNNABLE = [s for s in SCRIPTS if os.access(s, os.X_OK)]
+TPU_ENV = {'DRY_RUN': '1', 'TPU_NAME': 'vg', 'ZONE': 'europe-west4-a', 'PROJECT': 'proj',
+           'ACCELERATOR_TYPE': 'v5litepod-16', 'RUNTIME_VERSION': 'v2-alpha-tpuv5-lite'}
+
+
+def launch(name, *args, **env):
+  return subprocess.run([str(ROOT / 'launch' / name), *args], capture_output=True, text=True,
+                        env={**os.environ, **env}, cwd=ROOT, timeout=60)
+
+
+def test_every_script_is_found():
+  names = {s.name for s in SCRIPTS}
+  assert {'tpu_create.sh', 'tpu_setup.sh', 'tpu_prepare_data.sh', 'tpu_run.sh', 'tpu_delete.sh',
+          'local_multiprocess.sh', 'gpu.sh', 'setup.sh', 'test.sh', 'demo.sh'} <= names
+
+
+@pytest.mark.parametrize('script', SCRIPTS, ids=lambda s: s.name)
+def test_parses_and_passes_shellcheck(script):
+  assert subprocess.run(['bash', '-n', str(script)], capture_output=True).returncode == 0
+  if shutil.which('shellcheck') is None:
+    if os.environ.get('CI'):
+      pytest.fail('shellcheck is not installed: .ci/run installs it')
+    pytest.skip('shellcheck is not installed (apt-get install shellcheck)')
+  result = subprocess.run(['shellcheck', '-x', str(script)], capture_output=True, text=True,
+                          cwd=script.parent)
+  assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize('script', RUNNABLE, ids=lambda s: s.name)
+def test_help_says_what_it_does_and_runs_nothing(script):
+  result = launch(script.name, '--help', DRY_RUN='0')
+  assert result.returncode == 0, result.stderr
+  assert len(result.stdout.splitlines()) >= 1 and 'set -e' not in result.stdout
+  if script.name.startswith(('tpu_', 'local_', 'gpu')):
+    assert 'Settings' in result.stdout
+
+
+def printed_lines(result):
+  assert result.returncode == 0, result.stderr
+  return result.stdout.splitlines()
+
+
+def test_tpu_create_prints_the_vm_or_queued_resource_command():
+  assert printed_lines(launch('tpu_create.sh', **TPU_ENV)) == [
+      'gcloud compute tpus tpu-vm create vg --zone=europe-west4-a --project=proj '
+      '--accelerator-type=v5litepod-16 --version=v2-alpha-tpuv5-lite']
+  assert printed_lines(launch('tpu_create.sh', **TPU_ENV, QUEUED='1', SPOT='1')) == [
+      'gcloud compute tpus queued-resources create vg --node-id=vg --zone=europe-west4-a '
+      '--project=proj --accelerator-type=v5litepod-16 --runtime-version=v2-alpha-tpuv5-lite '
+      '--spot']
+
+
+def test_tpu_setup_copies_head_and_installs_on_all_workers():
+  archive, scp, ssh = printed_lines(launch('tpu_setup.sh', **TPU_ENV, TMPDIR='/tmp'))
+  assert archive == f'git -C {ROOT} archive --format=tar.gz -o /tmp/cyclegan_jax_src.tar.gz HEAD'
+  assert scp == ('gcloud compute tpus tpu-vm scp /tmp/cyclegan_jax_src.tar.gz '
+                 'vg:cyclegan_jax_src.tar.gz --zone=europe-west4-a --project=proj --worker=all')
+  assert ssh.startswith('gcloud compute tpus tpu-vm ssh vg --zone=europe-west4-a --project=proj '
+                        "--worker=all '--command=set -e; mkdir -p ~/cyclegan_jax && tar -xzf")
+  assert "python3 -m venv .venv" in ssh and r"pip install -q -e . '\''jax[tpu]'\''" in ssh
+
+
+def test_tpu_prepare_data_builds_array_record_on_worker_zero():
+  assert printed_lines(launch('tpu_prepare_data.sh', **TPU_ENV, TFDS_DATA_DIR='gs://b/tfds')) == [
+      "gcloud compute tpus tpu-vm ssh vg --zone=europe-west4-a --project=proj --worker=0 "
+      "'--command=cd ~/cyclegan_jax && .venv/bin/tfds build cycle_gan/vangogh2photo "
+      "--data_dir=gs://b/tfds --file_format=array_record'"]
+
+
+def test_tpu_run_starts_the_same_command_on_all_workers():
+  result = launch('tpu_run.sh', '--config.num_train_steps=10', '--config.data.name=a b',
+                  **TPU_ENV, WORKDIR='gs://b/runs/vg', TFDS_DATA_DIR='gs://b/tfds')
+  assert printed_lines(result) == [
+      "gcloud compute tpus tpu-vm ssh vg --zone=europe-west4-a --project=proj --worker=all "
+      "'--command=cd ~/cyclegan_jax && .venv/bin/python -m cyclegan_jax.main "
+      "--config=configs/vangogh2photo_tpu.py --workdir=gs://b/runs/vg --jax_distributed "
+      r"--config.data.path=gs://b/tfds --config.num_train_steps=10 --config.data.name=a\ b'"]
+
+
+def test_tpu_delete_prints_the_delete_command():
+  assert printed_lines(launch('tpu_delete.sh', **TPU_ENV)) == [
+      'gcloud compute tpus tpu-vm delete vg --zone=europe-west4-a --project=proj --quiet']
+  assert printed_lines(launch('tpu_delete.sh', **TPU_ENV, QUEUED='1')) == [
+      'gcloud compute tpus queued-resources delete vg --zone=europe-west4-a --project=proj '
+      '--force --quiet']
+
+
+@pytest.mark.parametrize('script,setting', [('tpu_run.sh', 'WORKDIR'),
+                                            ('tpu_prepare_data.sh', 'TFDS_DATA_DIR')])
+def test_a_missing_setting_is_named(script, setting):
+  result = launch(script, **{**TPU_ENV, setting: ''})
+  assert result.returncode == 2
+  assert result.stderr.strip() == f'error: set {setting} (see --help)'
+  assert result.stdout == ''
+
+
+def test_local_multiprocess_stops_when_a_process_fails(tmp_path):
+  result = launch('local_multiprocess.sh', '--config=configs/test.py', f'--workdir={tmp_path}',
+                  '--config.batch_size=3', LOG_DIR=str(tmp_path / 'logs'),
+                  PYTHON=sys.executable)
+  assert result.returncode == 1
+  assert 'failed; stopping the others' in result.stderr
+  assert 'batch_size=3 must be a positive multiple of the 4 devices' in (
+      tmp_path / 'logs' / 'process_1.log').read_text()
+
+
+def test_gpu_uses_one_image_per_visible_gpu():
+  result = launch('gpu.sh', '--config.model.ngf=32', DRY_RUN='1', CUDA_VISIBLE_DEVICES='0,1,2',
+                  CONFIG='configs/vangogh2photo.py', WORKDIR='/runs/vg')
+  assert printed_lines(result) == [
+      f'{ROOT}/.venv/bin/python -m cyclegan_jax.main --config=configs/vangogh2photo.py '
+      '--workdir=/runs/vg --config.batch_size=3 --config.model.ngf=32']

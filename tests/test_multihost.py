@@ -1,0 +1,126 @@
+"""Multi-host training for real: several JAX processes on 127.0.0.1 (gloo collectives), started
+by `launch/local_multiprocess.sh` exactly as a user would, each with 2 forced CPU devices.
+
+2 processes × 2 devices train configs/test.py for 4 steps; their losses equal one process with
+4 devices fed the same global batches; both hold the same state at every checkpoint; then one
+process resumes the checkpoint alone, and 2 processes take it back.
+"""
+
+import json
+import os
+import pathlib
+import re
+import signal
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.helpers import complete_steps, read_loss_csv, restore
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TIMEOUT_S = 400  # Per run; each takes well under a minute on 2 idle cores.
+FLAGS = ('--config=configs/test.py', '--config.batch_size=4', '--config.log_every_steps=1',
+         '--config.checkpoint_every_steps=2', '--config.sample_every_steps=1000')
+LOSSES = ('g_total', 'd_total', 'g_adv_a', 'g_adv_b', 'cycle_a', 'cycle_b', 'idt_a', 'idt_b',
+          'd_a', 'd_b', 'g_grad_norm', 'd_grad_norm')
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def run(command, log_path, env) -> str:
+  """Runs `command` in its own process group; on a timeout or failure, kills the whole group."""
+  with open(log_path, 'w') as log:
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env=env, start_new_session=True)
+    try:
+      rc = proc.wait(TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+      rc = 'timeout'
+    finally:
+      if proc.poll() is None or rc != 0:
+        try:
+          os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+          pass
+        proc.wait()
+  output = pathlib.Path(log_path).read_text()
+  assert rc == 0, f'{command} ended with {rc}:\n{output[-4000:]}'
+  return output
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp('multihost')
+  workdir = root / 'workdir'
+  env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': str(root / 'cache'), 'JAX_PLATFORMS': 'cpu',
+         'CUDA_VISIBLE_DEVICES': '', 'TF_CPP_MIN_LOG_LEVEL': '2', 'PYTHON': sys.executable}
+  env.pop('XLA_FLAGS', None)  # conftest's 8 devices must not reach the subprocesses.
+
+  def two_processes(name, *flags):
+    log_dir = root / name
+    run(['launch/local_multiprocess.sh', *FLAGS, f'--workdir={workdir}', *flags],
+        root / f'{name}.out', {**env, 'PORT': str(free_port()), 'LOG_DIR': str(log_dir),
+                               'NUM_PROCESSES': '2', 'DEVICES_PER_PROCESS': '2'})
+    return [(log_dir / f'process_{i}.log').read_text() for i in (0, 1)]
+
+  def one_process(name, command):
+    return run(command, root / f'{name}.out',
+               {**env, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+
+  first = two_processes('first', '--config.num_train_steps=4')
+  after_first = {'csv': read_loss_csv(workdir), 'steps': complete_steps(workdir),
+                 'checkpoint': restore(workdir, 4)}
+  reference = json.loads(one_process('reference', [
+      sys.executable, '-m', 'tests.multihost_reference', '4', '2', '2', *FLAGS]).splitlines()[-1])
+  alone = one_process('alone', [sys.executable, '-m', 'cyclegan_jax.main', *FLAGS,
+                                f'--workdir={workdir}', '--config.num_train_steps=6'])
+  back = two_processes('back', '--config.num_train_steps=8')
+  return dict(first=first, after_first=after_first, reference=reference, alone=alone,
+              back=back, workdir=workdir)
+
+
+def fingerprints(log: str) -> dict[int, str]:
+  return {int(step): f for step, f in re.findall(
+      r'step (\d+): the state is identical on all 2 processes \(fingerprint (\w+)\)', log)}
+
+
+def test_two_processes_train_and_hold_the_same_state(runs):
+  logs = runs['first']
+  assert all('process %d of 2; 2 local devices of 4' % i in log for i, log in enumerate(logs))
+  assert runs['after_first']['steps'] == [2, 4]
+  assert sorted(fingerprints(logs[0])) == [2, 4]
+  assert fingerprints(logs[0]) == fingerprints(logs[1])
+
+
+def test_losses_equal_one_process_on_the_same_global_batches(runs):
+  rows = runs['after_first']['csv']
+  assert [int(r['step']) for r in rows] == [1, 2, 3, 4]
+  for row, expected in zip(rows, runs['reference'], strict=True):
+    np.testing.assert_allclose([float(row[k]) for k in LOSSES], [expected[k] for k in LOSSES],
+                               rtol=1e-5, atol=1e-7, err_msg=f'step {row["step"]}')
+
+
+def test_the_checkpoint_keeps_every_device_pool(runs):
+  _, pools = runs['after_first']['checkpoint']
+  images = pools['a']['images']
+  assert images.shape[0] == 4  # 2 devices of each process, gathered before saving.
+  assert np.all(pools['a']['count'] > 0)
+  flat = images.reshape(4, -1)
+  assert len({row.tobytes() for row in flat}) == 4  # Each device's pool holds its own fakes.
+
+
+def test_one_process_resumes_alone_and_two_take_it_back(runs):
+  assert 'resumed from the checkpoint of step 4' in runs['alone']
+  assert 'resumed from the checkpoint of step 6' in runs['back'][0]
+  assert complete_steps(runs['workdir'])[-2:] == [6, 8]
+  assert fingerprints(runs['back'][0]) == fingerprints(runs['back'][1])
+  assert sorted(fingerprints(runs['back'][0])) == [8]
+  rows = read_loss_csv(runs['workdir'])
+  assert [int(r['step']) for r in rows] == list(range(1, 9))
