@@ -6,7 +6,9 @@ sees: CPU, GPU or TPU. Prints one JSON record: state-init and step-compile times
 step, median and min over --steps timed steps after two warm-up steps; image pairs per second
 (one A image plus one B image is one pair); XLA's FLOP count of the compiled step, which is per
 device, since every device runs the same program on its share of the batch; the FLOP rate that
-gives per device, against a jnp.dot peak measured in the same process; and peak memory.
+gives per device, against a jnp.dot peak measured in the same process; the bytes each step
+all-reduces across devices (what multi-host training sends over the interconnect); and peak
+memory.
 
 The input pipeline's rate is measured on its own by `python -m cyclegan_jax.benchmark_input`,
 so `input_images_per_s` is null here.
@@ -17,6 +19,8 @@ so `input_images_per_s` is null here.
 
 import functools
 import json
+import math
+import re
 import resource
 import statistics
 import sys
@@ -56,6 +60,21 @@ def _flops(compiled: Any) -> float | None:
     cost = cost[0] if cost else None
   flops = (cost or {}).get('flops')
   return float(flops) if flops is not None and flops > 0 else None
+
+
+_ALL_REDUCE_RESULT = re.compile(r'"stablehlo\.all_reduce".*?\}\) : \(.*?\) -> (.*?)$',
+                                re.DOTALL | re.MULTILINE)
+_TENSOR = re.compile(r'tensor<((?:\d+x)*)[a-z]+(\d+)>')  # Dimensions, element bits.
+
+
+def allreduce_bytes(stablehlo: str) -> int:
+  """Bytes that one step all-reduces across devices (gradients, batch statistics, metrics),
+  summed over the results of every all_reduce in the lowered (StableHLO) step."""
+  total = 0
+  for results in _ALL_REDUCE_RESULT.findall(stablehlo):
+    for dims, bits in _TENSOR.findall(results):
+      total += math.prod(int(d) for d in dims.split('x') if d) * max(int(bits) // 8, 1)
+  return total
 
 
 def dot_peak_flops_per_s(repeats: int = 3) -> float:
@@ -104,7 +123,8 @@ def benchmark(config, steps: int) -> dict[str, Any]:
   peak = dot_peak_flops_per_s()
 
   start = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
+  lowered = step.lower(state, batch)
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - start
   times = []
   for i in range(WARMUP_STEPS + steps):
@@ -133,6 +153,7 @@ def benchmark(config, steps: int) -> dict[str, Any]:
       'image_pairs_per_s': round(config.batch_size / median, 3),
       'input_images_per_s': None,  # See `python -m cyclegan_jax.benchmark_input`.
       'flops_per_step': flops, 'flops_scope': 'per device',
+      'allreduce_bytes_per_step': allreduce_bytes(lowered.as_text()),
       'achieved_flops_per_s': achieved, 'dot_peak_flops_per_s': peak,
       'peak_ratio': None if achieved is None else round(achieved / peak, 4),
       'peak_rss_mb': round(_peak_rss_mb(), 1),

@@ -5,11 +5,13 @@ before leaving, and a non-finite loss stops the run before any bad state reaches
 """
 
 import functools
+import os
 import signal
 import threading
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 from absl import logging
@@ -27,13 +29,18 @@ LOSS_GROUPS = {
 
 
 class StopRequest:
-  """Turns SIGTERM/SIGINT into a flag the loop checks between steps (TPU VMs are preempted
-  with SIGTERM); a second signal falls through to the previous handler."""
+  """Turns SIGTERM/SIGINT into a stop the loop takes between steps, after saving that step (TPU
+  VMs are preempted with SIGTERM). A second signal falls through to the previous handler.
 
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+  With several processes, all must stop and save at the same step, wherever the signal lands.
+  JAX's preemption service (started by jax.distributed) catches SIGTERM on any process and
+  agrees on a step with the others; SIGINT is handed to it as a SIGTERM.
+  """
 
   def __init__(self):
     self.received: str | None = None
+    self.stopping = False
+    self._multiprocess = jax.process_count() > 1
     self._previous = {}
 
   def _handle(self, signum, frame):
@@ -41,15 +48,28 @@ class StopRequest:
       signal.signal(signum, self._previous[signum])
       signal.raise_signal(signum)
     self.received = signal.Signals(signum).name
+    if self._multiprocess:
+      os.kill(os.getpid(), signal.SIGTERM)
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+      signals = (signal.SIGINT,) if self._multiprocess else (signal.SIGTERM, signal.SIGINT)
+      self._previous = {s: signal.signal(s, self._handle) for s in signals}
     return self
 
   def __exit__(self, *exc):
     for s, handler in self._previous.items():
       signal.signal(s, handler)
+
+  def check(self, step: int) -> bool:
+    """Called once per step (by every process, with the same steps): whether to stop now."""
+    if self._multiprocess:
+      self.stopping = multihost_utils.reached_preemption_sync_point(step)
+      if self.stopping and self.received is None:
+        self.received = 'SIGTERM (a preemption notice)'
+    else:
+      self.stopping = self.received is not None
+    return self.stopping
 
 
 class MetricsBuffer:
@@ -161,11 +181,12 @@ def _train_loop(config, workdir, models, state, manager, writer, num_steps, epoc
   metrics = MetricsBuffer()
   if is_chief:  # Rows past the checkpoint came from steps a crash lost; they are redone now.
     visualize.truncate_csv(workdir / 'loss_history.csv', initial_step)
-  step = saved_step = initial_step
+  step = initial_step
   with StopRequest() as stop:
-    while step < num_steps and stop.received is None:
+    while step < num_steps and not stop.stopping:
       state, step_metrics = p_step(state, next(batches))
       step += 1
+      stop.check(step)
       metrics.add(step, step_metrics)
       report(step)
       last = step == num_steps
@@ -176,12 +197,9 @@ def _train_loop(config, workdir, models, state, manager, writer, num_steps, epoc
           visualize.append_csv(workdir / 'loss_history.csv', step, scalars)
       if is_chief and (step % config.sample_every_steps == 0 or last):
         _write_samples(workdir, writer, step, cycle_fn, state, sample_images)
-      if step % config.checkpoint_every_steps == 0 or last or stop.received:
+      if step % config.checkpoint_every_steps == 0 or last or stop.stopping:
         _save(manager, state, config, metrics)
-        saved_step = step
-    if stop.received:
-      if saved_step != step:  # The signal came after this step's checkpoint check.
-        _save(manager, state, config, metrics)
+    if stop.stopping:
       logging.warning('%s received: saved step %d; run the same command to resume.',
                       stop.received, step)
   if is_chief and (workdir / 'loss_history.csv').exists():

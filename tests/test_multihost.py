@@ -3,21 +3,28 @@ by `launch/local_multiprocess.sh` exactly as a user would, each with 2 forced CP
 
 2 processes × 2 devices train configs/test.py for 4 steps; their losses equal one process with
 4 devices fed the same global batches; both hold the same state at every checkpoint; then one
-process resumes the checkpoint alone, and 2 processes take it back.
+process resumes the checkpoint alone, and 2 processes take it back. A SIGTERM to one process
+of a run stops both at the same step, which both save.
 """
 
+import functools
 import json
 import os
 import pathlib
+import random
 import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 
+import jax
 import numpy as np
 import pytest
 
+from configs import test as test_config
+from cyclegan_jax import benchmark, parallel, train_state, train_step
 from tests.helpers import complete_steps, read_loss_csv, restore
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -34,12 +41,26 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def run(command, log_path, env) -> str:
+def pid_of(*words: str) -> int | None:
+  """The process whose command line holds all of `words`, from /proc."""
+  for cmdline in pathlib.Path('/proc').glob('[0-9]*/cmdline'):
+    try:
+      args = cmdline.read_bytes().split(b'\0')
+    except OSError:
+      continue
+    if all(w.encode() in args for w in words):
+      return int(cmdline.parent.name)
+  return None
+
+
+def run(command, log_path, env, while_running=None) -> str:
   """Runs `command` in its own process group; on a timeout or failure, kills the whole group."""
   with open(log_path, 'w') as log:
     proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                             env=env, start_new_session=True)
     try:
+      if while_running:
+        while_running(proc)
       rc = proc.wait(TIMEOUT_S)
     except subprocess.TimeoutExpired:
       rc = 'timeout'
@@ -63,11 +84,12 @@ def runs(tmp_path_factory):
          'CUDA_VISIBLE_DEVICES': '', 'TF_CPP_MIN_LOG_LEVEL': '2', 'PYTHON': sys.executable}
   env.pop('XLA_FLAGS', None)  # conftest's 8 devices must not reach the subprocesses.
 
-  def two_processes(name, *flags):
+  def two_processes(name, *flags, workdir=workdir, while_running=None):
     log_dir = root / name
     run(['launch/local_multiprocess.sh', *FLAGS, f'--workdir={workdir}', *flags],
         root / f'{name}.out', {**env, 'PORT': str(free_port()), 'LOG_DIR': str(log_dir),
-                               'NUM_PROCESSES': '2', 'DEVICES_PER_PROCESS': '2'})
+                               'NUM_PROCESSES': '2', 'DEVICES_PER_PROCESS': '2'},
+        while_running)
     return [(log_dir / f'process_{i}.log').read_text() for i in (0, 1)]
 
   def one_process(name, command):
@@ -82,8 +104,23 @@ def runs(tmp_path_factory):
   alone = one_process('alone', [sys.executable, '-m', 'cyclegan_jax.main', *FLAGS,
                                 f'--workdir={workdir}', '--config.num_train_steps=6'])
   back = two_processes('back', '--config.num_train_steps=8')
+
+  preempted_workdir = root / 'preempted'
+
+  def sigterm_to_process_1(proc):
+    deadline = time.monotonic() + TIMEOUT_S
+    while not complete_steps(preempted_workdir) and proc.poll() is None:
+      assert time.monotonic() < deadline, 'no checkpoint appeared in time'
+      time.sleep(0.05)
+    time.sleep(random.Random(0).uniform(0.2, 0.8))
+    os.kill(pid_of('--process_id=1', f'--workdir={preempted_workdir}'), signal.SIGTERM)
+
+  preempted = two_processes('preempted', '--config.num_train_steps=400',
+                            '--config.log_every_steps=10', '--config.checkpoint_every_steps=10',
+                            workdir=preempted_workdir, while_running=sigterm_to_process_1)
   return dict(first=first, after_first=after_first, reference=reference, alone=alone,
-              back=back, workdir=workdir)
+              back=back, workdir=workdir, preempted=preempted,
+              preempted_steps=complete_steps(preempted_workdir))
 
 
 def fingerprints(log: str) -> dict[int, str]:
@@ -124,3 +161,30 @@ def test_one_process_resumes_alone_and_two_take_it_back(runs):
   assert sorted(fingerprints(runs['back'][0])) == [8]
   rows = read_loss_csv(runs['workdir'])
   assert [int(r['step']) for r in rows] == list(range(1, 9))
+
+
+def test_sigterm_to_one_process_stops_both_at_one_saved_step(runs):
+  saved = [re.findall(r'received: saved step (\d+)', log) for log in runs['preempted']]
+  assert len(saved[0]) == 1 and saved[0] == saved[1], saved
+  step = int(saved[0][0])
+  assert 10 <= step < 400 and step == runs['preempted_steps'][-1]
+  assert step in fingerprints(runs['preempted'][0])
+  assert fingerprints(runs['preempted'][0]) == fingerprints(runs['preempted'][1])
+
+
+def test_a_step_all_reduces_the_gradients_and_the_metrics():
+  """What a step sends between hosts: every gradient (float32, one per parameter) and every
+  metric, counted from the lowered program by the benchmark's allreduce_bytes."""
+  config = test_config.get_config()
+  models = train_state.create_models(config, steps_per_epoch=1)
+  state = jax.eval_shape(
+      lambda: train_state.create_train_state(config, models, jax.random.key(0)))
+  n = jax.local_device_count()
+  per_device = lambda x: jax.ShapeDtypeStruct((n,) + x.shape, x.dtype)
+  batch = {d: jax.ShapeDtypeStruct((n, 1, 32, 32, 3), np.float32) for d in 'ab'}
+  step = parallel.pmap_step(functools.partial(train_step.train_step, models=models,
+                                              config=config))
+  lowered = step.lower(jax.tree.map(per_device, state), batch)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  _, metrics = jax.eval_shape(step, jax.tree.map(per_device, state), batch)
+  assert benchmark.allreduce_bytes(lowered.as_text()) == 4 * (num_params + len(metrics))
