@@ -25,9 +25,11 @@ class CheckpointMismatchError(ValueError):
   """The checkpoint's arrays do not fit the state the config builds."""
 
 
-def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+def create_manager(workdir: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
+  """`read_only` for readers beside a running training: they must not clean up its saves."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
-                                         cleanup_tmp_directories=True)
+                                         cleanup_tmp_directories=not read_only,
+                                         read_only=read_only)
   path = epath.Path(workdir) / 'checkpoints'
   if not path.is_absolute():  # orbax refuses relative paths (at its first save).
     path = path.absolute()
