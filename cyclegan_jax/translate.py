@@ -56,7 +56,7 @@ def load_translator(workdir: str, direction: str, step: int | None = None) -> Tr
   if direction not in DIRECTIONS:
     raise ValueError(f'unknown direction {direction!r}; expected AtoB or BtoA')
   name = DIRECTIONS[direction]
-  manager = checkpointing.create_manager(workdir, keep=1, read_only=True)
+  manager = checkpointing.create_manager(workdir, keep=1, reader=True)
   try:
     step = manager.latest_step() if step is None else step
     if step is None:
