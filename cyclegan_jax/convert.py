@@ -26,10 +26,10 @@ from typing import Any
 
 import flax
 import jax
-from absl import logging
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from cyclegan_jax import (checkpointing, discriminators, generators, parallel, torch_pickle,
                           train_state)
@@ -146,7 +146,7 @@ def reference_model_config(generator: str, ngf: int = 64, ndf: int = 64,
 
 
 def generator_layout(generator_name: str, state: dict[str, np.ndarray]):
-  """(module, layout, first conv key) of a reference generator name."""
+  """Our module for a reference generator name (ngf from `state`) and its layout."""
   first = 'model.model.0.weight' if generator_name.startswith('unet') else 'model.1.weight'
   module = generators.create_generator(
       reference_model_config(generator_name, ngf=_width(state, first)))
@@ -181,7 +181,8 @@ def discriminator_params_from_pth(path: str, discriminator_name: str,
                                 f'ndf {module.ndf}) in {path}')
 
 
-def init_params_from_pth(config: ml_collections.ConfigDict, params: dict[str, Any]) -> dict[str, Any]:
+def init_params_from_pth(config: ml_collections.ConfigDict,
+                         params: dict[str, Any]) -> dict[str, Any]:
   """`params` with the trees named in `config.init_from_pth` replaced by reference weights."""
   params = dict(params)
   for name, path in config.init_from_pth.items():

@@ -27,11 +27,12 @@ DIRECTIONS = {'AtoB': 'g_ab', 'BtoA': 'g_ba'}
 
 @dataclasses.dataclass(frozen=True)
 class Translator:
-  """A generator from a checkpoint: `apply` maps one [H, W, C] image in [-1, 1] (H, W multiples
-  of `multiple`) to its translation."""
+  """A generator from a checkpoint: `apply` maps one [H, W, channels] image in [-1, 1] (H, W
+  multiples of `multiple`) to its translation."""
   apply: Callable[[np.ndarray], np.ndarray]
   multiple: int
   step: int
+  channels: int = 3  # 1: images are read as greyscale (digit models).
 
 
 @dataclasses.dataclass
@@ -73,11 +74,12 @@ def load_translator(workdir: str, direction: str, step: int | None = None) -> Tr
   batch_stats = {name: state.get('batch_stats', {}).get(name, {})}
   generate = jax.jit(lambda p, s, x: inference.apply_generator(models, name, p, s, x))
   apply = lambda image: np.asarray(generate(params, batch_stats, image[None]))[0]
-  return Translator(apply, size_multiple(models.generators[name]), int(step))
+  channels = config.model.input_nc if name == 'g_ab' else config.model.output_nc
+  return Translator(apply, size_multiple(models.generators[name]), int(step), channels)
 
 
 def translate_image(translator: Translator, image: np.ndarray) -> np.ndarray:
-  """uint8 [H, W, 3] → uint8 [H, W, 3], reflect-padded to the size multiple and cropped back."""
+  """uint8 [H, W, C] → uint8 [H, W, C'], reflect-padded to the size multiple and cropped back."""
   h, w = image.shape[:2]
   m = translator.multiple
   pad = ((0, -h % m), (0, -w % m), (0, 0))
@@ -99,24 +101,32 @@ def _sources(input_path: str) -> tuple[list[str], Callable[[str], bytes], Callab
   return names, store.read, store.describe
 
 
-def translate_path(translator: Translator, input_path: str, output_dir: str) -> Report:
+def _output_names(names: list[str]) -> list[Path]:
+  """<name>.png with the old suffix dropped, or kept (a.jpg.png) where that would collide."""
+  stems = [Path(n).with_suffix('.png') for n in names]
+  clashes = {s for s in stems if stems.count(s) > 1}
+  return [Path(f'{n}.png') if s in clashes else s for n, s in zip(names, stems)]
+
+
+def translate_path(translator: Translator, input_path: str, output_dir: str | Path) -> Report:
   """Translates every image under `input_path` into `output_dir`/<same relative name>.png."""
   names, read, describe = _sources(input_path)
   out = Path(output_dir)
   report = Report()
-  for i, name in enumerate(names, 1):
+  for i, (name, out_name) in enumerate(zip(names, _output_names(names)), 1):
     try:
-      image = np.asarray(image_files.decode(read(name)))
+      image = image_files.decode(read(name))
     except (image_files.BadImageError, OSError, zipfile.BadZipFile) as e:
       report.skipped.append((describe(name), str(e)))
       logging.warning('[%d/%d] skipped %s: %s', i, len(names), describe(name), e)
       continue
-    target = out / Path(name).with_suffix('.png')
+    target = out / out_name
     target.parent.mkdir(parents=True, exist_ok=True)
-    visualize.write_png(target, translate_image(translator, image))
+    pixels = np.asarray(image.convert('L'))[..., None] if translator.channels == 1 else image
+    out_image = translate_image(translator, np.asarray(pixels))
+    visualize.write_png(target, out_image[..., 0] if out_image.shape[-1] == 1 else out_image)
     report.written.append(target)
-    logging.info('[%d/%d] %s → %s (%d×%d)', i, len(names), describe(name), target,
-                 image.shape[1], image.shape[0])
+    logging.info('[%d/%d] %s → %s (%d×%d)', i, len(names), describe(name), target, *image.size)
   return report
 
 
@@ -125,10 +135,13 @@ def run(workdir: str, direction: str, input_path: str, output_dir: str) -> Repor
   translator = load_translator(workdir, direction)
   logging.info('%s from %s, checkpoint step %d', DIRECTIONS[direction], workdir, translator.step)
   report = translate_path(translator, input_path, output_dir)
+  skipped = '; '.join(f'{n} ({why})' for n, why in report.skipped)
+  if not report.written:
+    raise ValueError(f'none of the {len(report.skipped)} image files in {input_path} could be '
+                     f'read: {skipped}')
   summary = f'wrote {len(report.written)} PNGs to {output_dir}'
   if report.skipped:
-    summary += (f'; skipped {len(report.skipped)} unreadable files: '
-                + '; '.join(f'{n} ({why})' for n, why in report.skipped))
+    summary += f'; skipped {len(report.skipped)} unreadable files: {skipped}'
   logging.info(summary)
   return report
 

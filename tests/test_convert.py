@@ -126,6 +126,18 @@ def test_unknown_and_missing_keys_are_listed(tmp_path):
     convert.generator_params_from_pth(str(tmp_path / 'odd.pth'), 'resnet_9blocks')
 
 
+def test_blocks_with_dropout_shift_their_second_conv(tmp_path):
+  """The reference inserts nn.Dropout at conv_block.4 when use_dropout: the conv moves to .6."""
+  state = tiny_resnet().state_dict()
+  torch.save(state, tmp_path / 'plain.pth')
+  torch.save({k.replace('conv_block.5.', 'conv_block.6.'): v for k, v in state.items()},
+             tmp_path / 'dropout.pth')
+  plain, dropout = (convert.generator_params_from_pth(str(tmp_path / f), 'resnet_2blocks')
+                    for f in ('plain.pth', 'dropout.pth'))
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(dropout)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_pickled_module_is_refused_without_running_it(tmp_path):
   torch.save(tiny_resnet(), tmp_path / 'whole.pth')
   with pytest.raises(torch_pickle.PthFormatError, match=r'TorchResnetGenerator.*state_dict'):

@@ -1,6 +1,7 @@
 """translate.py: a workdir's generator on a file, a folder or a zip, each image at its own size,
 with unreadable files named and skipped; through the command line users run."""
 
+import dataclasses
 import importlib
 import os
 import pathlib
@@ -45,6 +46,18 @@ def test_padding_reflects_to_the_multiple_and_crops_back():
   np.testing.assert_array_equal(seen[0], np.pad(scaled, ((0, 3), (0, 2), (0, 0)), 'reflect'))
   translate.translate_image(identity(4, seen), photo(8, 12))
   assert seen[1].shape == (8, 12, 3)  # Already a multiple: no padding.
+
+
+def test_greyscale_models_read_and_write_one_channel(tmp_path):
+  Image.fromarray(photo(9, 7)).save(tmp_path / 'rgb.png')
+  seen = []
+  greyscale = dataclasses.replace(identity(4, seen), channels=1)
+  report = translate.translate_path(greyscale, str(tmp_path / 'rgb.png'), tmp_path / 'out')
+  assert seen[0].shape == (12, 8, 1)
+  written = Image.open(report.written[0])
+  assert written.mode == 'L' and written.size == (7, 9)
+  np.testing.assert_array_equal(np.asarray(written),
+                                np.asarray(Image.open(tmp_path / 'rgb.png').convert('L')))
 
 
 def test_size_multiple_is_the_generators_total_stride():
@@ -98,6 +111,12 @@ def test_zip_and_single_file_inputs_match(workdir, tmp_path):
   assert len(np.unique(a)) > 10  # A real translation, not a constant image.
 
 
+def test_clashing_names_keep_their_suffix():
+  names = ['a.jpg', 'a.png', 'sub/b.jpg', 'c.tif']
+  assert translate._output_names(names) == [
+      pathlib.Path(p) for p in ('a.jpg.png', 'a.png.png', 'sub/b.png', 'c.png')]
+
+
 def test_errors_name_what_is_wrong(tmp_path):
   with pytest.raises(FileNotFoundError, match=f'no checkpoint in {tmp_path}'):
     translate.load_translator(str(tmp_path), 'AtoB')
@@ -107,3 +126,11 @@ def test_errors_name_what_is_wrong(tmp_path):
   translator = identity(4, [])
   with pytest.raises(FileNotFoundError, match='no image files in'):
     translate.translate_path(translator, str(tmp_path / 'empty'), tmp_path / 'out')
+
+
+def test_command_fails_when_no_file_is_readable(workdir, tmp_path):
+  (tmp_path / 'in').mkdir()
+  (tmp_path / 'in' / 'x.png').write_bytes(b'nope')
+  with pytest.raises(ValueError, match=r"none of the 1 image files in .*in could be read: "
+                                       r".*x\.png \(not an image"):
+    translate.run(str(workdir), 'AtoB', str(tmp_path / 'in'), str(tmp_path / 'out'))
