@@ -18,6 +18,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.num_sample_images = 4  # Images per domain in each sample grid.
   config.family = 'cyclegan'
+  # Start a new run (no checkpoint yet) from reference PyTorch .pth files: G_A → g_ab, G_B →
+  # g_ba, D_A → d_b (the reference's D_A judges domain B), D_B → d_a. Empty: fresh init.
+  config.init_from_pth = ml_collections.ConfigDict({'g_ab': '', 'g_ba': '', 'd_a': '', 'd_b': ''})
 
   config.model = model = ml_collections.ConfigDict()
   model.generator = 'resnet_9blocks'  # resnet_9blocks | resnet_6blocks | unet_256 | unet_128

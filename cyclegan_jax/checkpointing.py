@@ -30,9 +30,11 @@ class CheckpointMismatchError(ValueError):
   """The checkpoint's arrays do not fit the state the config builds."""
 
 
-def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+def create_manager(workdir: str, keep: int, reader: bool = False) -> ocp.CheckpointManager:
+  """`reader`: for a process that only restores, maybe beside a training that is saving; it
+  creates and cleans up nothing (a cleanup would delete that training's save in progress)."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
-                                         cleanup_tmp_directories=True)
+                                         cleanup_tmp_directories=not reader, create=not reader)
   path = epath.Path(workdir) / 'checkpoints'
   if not path.is_absolute():  # orbax refuses relative paths (at its first save).
     path = path.absolute()

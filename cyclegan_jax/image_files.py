@@ -63,7 +63,7 @@ class DirectoryStore:
     for dirpath, dirnames, filenames in os.walk(self.root / folder):
       dirnames[:] = [d for d in dirnames if not _hidden(d)]
       rel = Path(dirpath).relative_to(self.root).as_posix()
-      names.extend(f'{rel}/{f}' for f in filenames if not _hidden(f))
+      names.extend(f if rel == '.' else f'{rel}/{f}' for f in filenames if not _hidden(f))
     return sorted(names)
 
   def read(self, name: str) -> bytes:
@@ -91,7 +91,7 @@ class ZipStore:
     return sorted(f for f in self._folders if '/' not in f)
 
   def list_files(self, folder: str) -> list[str]:
-    return [n for n in self._names if n.startswith(folder + '/')]
+    return [n for n in self._names if not folder or n.startswith(folder + '/')]
 
   def read(self, name: str) -> bytes:
     if not hasattr(self._local, 'archive'):

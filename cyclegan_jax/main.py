@@ -19,7 +19,12 @@ def _env_int(name: str) -> int | None:
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train'], 'What to do with the config.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'translate'],
+                          'train: with --config; translate: a workdir\'s generator on --input.')
+_DIRECTION = flags.DEFINE_enum('direction', 'AtoB', ['AtoB', 'BtoA'],
+                               'translate: G_AB (AtoB) or G_BA (BtoA).')
+_INPUT = flags.DEFINE_string('input', None, 'translate: an image, a folder or a zip.')
+_OUTPUT = flags.DEFINE_string('output', None, 'translate: folder for the PNGs.')
 _DISTRIBUTED = flags.DEFINE_bool(
     'jax_distributed', os.environ.get('CYCLEGAN_DISTRIBUTED') == '1',
     'Call jax.distributed.initialize() first (multi-host: TPU pods, several processes). On TPU '
@@ -33,7 +38,7 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer(
     'process_id', _env_int('CYCLEGAN_PROCESS_ID'),
     'This process\'s index, with --jax_distributed off TPU (env CYCLEGAN_PROCESS_ID).')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['workdir'])
 
 
 def _hide_gpus_from_tensorflow() -> None:
@@ -62,6 +67,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   _quiet_library_logs()
+  if _MODE.value == 'translate':
+    return _translate()
+  if _CONFIG.value is None:
+    raise app.UsageError('--config is required for --mode=train')
   import jax
   if _DISTRIBUTED.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -74,6 +83,18 @@ def main(argv):
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (FloatingPointError, checkpointing.CheckpointMismatchError, ValueError,
+          FileNotFoundError) as e:
+    sys.exit(f'error: {e}')
+
+
+def _translate():
+  if not _INPUT.value or not _OUTPUT.value:
+    raise app.UsageError('--mode=translate needs --input and --output')
+  _enable_compilation_cache(_WORKDIR.value)
+  from cyclegan_jax import checkpointing, image_files, translate
+  try:
+    translate.run(_WORKDIR.value, _DIRECTION.value, _INPUT.value, _OUTPUT.value)
+  except (checkpointing.CheckpointMismatchError, image_files.BadImageError, ValueError,
           FileNotFoundError) as e:
     sys.exit(f'error: {e}')
 

@@ -18,8 +18,8 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from etils import epath
 
-from cyclegan_jax import (checkpointing, inference, input_pipeline, parallel, train_state,
-                          train_step, visualize)
+from cyclegan_jax import (checkpointing, convert, inference, input_pipeline, parallel,
+                          train_state, train_step, visualize)
 
 LOSS_GROUPS = {
     'generator': ['g_adv_a', 'g_adv_b', 'cycle_a', 'cycle_b', 'idt_a', 'idt_b', 'semantic'],
@@ -142,7 +142,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       state = checkpointing.restore(manager, template)
       logging.info('resumed from the checkpoint of step %d', manager.latest_step())
     else:
-      state = parallel.replicate(template)
+      state = parallel.replicate(template.replace(
+          params=convert.init_params_from_pth(config, template.params)))
       writer.write_hparams({k: str(v) for k, v in _flatten(config.to_dict()).items()})
     if is_chief:
       (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))

@@ -1,22 +1,21 @@
 """Our layers and models against PyTorch re-statements of the reference CycleGAN code.
 
-The torch modules below restate, layer for layer, the reference networks of
-junyanz/pytorch-CycleGAN-and-pix2pix (models/networks.py): ResnetBlock, ResnetGenerator,
-NLayerDiscriminator and the recursive UnetSkipConnectionBlock. Weights are copied from torch
-into flax parameter trees and both sides run in float32.
+The torch modules (tests/torch_reference.py) restate, layer for layer, the reference networks
+of junyanz/pytorch-CycleGAN-and-pix2pix (models/networks.py). Weights are copied from torch
+into flax parameter trees, module by module, and both sides run in float32;
+test_convert.py covers importing whole reference state dicts by key.
 """
-
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cyclegan_jax import discriminators, generators, layers
+from cyclegan_jax import convert, discriminators, generators, layers
 
 torch = pytest.importorskip('torch')
-tnn = torch.nn
+from tests.torch_reference import (  # noqa: E402
+    TorchNLayerDiscriminator, TorchResnetBlock, TorchResnetGenerator, tnn, torch_unet)
 
 TOL = 1e-5
 
@@ -26,122 +25,6 @@ def _deterministic_torch():
   torch.manual_seed(0)
   with jax.default_matmul_precision('highest'):
     yield
-
-
-# ----------------------------------------------------------------------------------------------
-# Reference networks in torch (NCHW).
-
-INSTANCE_NORM = functools.partial(tnn.InstanceNorm2d, affine=False, track_running_stats=False)
-
-
-def _use_bias(norm_layer) -> bool:
-  # The reference: conv biases only when the norm is instance norm.
-  if isinstance(norm_layer, functools.partial):
-    return norm_layer.func == tnn.InstanceNorm2d
-  return norm_layer == tnn.InstanceNorm2d
-
-
-class TorchResnetBlock(tnn.Module):
-
-  def __init__(self, dim, norm_layer=INSTANCE_NORM):
-    super().__init__()
-    use_bias = _use_bias(norm_layer)
-    self.conv_block = tnn.Sequential(
-        tnn.ReflectionPad2d(1), tnn.Conv2d(dim, dim, 3, padding=0, bias=use_bias),
-        norm_layer(dim), tnn.ReLU(True),
-        tnn.ReflectionPad2d(1), tnn.Conv2d(dim, dim, 3, padding=0, bias=use_bias),
-        norm_layer(dim))
-
-  def forward(self, x):
-    return x + self.conv_block(x)
-
-
-class TorchResnetGenerator(tnn.Module):
-
-  def __init__(self, input_nc, output_nc, ngf, n_blocks, norm_layer=INSTANCE_NORM):
-    super().__init__()
-    use_bias = _use_bias(norm_layer)
-    model = [tnn.ReflectionPad2d(3), tnn.Conv2d(input_nc, ngf, 7, padding=0, bias=use_bias),
-             norm_layer(ngf), tnn.ReLU(True)]
-    for i in range(2):
-      mult = 2**i
-      model += [tnn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1, bias=use_bias),
-                norm_layer(ngf * mult * 2), tnn.ReLU(True)]
-    model += [TorchResnetBlock(ngf * 4, norm_layer) for _ in range(n_blocks)]
-    for i in range(2):
-      mult = 2**(2 - i)
-      model += [tnn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1,
-                                    output_padding=1, bias=use_bias),
-                norm_layer(ngf * mult // 2), tnn.ReLU(True)]
-    model += [tnn.ReflectionPad2d(3), tnn.Conv2d(ngf, output_nc, 7, padding=0), tnn.Tanh()]
-    self.model = tnn.Sequential(*model)
-
-  def forward(self, x):
-    return self.model(x)
-
-
-class TorchNLayerDiscriminator(tnn.Module):
-
-  def __init__(self, input_nc, ndf=64, n_layers=3, norm_layer=INSTANCE_NORM):
-    super().__init__()
-    use_bias = _use_bias(norm_layer)
-    seq = [tnn.Conv2d(input_nc, ndf, 4, stride=2, padding=1), tnn.LeakyReLU(0.2, True)]
-    nf_mult = 1
-    for n in range(1, n_layers):
-      nf_prev, nf_mult = nf_mult, min(2**n, 8)
-      seq += [tnn.Conv2d(ndf * nf_prev, ndf * nf_mult, 4, stride=2, padding=1, bias=use_bias),
-              norm_layer(ndf * nf_mult), tnn.LeakyReLU(0.2, True)]
-    nf_prev, nf_mult = nf_mult, min(2**n_layers, 8)
-    seq += [tnn.Conv2d(ndf * nf_prev, ndf * nf_mult, 4, stride=1, padding=1, bias=use_bias),
-            norm_layer(ndf * nf_mult), tnn.LeakyReLU(0.2, True),
-            tnn.Conv2d(ndf * nf_mult, 1, 4, stride=1, padding=1)]
-    self.model = tnn.Sequential(*seq)
-
-  def forward(self, x):
-    return self.model(x)
-
-
-class TorchUnetSkipConnectionBlock(tnn.Module):
-  """As the reference, including its in-place LeakyReLU: the skip concatenates LReLU(x)."""
-
-  def __init__(self, outer_nc, inner_nc, input_nc=None, submodule=None, outermost=False,
-               innermost=False, norm_layer=INSTANCE_NORM, use_dropout=False):
-    super().__init__()
-    self.outermost = outermost
-    use_bias = _use_bias(norm_layer)
-    input_nc = outer_nc if input_nc is None else input_nc
-    downconv = tnn.Conv2d(input_nc, inner_nc, 4, stride=2, padding=1, bias=use_bias)
-    downrelu, downnorm = tnn.LeakyReLU(0.2, True), norm_layer(inner_nc)
-    uprelu, upnorm = tnn.ReLU(True), norm_layer(outer_nc)
-    if outermost:
-      upconv = tnn.ConvTranspose2d(inner_nc * 2, outer_nc, 4, stride=2, padding=1)
-      model = [downconv, submodule, uprelu, upconv, tnn.Tanh()]
-    elif innermost:
-      upconv = tnn.ConvTranspose2d(inner_nc, outer_nc, 4, stride=2, padding=1, bias=use_bias)
-      model = [downrelu, downconv, uprelu, upconv, upnorm]
-    else:
-      upconv = tnn.ConvTranspose2d(inner_nc * 2, outer_nc, 4, stride=2, padding=1,
-                                   bias=use_bias)
-      model = [downrelu, downconv, downnorm, submodule, uprelu, upconv, upnorm]
-      if use_dropout:
-        model += [tnn.Dropout(0.5)]
-    self.model = tnn.Sequential(*model)
-
-  def forward(self, x):
-    if self.outermost:
-      return self.model(x)
-    return torch.cat([x, self.model(x)], 1)
-
-
-def torch_unet(input_nc, output_nc, num_downs, ngf=64, norm_layer=INSTANCE_NORM):
-  block = functools.partial(TorchUnetSkipConnectionBlock, norm_layer=norm_layer)
-  unet = block(ngf * 8, ngf * 8, innermost=True)
-  for _ in range(num_downs - 5):
-    unet = block(ngf * 8, ngf * 8, submodule=unet)
-  unet = block(ngf * 4, ngf * 8, submodule=unet)
-  unet = block(ngf * 2, ngf * 4, submodule=unet)
-  unet = block(ngf, ngf * 2, submodule=unet)
-  return block(output_nc, ngf, input_nc=input_nc, submodule=unet, outermost=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,20 +39,14 @@ def from_torch(t) -> np.ndarray:
   return np.transpose(t.detach().numpy(), (0, 2, 3, 1))
 
 
-def torch_kernel_to_flax(module) -> np.ndarray:
-  """Conv2d (O, I, kH, kW) -> HWIO; ConvTranspose2d (I, O, kH, kW) -> flipped HWIO."""
-  w = module.weight.detach().numpy()
-  if isinstance(module, tnn.ConvTranspose2d):
-    return np.flip(w.transpose(2, 3, 0, 1), axis=(0, 1))
-  return w.transpose(2, 3, 1, 0)
-
-
 def torch_conv_params(module) -> dict:
   """One of our `layers.Conv` (wraps a flax Conv) or `layers.ConvTranspose` (owns its kernel)."""
-  leaves = {'kernel': jnp.asarray(torch_kernel_to_flax(module).copy())}
+  transposed = isinstance(module, tnn.ConvTranspose2d)
+  leaves = {'kernel': jnp.asarray(convert.torch_to_flax_kernel(module.weight.detach().numpy(),
+                                                               transposed))}
   if module.bias is not None:
     leaves['bias'] = jnp.asarray(module.bias.detach().numpy())
-  return leaves if isinstance(module, tnn.ConvTranspose2d) else {'Conv_0': leaves}
+  return leaves if transposed else {'Conv_0': leaves}
 
 
 def params_from_torch(torch_model, flax_paths, expected) -> dict:

@@ -1,0 +1,161 @@
+"""Reads the state dicts that `torch.save` writes, with zipfile + pickle + numpy: no torch needed.
+
+Two layouts exist. Since torch 1.6 a `.pth` is a zip of `<name>/data.pkl` plus one raw file per
+storage (`<name>/data/<key>`). Older files (like the published CycleGAN models) are a stream of
+pickles: magic number, protocol, system info, the object, the storage keys, then each storage
+as an int64 element count and its raw bytes. In both, the object pickle refers to storages by
+persistent id and rebuilds each tensor with `torch._utils._rebuild_tensor_v2(storage, offset,
+size, stride, ...)`. The unpickler below resolves only those names and refuses anything else, so
+a file cannot run code, and a pickled `nn.Module` is refused with a hint to save its state_dict.
+"""
+
+import collections
+import dataclasses
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import ml_dtypes
+import numpy as np
+
+_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+_STORAGE_DTYPES = {
+    'DoubleStorage': np.float64, 'FloatStorage': np.float32, 'HalfStorage': np.float16,
+    'BFloat16Storage': ml_dtypes.bfloat16, 'LongStorage': np.int64, 'IntStorage': np.int32,
+    'ShortStorage': np.int16, 'CharStorage': np.int8, 'ByteStorage': np.uint8,
+    'BoolStorage': np.bool_,
+}
+
+
+class PthFormatError(ValueError):
+  """The file is not a torch.save state dict this reader understands."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _StorageRef:
+  key: str
+  dtype: np.dtype
+  offset: int = 0  # Elements into the root storage (legacy storage views).
+
+
+@dataclasses.dataclass(frozen=True)
+class _TensorRef:
+  storage: _StorageRef
+  offset: int
+  size: tuple[int, ...]
+  stride: tuple[int, ...]
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
+                       backward_hooks=None, metadata=None) -> _TensorRef:
+  del requires_grad, backward_hooks, metadata
+  return _TensorRef(storage, storage_offset, tuple(size), tuple(stride))
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
+  del requires_grad, backward_hooks
+  return data
+
+
+_GLOBALS = {
+    ('collections', 'OrderedDict'): collections.OrderedDict,
+    ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor_v2,
+    ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
+}
+
+
+class _Unpickler(pickle.Unpickler):
+
+  def __init__(self, file: BinaryIO, path: Path):
+    super().__init__(file)
+    self.path = path
+    self.dtypes: dict[str, np.dtype] = {}  # Storage key → element type, as they are met.
+
+  def find_class(self, module: str, name: str) -> Any:
+    if module == 'torch' and name in _STORAGE_DTYPES:
+      return np.dtype(_STORAGE_DTYPES[name])
+    if (module, name) in _GLOBALS:
+      return _GLOBALS[module, name]
+    hint = (' (the file holds a pickled module: save its state_dict() instead)'
+            if module.startswith('torch.nn') or '.' in module and not module.startswith('torch')
+            else '')
+    raise PthFormatError(f'{self.path}: unsupported object {module}.{name} in the pickle{hint}')
+
+  def persistent_load(self, pid) -> _StorageRef:
+    kind = pid[0].decode() if isinstance(pid[0], bytes) else pid[0]
+    if kind != 'storage':
+      raise PthFormatError(f'{self.path}: unsupported persistent id {kind!r}')
+    dtype, key = pid[1], str(pid[2])
+    if not isinstance(dtype, np.dtype):
+      raise PthFormatError(f'{self.path}: unsupported storage type {dtype!r}')
+    self.dtypes[key] = dtype
+    view = pid[5] if len(pid) > 5 else None  # Legacy: (view_key, offset, size) or None.
+    return _StorageRef(key, dtype, int(view[1]) if view else 0)
+
+
+def _materialize(obj: Any, storages: dict[str, np.ndarray], path: Path) -> Any:
+  if isinstance(obj, dict):
+    return type(obj)((k, _materialize(v, storages, path)) for k, v in obj.items())
+  if isinstance(obj, (list, tuple)):
+    return type(obj)(_materialize(v, storages, path) for v in obj)
+  if not isinstance(obj, _TensorRef):
+    return obj
+  flat = storages[obj.storage.key].view(obj.storage.dtype)
+  start = obj.storage.offset + obj.offset
+  if obj.size and all(obj.size):
+    last = start + sum((n - 1) * s for n, s in zip(obj.size, obj.stride))
+    if last >= flat.size:
+      raise PthFormatError(f'{path}: a tensor of size {obj.size} runs past its storage')
+  itemsize = flat.dtype.itemsize
+  return np.lib.stride_tricks.as_strided(
+      flat[start:], obj.size, tuple(s * itemsize for s in obj.stride), writeable=False).copy()
+
+
+def _load_zip(path: Path) -> Any:
+  with zipfile.ZipFile(path) as archive:
+    pickles = [n for n in archive.namelist() if n.endswith('data.pkl')]
+    if len(pickles) != 1:
+      raise PthFormatError(f'{path}: expected one data.pkl in the zip, found {len(pickles)}')
+    prefix = pickles[0][:-len('data.pkl')]
+    if (f'{prefix}byteorder' in archive.namelist()
+        and archive.read(f'{prefix}byteorder').decode().strip() != 'little'):
+      raise PthFormatError(f'{path}: big-endian files are not supported')
+    with archive.open(pickles[0]) as f:
+      unpickler = _Unpickler(f, path)
+      obj = unpickler.load()
+    storages = {key: np.frombuffer(archive.read(f'{prefix}data/{key}'), np.uint8)
+                for key in unpickler.dtypes}
+  return _materialize(obj, storages, path)
+
+
+def _load_legacy(path: Path) -> Any:
+  with open(path, 'rb') as f:
+    try:
+      magic = pickle.load(f)
+    except Exception as e:
+      raise PthFormatError(f'{path}: neither a zip nor a legacy torch.save file') from e
+    if magic != _LEGACY_MAGIC:
+      raise PthFormatError(f'{path}: neither a zip nor a legacy torch.save file')
+    pickle.load(f)  # Protocol version.
+    sys_info = pickle.load(f)
+    if not sys_info.get('little_endian', True):
+      raise PthFormatError(f'{path}: big-endian legacy files are not supported')
+    unpickler = _Unpickler(f, path)
+    obj = unpickler.load()
+    keys = pickle.load(f)
+    storages = {}
+    for key in map(str, keys):
+      if key not in unpickler.dtypes:
+        raise PthFormatError(f'{path}: storage {key} is listed but never referenced')
+      numel = int(np.frombuffer(f.read(8), '<i8')[0])
+      storages[key] = np.frombuffer(f.read(numel * unpickler.dtypes[key].itemsize), np.uint8)
+  return _materialize(obj, storages, path)
+
+
+def load(path: str | Path) -> Any:
+  """The object in a `torch.save` file, with every tensor as a numpy array (a copy)."""
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f'no such file: {path}')
+  return _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)

@@ -1,0 +1,156 @@
+"""Translate images with a trained generator, each at its own size.
+
+    python -m cyclegan_jax.translate --workdir=W --direction=AtoB --input=PATH --output=DIR
+
+(the same as `python -m cyclegan_jax.main --mode=translate ...`). PATH is one image, a folder
+(searched recursively) or a zip. The generators are fully convolutional, so every image keeps
+its size: it is reflect-padded up to a multiple of the generator's total stride, translated and
+cropped back. Each distinct padded shape compiles once. Unreadable files are reported by name
+and skipped.
+"""
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+import zipfile
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from cyclegan_jax import checkpointing, generators, image_files, inference, train_state, visualize
+
+DIRECTIONS = {'AtoB': 'g_ab', 'BtoA': 'g_ba'}
+
+
+@dataclasses.dataclass(frozen=True)
+class Translator:
+  """A generator from a checkpoint: `apply` maps one [H, W, channels] image in [-1, 1] (H, W
+  multiples of `multiple`) to its translation."""
+  apply: Callable[[np.ndarray], np.ndarray]
+  multiple: int
+  step: int
+  channels: int = 3  # 1: images are read as greyscale (digit models).
+
+
+@dataclasses.dataclass
+class Report:
+  written: list[Path] = dataclasses.field(default_factory=list)
+  skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (file, reason)
+
+
+def size_multiple(generator) -> int:
+  """The factor every input side must divide by: 4 for ResNets (two stride-2 convs); the U-Net
+  halves num_downs times."""
+  if isinstance(generator, generators.UnetGenerator):
+    return 2**generator.num_downs
+  return 4
+
+
+def load_translator(workdir: str, direction: str, step: int | None = None) -> Translator:
+  """G_AB (AtoB) or G_BA (BtoA) of the latest (or given) checkpoint in `workdir`, in eval mode.
+
+  The networks are built from the config stored with the checkpoint, so no config is needed.
+  """
+  if direction not in DIRECTIONS:
+    raise ValueError(f'unknown direction {direction!r}; expected AtoB or BtoA')
+  name = DIRECTIONS[direction]
+  manager = checkpointing.create_manager(workdir, keep=1, reader=True)
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: train first, or make one '
+                              'from a reference .pth with python -m cyclegan_jax.convert')
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()))
+  finally:
+    manager.close()
+  config = ml_collections.ConfigDict(restored['config'])
+  models = train_state.create_models(config, steps_per_epoch=1)
+  state = restored['state']
+  params = {name: state['params'][name]}
+  batch_stats = {name: state.get('batch_stats', {}).get(name, {})}
+  generate = jax.jit(lambda p, s, x: inference.apply_generator(models, name, p, s, x))
+  apply = lambda image: np.asarray(generate(params, batch_stats, image[None]))[0]
+  channels = config.model.input_nc if name == 'g_ab' else config.model.output_nc
+  return Translator(apply, size_multiple(models.generators[name]), int(step), channels)
+
+
+def translate_image(translator: Translator, image: np.ndarray) -> np.ndarray:
+  """uint8 [H, W, C] → uint8 [H, W, C'], reflect-padded to the size multiple and cropped back."""
+  h, w = image.shape[:2]
+  m = translator.multiple
+  pad = ((0, -h % m), (0, -w % m), (0, 0))
+  x = np.pad(image.astype(np.float32) / 127.5 - 1.0, pad, mode='reflect' if min(h, w) > 1
+             else 'edge')
+  return visualize.to_uint8(translator.apply(x)[:h, :w])
+
+
+def _sources(input_path: str) -> tuple[list[str], Callable[[str], bytes], Callable[[str], str]]:
+  """(file names, read, describe) for one image file, a folder or a zip."""
+  path = Path(input_path).expanduser()
+  if path.is_file() and not zipfile.is_zipfile(path):
+    return [path.name], lambda _: path.read_bytes(), lambda _: str(path)
+  store = image_files.open_store(str(path))
+  names = [n for n in store.list_files('') if n.lower().endswith(image_files.IMAGE_EXTENSIONS)]
+  if not names:
+    raise FileNotFoundError(f'no image files in {path} (looked recursively for '
+                            f'{", ".join(image_files.IMAGE_EXTENSIONS)}).')
+  return names, store.read, store.describe
+
+
+def _output_names(names: list[str]) -> list[Path]:
+  """<name>.png with the old suffix dropped, or kept (a.jpg.png) where that would collide."""
+  stems = [Path(n).with_suffix('.png') for n in names]
+  clashes = {s for s in stems if stems.count(s) > 1}
+  return [Path(f'{n}.png') if s in clashes else s for n, s in zip(names, stems)]
+
+
+def translate_path(translator: Translator, input_path: str, output_dir: str | Path) -> Report:
+  """Translates every image under `input_path` into `output_dir`/<same relative name>.png."""
+  names, read, describe = _sources(input_path)
+  out = Path(output_dir)
+  report = Report()
+  for i, (name, out_name) in enumerate(zip(names, _output_names(names)), 1):
+    try:
+      image = image_files.decode(read(name))
+    except (image_files.BadImageError, OSError, zipfile.BadZipFile) as e:
+      report.skipped.append((describe(name), str(e)))
+      logging.warning('[%d/%d] skipped %s: %s', i, len(names), describe(name), e)
+      continue
+    target = out / out_name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.asarray(image.convert('L'))[..., None] if translator.channels == 1 else image
+    out_image = translate_image(translator, np.asarray(pixels))
+    visualize.write_png(target, out_image[..., 0] if out_image.shape[-1] == 1 else out_image)
+    report.written.append(target)
+    logging.info('[%d/%d] %s → %s (%d×%d)', i, len(names), describe(name), target, *image.size)
+  return report
+
+
+def run(workdir: str, direction: str, input_path: str, output_dir: str) -> Report:
+  """The command: translate, then one summary line naming what was written and what was not."""
+  translator = load_translator(workdir, direction)
+  logging.info('%s from %s, checkpoint step %d', DIRECTIONS[direction], workdir, translator.step)
+  report = translate_path(translator, input_path, output_dir)
+  skipped = '; '.join(f'{n} ({why})' for n, why in report.skipped)
+  if not report.written:
+    raise ValueError(f'none of the {len(report.skipped)} image files in {input_path} could be '
+                     f'read: {skipped}')
+  summary = f'wrote {len(report.written)} PNGs to {output_dir}'
+  if report.skipped:
+    summary += f'; skipped {len(report.skipped)} unreadable files: {skipped}'
+  logging.info(summary)
+  return report
+
+
+if __name__ == '__main__':
+  import sys
+
+  from absl import app
+
+  from cyclegan_jax import main
+  app.run(main.main, argv=[sys.argv[0], '--mode=translate'] + sys.argv[1:],
+          flags_parser=main._parse_flags)
