@@ -3,8 +3,8 @@ by `launch/local_multiprocess.sh` exactly as a user would, each with 2 forced CP
 
 2 processes × 2 devices train configs/test.py for 4 steps; their losses equal one process with
 4 devices fed the same global batches; both hold the same state at every checkpoint; then one
-process resumes the checkpoint alone, and 2 processes take it back. A SIGTERM to one process
-of a run stops both at the same step, which both save.
+process resumes the checkpoint alone, and 2 processes take it back, until a SIGTERM to one of
+them stops both at the same step, which both save.
 """
 
 import functools
@@ -84,7 +84,7 @@ def runs(tmp_path_factory):
          'CUDA_VISIBLE_DEVICES': '', 'TF_CPP_MIN_LOG_LEVEL': '2', 'PYTHON': sys.executable}
   env.pop('XLA_FLAGS', None)  # conftest's 8 devices must not reach the subprocesses.
 
-  def two_processes(name, *flags, workdir=workdir, while_running=None):
+  def two_processes(name, *flags, while_running=None):
     log_dir = root / name
     run(['launch/local_multiprocess.sh', *FLAGS, f'--workdir={workdir}', *flags],
         root / f'{name}.out', {**env, 'PORT': str(free_port()), 'LOG_DIR': str(log_dir),
@@ -103,24 +103,20 @@ def runs(tmp_path_factory):
       sys.executable, '-m', 'tests.multihost_reference', '4', '2', '2', *FLAGS]).splitlines()[-1])
   alone = one_process('alone', [sys.executable, '-m', 'cyclegan_jax.main', *FLAGS,
                                 f'--workdir={workdir}', '--config.num_train_steps=6'])
-  back = two_processes('back', '--config.num_train_steps=8')
-
-  preempted_workdir = root / 'preempted'
 
   def sigterm_to_process_1(proc):
     deadline = time.monotonic() + TIMEOUT_S
-    while not complete_steps(preempted_workdir) and proc.poll() is None:
+    while max(complete_steps(workdir)) <= 6 and proc.poll() is None:
       assert time.monotonic() < deadline, 'no checkpoint appeared in time'
       time.sleep(0.05)
     time.sleep(random.Random(0).uniform(0.2, 0.8))
-    os.kill(pid_of('--process_id=1', f'--workdir={preempted_workdir}'), signal.SIGTERM)
+    os.kill(pid_of('--process_id=1', f'--workdir={workdir}'), signal.SIGTERM)
 
-  preempted = two_processes('preempted', '--config.num_train_steps=400',
-                            '--config.log_every_steps=10', '--config.checkpoint_every_steps=10',
-                            workdir=preempted_workdir, while_running=sigterm_to_process_1)
+  # Back on 2 processes, with a long budget that a SIGTERM to process 1 alone cuts short.
+  back = two_processes('back', '--config.num_train_steps=400', '--config.log_every_steps=10',
+                       '--config.checkpoint_every_steps=10', while_running=sigterm_to_process_1)
   return dict(first=first, after_first=after_first, reference=reference, alone=alone,
-              back=back, workdir=workdir, preempted=preempted,
-              preempted_steps=complete_steps(preempted_workdir))
+              back=back, workdir=workdir, steps=complete_steps(workdir))
 
 
 def fingerprints(log: str) -> dict[int, str]:
@@ -155,21 +151,17 @@ def test_the_checkpoint_keeps_every_device_pool(runs):
 
 def test_one_process_resumes_alone_and_two_take_it_back(runs):
   assert 'resumed from the checkpoint of step 4' in runs['alone']
-  assert 'resumed from the checkpoint of step 6' in runs['back'][0]
-  assert complete_steps(runs['workdir'])[-2:] == [6, 8]
-  assert fingerprints(runs['back'][0]) == fingerprints(runs['back'][1])
-  assert sorted(fingerprints(runs['back'][0])) == [8]
-  rows = read_loss_csv(runs['workdir'])
-  assert [int(r['step']) for r in rows] == list(range(1, 9))
+  assert 'checkpoint for step 6 is being written' in runs['alone']
+  assert all('resumed from the checkpoint of step 6' in log for log in runs['back'])
 
 
 def test_sigterm_to_one_process_stops_both_at_one_saved_step(runs):
-  saved = [re.findall(r'received: saved step (\d+)', log) for log in runs['preempted']]
+  saved = [re.findall(r'received: saved step (\d+)', log) for log in runs['back']]
   assert len(saved[0]) == 1 and saved[0] == saved[1], saved
   step = int(saved[0][0])
-  assert 10 <= step < 400 and step == runs['preempted_steps'][-1]
-  assert step in fingerprints(runs['preempted'][0])
-  assert fingerprints(runs['preempted'][0]) == fingerprints(runs['preempted'][1])
+  assert 10 <= step < 400 and step == runs['steps'][-1]
+  assert step in fingerprints(runs['back'][0])
+  assert fingerprints(runs['back'][0]) == fingerprints(runs['back'][1])
 
 
 def test_a_step_all_reduces_the_gradients_and_the_metrics():
