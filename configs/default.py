@@ -21,6 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Start a new run (no checkpoint yet) from reference PyTorch .pth files: G_A → g_ab, G_B →
   # g_ba, D_A → d_b (the reference's D_A judges domain B), D_B → d_a. Empty: fresh init.
   config.init_from_pth = ml_collections.ConfigDict({'g_ab': '', 'g_ba': '', 'd_a': '', 'd_b': ''})
+  config.eval_every_steps = 0  # Digit accuracy every this many steps (source 'digits'); 0: off.
+  config.num_digit_eval_images = 2000  # Test images of domain B behind that accuracy.
 
   config.model = model = ml_collections.ConfigDict()
   model.generator = 'resnet_9blocks'  # resnet_9blocks | resnet_6blocks | unet_256 | unet_128
@@ -57,7 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
   optim.lr_decay_epochs = 50  # 'step': multiply lr by 0.1 every this many epochs.
 
   config.data = data = ml_collections.ConfigDict()
-  data.source = 'demo'  # demo | folders | tfds
+  data.source = 'demo'  # demo | folders | tfds | digits
   data.path = ''  # Zip or directory holding the domain folders (source 'folders').
   data.name = ''  # tfds builder, e.g. 'cycle_gan/vangogh2photo' (source 'tfds').
   data.dir_a = 'trainA'
@@ -71,6 +73,9 @@ def get_config() -> ml_collections.ConfigDict:
   data.serial_batches = False  # Pair A and B in order instead of drawing B at random.
   data.strict = False  # Stop on unreadable or too-small files instead of skipping them.
   data.demo_size = 1000  # Images per domain and epoch drawn from the embedded demo set.
+  data.domain_a = 'mnist'  # Source 'digits': mnist | svhn | mnistm; data.path is their directory.
+  data.domain_b = 'svhn'
+  data.mnistm_seed = 0  # Which MNIST-M set gets built (its own seed: the data stay fixed).
   data.num_workers = 2  # Decoding threads.
   data.prefetch = 2  # Batches prepared ahead of the train step.
   return config

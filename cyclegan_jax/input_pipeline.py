@@ -1,9 +1,10 @@
 """Datasets → per-host, per-device numpy batches for the train step, and fixed images for eval.
 
 Sources (config.data.source): 'demo' (embedded photos ↔ Starry Night crops, demo_data.py),
-'folders' (a folder or zip holding trainA/trainB/testA/testB, image_files.py) and 'tfds' (read
+'folders' (a folder or zip holding trainA/trainB/testA/testB, image_files.py), 'tfds' (read
 with random access through `tfds.data_source`, which needs no TensorFlow; the dir_*/test_dir_*
-keys name the splits and data.path, if set, is the tfds data_dir).
+keys name the splits and data.path, if set, is the tfds data_dir) and 'digits' (data.domain_a/b
+in mnist, svhn, mnistm from the data directory data.path, digits_data.py; labels stay unused).
 
 Order, as the reference unaligned dataset: an epoch is max(|A|, |B|) samples; sample k of an
 epoch takes A item perm[k] mod |A| (perm is a fresh shuffle each epoch, the identity with
@@ -29,12 +30,13 @@ import numpy as np
 from PIL import Image
 
 from cyclegan_jax import demo_data
+from cyclegan_jax import digits_data
 from cyclegan_jax import image_files
 from cyclegan_jax import parallel
 from cyclegan_jax import preprocess
 
 _ORDER_STREAM, _SAMPLE_STREAM = 0, 1  # Seed-sequence tags; demo_data uses 2.
-SOURCES = ('demo', 'folders', 'tfds')
+SOURCES = ('demo', 'folders', 'tfds', 'digits')
 
 
 def _check(config) -> None:
@@ -42,6 +44,14 @@ def _check(config) -> None:
   if data.source not in SOURCES:
     raise ValueError(f'data.source={data.source!r}; expected one of {", ".join(SOURCES)}.')
   preprocess.check_config(data)
+  if data.source == 'digits':
+    if not data.path:
+      raise ValueError('data.path is empty: source digits needs a data directory (for its files '
+                       'and caches), e.g. --config.data.path=workdirs/digits_data.')
+    for key in ('domain_a', 'domain_b'):
+      if data[key] not in digits_data.DOMAINS:
+        raise ValueError(f'data.{key}={data[key]!r}; expected one of '
+                         f'{", ".join(digits_data.DOMAINS)}.')
   if data.num_workers < 1 or data.prefetch < 0:
     raise ValueError(f'need data.num_workers >= 1 and data.prefetch >= 0, got '
                      f'{data.num_workers} and {data.prefetch}.')
@@ -76,6 +86,10 @@ def _domain(config, domain: str, split: str, announce: bool = True) -> image_fil
     size_problem = functools.partial(preprocess.size_problem, data=data)
     result = image_files.folder_domain(store, folder, size_problem, data.strict, data.num_workers,
                                        announce)
+  elif data.source == 'digits':
+    name = data[f'domain_{domain}']
+    digits = digits_data.load_digits(name, split, data.path, data.mnistm_seed)
+    result = digits_data.as_domain(digits, f'{name} {split} ({data.path})')
   else:
     result = _tfds_domain(config, folder)
   if announce:

