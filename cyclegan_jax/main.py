@@ -13,7 +13,9 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train'], 'What to do with the config.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'ablation'],
+                          'What to do with the config: train, evaluate the workdir\'s latest '
+                          'checkpoint (FID/KID), or run a config\'s ablation (train + evaluate).')
 _DISTRIBUTED = flags.DEFINE_bool(
     'jax_distributed', os.environ.get('CYCLEGAN_DISTRIBUTED') == '1',
     'Call jax.distributed.initialize() first (multi-host: TPU pods, several processes).')
@@ -55,8 +57,11 @@ def main(argv):
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.local_devices())
   from cyclegan_jax import checkpointing, train
+  from cyclegan_jax.evaluate import ablation, evaluator
+  run = {'train': train.train_and_evaluate, 'evaluate': evaluator.evaluate,
+         'ablation': ablation.run}[_MODE.value]
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    run(_CONFIG.value, _WORKDIR.value)
   except (FloatingPointError, checkpointing.CheckpointMismatchError, ValueError,
           FileNotFoundError) as e:
     sys.exit(f'error: {e}')
