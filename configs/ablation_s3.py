@@ -22,10 +22,10 @@ def get_config(base: str = 'vangogh2photo'):
     raise ValueError(f'ablation_s3 base {base!r}: expected vangogh2photo or demo.')
   if base == 'demo':
     config = demo.get_config()
-    config.num_train_steps = 300
-    config.checkpoint_every_steps = 300
-    config.sample_every_steps = 300
-    config.eval.num_images = 50
+    config.num_train_steps = 200
+    config.checkpoint_every_steps = 200
+    config.sample_every_steps = 200
+    config.eval.num_images = 40
   else:
     config = vangogh2photo.get_config()
   config.ablation = ml_collections.ConfigDict()

