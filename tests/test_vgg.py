@@ -2,6 +2,7 @@
 
 import functools
 import importlib.util
+import pickle
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ import pytest
 
 from configs import default
 from cyclegan_jax import losses, parallel, train_state, train_step
-from cyclegan_jax.evaluate import vgg
+from cyclegan_jax.evaluate import vgg, weights
 from tests import reference_data
 
 needs_weights = pytest.mark.skipif(
@@ -105,3 +106,13 @@ def test_train_step_adds_the_semantic_term():
   terms = ('g_adv_a', 'g_adv_b', 'cycle_a', 'cycle_b', 'idt_a', 'idt_b', 'semantic')
   assert float(metrics['semantic'][0]) > 0
   np.testing.assert_allclose(metrics['g_total'][0], sum(metrics[t][0] for t in terms), rtol=1e-5)
+
+
+@needs_weights
+def test_a_checkpoint_missing_a_layer_is_named(tmp_path):
+  checkpoint = weights.read_array_pickle(weights.find(None, vgg.PACKAGE, vgg.FILE, 'VGG16'))
+  del checkpoint['VGG16_0']['Conv_12']
+  path = tmp_path / 'vgg16.ckpt'
+  path.write_bytes(pickle.dumps(checkpoint))
+  with pytest.raises(ValueError, match=r"(?s)does not hold .*\['Conv_12'\]\['bias'\]: missing"):
+    vgg.load_params(str(path))

