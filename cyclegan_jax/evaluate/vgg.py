@@ -73,7 +73,7 @@ def make_semantic_loss(loss_config) -> train_step.SemanticLoss | None:
   """
   if loss_config.lambda_semantic <= 0:
     return None
-  layers = tuple(loss_config.semantic_layers)
+  layers = tuple(name.strip() for name in loss_config.semantic_layers.split(','))
   check_layers(layers)
   params = load_params(loss_config.vgg_path or None)
   net = VGG16(layers)
