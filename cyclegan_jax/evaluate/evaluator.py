@@ -93,11 +93,14 @@ def with_checkpoint_model(config: ml_collections.ConfigDict,
 def translate_test_split(config: ml_collections.ConfigDict,
                          workdir: Path) -> tuple[int, ml_collections.ConfigDict, Translations]:
   """(checkpoint step, config with the checkpoint's model, translations of the test split)."""
+  missing = FileNotFoundError(f'no checkpoint in {workdir / "checkpoints"}: train first.')
+  if not (workdir / 'checkpoints').is_dir():  # Checked first: orbax would create the folder.
+    raise missing
   manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
   try:
     step = manager.latest_step()
     if step is None:
-      raise FileNotFoundError(f'no checkpoint in {workdir / "checkpoints"}: train first.')
+      raise missing
     config = with_checkpoint_model(config, checkpointing.restored_config(manager, step))
     models = train_state.create_models(config, 1)  # Steps per epoch only shape the lr schedule.
     template = train_state.create_train_state(config, models, jax.random.key(config.seed))
