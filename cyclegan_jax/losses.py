@@ -86,3 +86,21 @@ def identity_loss(real_a: jax.Array, same_a: jax.Array, real_b: jax.Array, same_
   """
   return (lambda_identity * lambda_a * l1_loss(same_a, real_a),
           lambda_identity * lambda_b * l1_loss(same_b, real_b))
+
+
+def semantic_cycle_loss(features: Callable[[jax.Array], dict[str, jax.Array]], real_a: jax.Array,
+                        rec_a: jax.Array, real_b: jax.Array, rec_b: jax.Array,
+                        weight: float) -> jax.Array:
+  """Seed S3's semantic cycle loss: weight·Σ over both domains of the mean over feature layers
+  of |φ(x) − φ(F(G(x)))|₁, with φ a fixed feature network (VGG16 in S3).
+
+  One batched call of `features` serves all four image sets; the targets φ(x) are constants.
+  """
+  outputs = features(jnp.concatenate([real_a, rec_a, real_b, rec_b]))
+  total = 0.0
+  for f in outputs.values():
+    f_real_a, f_rec_a, f_real_b, f_rec_b = jnp.split(f, [len(real_a), len(real_a) + len(rec_a),
+                                                         len(real_a) + len(rec_a) + len(real_b)])
+    total += (l1_loss(jax.lax.stop_gradient(f_real_a), f_rec_a)
+              + l1_loss(jax.lax.stop_gradient(f_real_b), f_rec_b))
+  return weight * total / len(outputs)

@@ -19,8 +19,10 @@ def _env_int(name: str) -> int | None:
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'translate'],
-                          'train: with --config; translate: a workdir\'s generator on --input.')
+_MODE = flags.DEFINE_enum(
+    'mode', 'train', ['train', 'evaluate', 'ablation', 'translate'],
+    'train (with --config); evaluate the workdir\'s latest checkpoint (FID/KID); ablation: run a '
+    'config\'s ablation (train + evaluate); translate: a workdir\'s generator on --input.')
 _DIRECTION = flags.DEFINE_enum('direction', 'AtoB', ['AtoB', 'BtoA'],
                                'translate: G_AB (AtoB) or G_BA (BtoA).')
 _INPUT = flags.DEFINE_string('input', None, 'translate: an image, a folder or a zip.')
@@ -70,7 +72,7 @@ def main(argv):
   if _MODE.value == 'translate':
     return _translate()
   if _CONFIG.value is None:
-    raise app.UsageError('--config is required for --mode=train')
+    raise app.UsageError(f'--config is required for --mode={_MODE.value}')
   import jax
   if _DISTRIBUTED.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -80,8 +82,11 @@ def main(argv):
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.local_devices())
   from cyclegan_jax import checkpointing, train
+  from cyclegan_jax.evaluate import ablation, evaluator
+  run = {'train': train.train_and_evaluate, 'evaluate': evaluator.evaluate,
+         'ablation': ablation.run}[_MODE.value]
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    run(_CONFIG.value, _WORKDIR.value)
   except (FloatingPointError, checkpointing.CheckpointMismatchError, ValueError,
           FileNotFoundError) as e:
     sys.exit(f'error: {e}')

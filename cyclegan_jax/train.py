@@ -20,6 +20,7 @@ from etils import epath
 
 from cyclegan_jax import (checkpointing, convert, inference, input_pipeline, parallel,
                           train_state, train_step, visualize)
+from cyclegan_jax.evaluate import vgg
 
 LOSS_GROUPS = {
     'generator': ['g_adv_a', 'g_adv_b', 'cycle_a', 'cycle_b', 'idt_a', 'idt_b', 'semantic'],
@@ -181,7 +182,8 @@ def _train_loop(config, workdir, models, state, manager, writer, num_steps, epoc
   logging.info('training steps %d..%d (%d steps per epoch, global batch %d)',
                initial_step, num_steps, epoch_steps, config.batch_size)
   p_step = parallel.pmap_step(
-      functools.partial(train_step.train_step, models=models, config=config))
+      functools.partial(train_step.train_step, models=models, config=config,
+                        semantic_loss=vgg.make_semantic_loss(config.loss)))
   batches = parallel.prefetch_to_device(
       input_pipeline.create_train_iterator(config, start_step=initial_step),
       config.data.prefetch)
