@@ -9,7 +9,8 @@ jobs (load average 6–9): 25 min 27 s wall. Digit accuracy of MNIST-M → MNIST
 2,000 test digits: 78.8% / 82.3% / 82.5% at steps 400 / 800 / 1,200, against 55.1% for the
 classifier on untranslated MNIST-M (docs/mnist2mnistm_translations.png). Tried and worse:
 lambda_identity 0.5 (67.8% / 71.0% / 70.0%). Tried and as good at a quarter of the time:
-resnet_3blocks for 800 steps (79.9% / 81.3% at 400 / 800; 5 min 48 s at a lower load).
+resnet_3blocks for 800 steps (79.9% / 81.3% at 400 / 800; 5 min 48 s at a lower load); with
+loss.gan_mode lsgan on top, worse (56.2% / 60.0%).
 """
 
 from configs import mnist2svhn
