@@ -64,7 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data = data = ml_collections.ConfigDict()
   data.source = 'demo'  # demo | folders | tfds | digits
-  data.path = ''  # Zip or directory holding the domain folders (source 'folders').
+  data.path = ''  # Zip or directory holding the domain folders ('folders'); data dir ('digits').
   data.name = ''  # tfds builder, e.g. 'cycle_gan/vangogh2photo' (source 'tfds').
   data.dir_a = 'trainA'
   data.dir_b = 'trainB'

@@ -144,17 +144,17 @@ def load_svhn(data_dir: Path, split: str) -> Digits:
                           'ufldl.stanford.edu/housenumbers) or a prepared tfds svhn_cropped.')
 
 
-def build_mnistm(mnist: Digits, photos: list[np.ndarray], seed: int) -> Digits:
+def build_mnistm(mnist: Digits, photos: list[np.ndarray], seed: int, tag: int = 0) -> Digits:
   """MNIST-M: each digit blended with a random crop of a random photo, |crop − digit·255|.
 
   Photos are [H, W, 3] uint8, each at least as large as a digit; the set is a function of
-  (mnist, photos, seed).
+  (mnist, photos, seed, tag), `tag` keeping the splits' random streams apart.
   """
   n, h, w = mnist.images.shape[:3]
   if not photos or any(p.ndim != 3 or p.shape[2] != 3 or min(p.shape[:2]) < max(h, w)
                        for p in photos):
     raise ValueError(f'need RGB photos at least {h}×{w}, got shapes {[p.shape for p in photos]}.')
-  rng = np.random.default_rng([seed, _MNISTM_STREAM])
+  rng = np.random.default_rng([seed, _MNISTM_STREAM, tag])
   which = rng.integers(len(photos), size=n)
   corners = rng.random((n, 2))
   digits = mnist.images[..., :1].astype(np.int16)
@@ -183,7 +183,7 @@ def load_mnistm(data_dir: Path, split: str, seed: int) -> Digits:
   if cache.is_file():
     with np.load(cache) as f:
       return Digits(f['images'], f['labels'])
-  result = build_mnistm(mnist, photos, seed + SPLITS.index(split))
+  result = build_mnistm(mnist, photos, seed, SPLITS.index(split))
   data_dir.mkdir(parents=True, exist_ok=True)
   partial = cache.with_suffix('.tmp.npz')
   np.savez(partial, images=result.images, labels=result.labels)

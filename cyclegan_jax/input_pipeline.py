@@ -35,7 +35,7 @@ from cyclegan_jax import image_files
 from cyclegan_jax import parallel
 from cyclegan_jax import preprocess
 
-_ORDER_STREAM, _SAMPLE_STREAM = 0, 1  # Seed-sequence tags; demo_data uses 2.
+_ORDER_STREAM, _SAMPLE_STREAM = 0, 1  # Seed-sequence tags; demo_data uses 2, digits_data 3.
 SOURCES = ('demo', 'folders', 'tfds', 'digits')
 
 
