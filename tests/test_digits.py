@@ -7,6 +7,7 @@ import types
 from configs import default, mnist2mnistm
 from cyclegan_jax import digits_data, input_pipeline, visualize
 from cyclegan_jax.evaluate import digits as digit_eval
+from cyclegan_jax.evaluate import evaluator
 import flax.linen as nn
 import jax
 import numpy as np
@@ -199,6 +200,18 @@ def test_metric_on_identity_generator_equals_accuracy_on_raw_images(config):
                                                   jax.tree.leaves(cached)))
   config.digit_classifier.dense = 17
   assert not digit_eval.cache_path(config).is_file()  # Keyed by the classifier's config.
+
+
+def test_evaluate_mode_scores_digits_like_the_train_loop(config, tmp_path):
+  """evaluator.digit_metrics on identity translations equals translation_accuracy with the
+  identity stub: --mode=evaluate and the train loop report the same number."""
+  real = {d: input_pipeline.load_eval_images(config, d, 100) for d in 'ab'}
+  identity = evaluator.Translations(real_a=real['a'], real_b=real['b'], fake_b=real['a'],
+                                    fake_a=real['b'])
+  expected = digit_eval.translation_accuracy(config, _StubModels(), _NO_PARAMS, {}, 100)
+  assert evaluator.digit_metrics(config, identity, tmp_path) == expected
+  config.data.source = 'demo'
+  assert evaluator.digit_metrics(config, identity, tmp_path) == {}
 
 
 def test_metric_needs_mnist_as_a_domain(config):

@@ -126,34 +126,48 @@ def load_classifier(config) -> Any:
   return params
 
 
-def translation_accuracy(config: ml_collections.ConfigDict, models: Models,
-                         params: dict[str, Any], batch_stats: dict[str, Any],
-                         num_images: int) -> dict[str, float]:
-  """Classifier accuracy on translations into MNIST of the first `num_images` test images.
-
-  For each direction whose target domain is mnist: `digit_acc_b2a` (G_BA(x_B), when domain_a is
-  mnist) or `digit_acc_a2b` (G_AB(x_A), when domain_b is mnist), and the untranslated baseline
-  `digit_acc_b` / `digit_acc_a`. `params`/`batch_stats` are unreplicated {'g_ab', 'g_ba', ...}.
-  """
-  data = config.data
+def _translations_into_mnist(data) -> list[tuple[str, str]]:
+  """(source, target) domains whose translation lands in MNIST, which the classifier reads."""
   if data.domain_a != 'mnist' and data.domain_b != 'mnist':
     raise ValueError(f'the digit classifier reads MNIST: one of data.domain_a/domain_b must be '
                      f"'mnist', got {data.domain_a!r} and {data.domain_b!r}.")
+  return [(source, target) for source, target in (('b', 'a'), ('a', 'b'))
+          if data[f'domain_{target}'] == 'mnist' and data[f'domain_{source}'] != 'mnist']
+
+
+def accuracy_of_translations(config: ml_collections.ConfigDict, real: dict[str, np.ndarray],
+                             translated: dict[str, np.ndarray]) -> dict[str, float]:
+  """`digit_acc_b2a` (classifier accuracy on G_BA(real['b']), when domain_a is mnist) or
+  `digit_acc_a2b`, and the untranslated baseline `digit_acc_b` / `digit_acc_a`.
+
+  real[d] holds the first n test images of domain d, as `input_pipeline.load_eval_images` gives
+  them; translated[d] their translations into the other domain. The labels are the test split's.
+  """
+  data = config.data
   classifier = config.digit_classifier
   classifier_params = load_classifier(config)
+  results = {}
+  for source, target in _translations_into_mnist(data):
+    labels = digits_data.load_digits(data[f'domain_{source}'], 'test', data.path,
+                                     data.mnistm_seed).labels[:len(real[source])]
+    results[f'digit_acc_{source}2{target}'] = accuracy(classifier, classifier_params,
+                                                       translated[source], labels)
+    results[f'digit_acc_{source}'] = accuracy(classifier, classifier_params, real[source], labels)
+  return results
+
+
+def translation_accuracy(config: ml_collections.ConfigDict, models: Models,
+                         params: dict[str, Any], batch_stats: dict[str, Any],
+                         num_images: int) -> dict[str, float]:
+  """`accuracy_of_translations` of the first `num_images` test images, translated here.
+  `params`/`batch_stats` are unreplicated {'g_ab', 'g_ba', ...}."""
   translate = jax.jit(lambda p, s, x, name: inference.apply_generator(models, name, p, s, x),
                       static_argnums=3)
-  results = {}
-  for source, target, generator in (('b', 'a', 'g_ba'), ('a', 'b', 'g_ab')):
-    if data[f'domain_{target}'] != 'mnist' or data[f'domain_{source}'] == 'mnist':
-      continue
-    labels = digits_data.load_digits(data[f'domain_{source}'], 'test', data.path,
-                                     data.mnistm_seed).labels[:num_images]
-    images = input_pipeline.load_eval_images(config, source, num_images)
-    translated = np.concatenate([
-        np.asarray(translate(params, batch_stats, images[i:i + _EVAL_BATCH], generator))
-        for i in range(0, len(images), _EVAL_BATCH)])
-    results[f'digit_acc_{source}2{target}'] = accuracy(classifier, classifier_params, translated,
-                                                       labels)
-    results[f'digit_acc_{source}'] = accuracy(classifier, classifier_params, images, labels)
-  return results
+  real, translated = {}, {}
+  for source, _ in _translations_into_mnist(config.data):
+    generator = {'a': 'g_ab', 'b': 'g_ba'}[source]
+    real[source] = input_pipeline.load_eval_images(config, source, num_images)
+    translated[source] = np.concatenate([
+        np.asarray(translate(params, batch_stats, real[source][i:i + _EVAL_BATCH], generator))
+        for i in range(0, len(real[source]), _EVAL_BATCH)])
+  return accuracy_of_translations(config, real, translated)

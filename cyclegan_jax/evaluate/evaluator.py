@@ -65,7 +65,19 @@ def inception_metrics(config: ml_collections.ConfigDict, translations: Translati
   return metrics
 
 
-METRICS: list[MetricFn] = [inception_metrics]
+def digit_metrics(config: ml_collections.ConfigDict, translations: Translations,
+                  eval_dir: Path) -> dict[str, float]:
+  """Digit-classifier accuracy of the translations into MNIST (source 'digits' only)."""
+  del eval_dir  # The classifier is cached in the data directory.
+  if config.data.source != 'digits':
+    return {}
+  from cyclegan_jax.evaluate import digits  # pylint: disable=g-import-not-at-top  # Digits only.
+  return digits.accuracy_of_translations(
+      config, {'a': translations.real_a, 'b': translations.real_b},
+      {'a': translations.fake_b, 'b': translations.fake_a})
+
+
+METRICS: list[MetricFn] = [inception_metrics, digit_metrics]
 
 
 def _translate(models, name: str, params, batch_stats, images: np.ndarray,
