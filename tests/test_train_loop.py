@@ -7,6 +7,7 @@ compilation cache, and runs that do not depend on each other go concurrently (a 
 much of its time importing TensorFlow and compiling), which keeps the module in minutes.
 """
 
+import csv
 import io
 import itertools
 import json

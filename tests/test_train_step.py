@@ -268,6 +268,13 @@ def test_bfloat16_compute_keeps_float32_state():
   assert 0.0 < float(metrics['g_total'][0]) < 100.0
 
 
+# Step 1 is a function of the init and the data alone: equal to float32 rounding on any CPU.
+# Step 2 follows one Adam update, whose first step is ±lr on every parameter: conv biases that
+# feed an instance norm get near-zero gradients whose sign depends on the machine's rounding
+# (STACK_NOTES), so step 2 moved by up to 6e-5 between two x86 CPUs with the same jax.
+GOLDEN_RTOL = {'step_1': 1e-5, 'step_2': 1e-3}
+
+
 def test_golden_losses(run):
   _, _, metrics, _ = run
   actual = {f'step_{i + 1}': {k: float(metrics[i][k][0]) for k in sorted(METRICS)
@@ -289,8 +296,8 @@ def test_golden_losses(run):
   for step_name, values in actual.items():
     assert set(GOLDEN[step_name]) == set(values), how
     for key, value in values.items():
-      np.testing.assert_allclose(value, GOLDEN[step_name][key], rtol=1e-5, atol=1e-7,
-                                 err_msg=f'{step_name} {key}: {how}')
+      np.testing.assert_allclose(value, GOLDEN[step_name][key], rtol=GOLDEN_RTOL[step_name],
+                                 atol=1e-7, err_msg=f'{step_name} {key}: {how}')
 
 
 # ----------------------------------------------------------------------------------------------
