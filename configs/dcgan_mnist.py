@@ -16,9 +16,9 @@ def get_config():
   config = default.get_config()
   config.family = 'dcgan'
   config.batch_size = 64
-  config.num_train_steps = 1500
+  config.num_train_steps = 3000
   config.log_every_steps = 50
-  config.sample_every_steps = 250
+  config.sample_every_steps = 500
   config.checkpoint_every_steps = 500
   config.num_sample_images = 64
   config.model.generator = 'dcgan'
