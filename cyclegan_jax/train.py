@@ -207,8 +207,9 @@ def _train_loop(config, workdir, family, guard, template, state, manager, writer
                initial_step, num_steps, epoch_steps, config.batch_size)
   models, p_step, batches = _start(config, workdir, family, guard, state, epoch_steps)
   sampler = family.make_sampler(config, models)
-  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                           every_steps=config.log_every_steps)
+  progress = lambda: periodic_actions.ReportProgress(  # It counts steps forwards only.
+      num_train_steps=num_steps, writer=writer, every_steps=config.log_every_steps)
+  report = progress()
   metrics = MetricsBuffer()
   step = initial_step
   with StopRequest() as stop:
@@ -232,6 +233,7 @@ def _train_loop(config, workdir, family, guard, template, state, manager, writer
           step = int(jax.device_get(state.step)[0])
           logging.warning('rolled back to step %d', step)
           models, p_step, batches = _start(config, workdir, family, guard, state, epoch_steps)
+          report = progress()
           continue
       if (config.data.source == 'digits' and config.family == 'cyclegan'
           and config.eval_every_steps and (step % config.eval_every_steps == 0 or last)):
