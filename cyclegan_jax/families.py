@@ -49,19 +49,23 @@ def _dcgan_sampler(config: ml_collections.ConfigDict, models: train_state.Models
 
 FAMILIES = {
     'cyclegan': Family(
-        train_state.create_models, train_state.create_train_state, train_step.train_step,
-        _cyclegan_sampler,
-        {'generator': ['g_adv_a', 'g_adv_b', 'cycle_a', 'cycle_b', 'idt_a', 'idt_b', 'semantic'],
-         'discriminator': ['d_a', 'd_b', 'd_a_gp', 'd_b_gp'],
-         'totals': ['g_total', 'd_total']},
-        visualize.s0_losses),
+        create_models=train_state.create_models,
+        create_train_state=train_state.create_train_state,
+        train_step=train_step.train_step, make_sampler=_cyclegan_sampler,
+        loss_groups={
+            'generator': ['g_adv_a', 'g_adv_b', 'cycle_a', 'cycle_b', 'idt_a', 'idt_b',
+                          'semantic'],
+            'discriminator': ['d_a', 'd_b', 'd_a_gp', 'd_b_gp'],
+            'totals': ['g_total', 'd_total']},
+        log_columns=visualize.s0_losses),
     'dcgan': Family(
-        dcgan_step.create_models, dcgan_step.create_train_state, dcgan_step.train_step,
-        _dcgan_sampler,
-        {'losses': ['g_total', 'd_total', 'd_real_loss', 'd_fake_loss', 'd_gp'],
-         'discriminator logits': ['d_real', 'd_fake']},
-        lambda s: {'Loss_D': s['d_total'], 'Loss_G': s['g_total'], 'D_real': s['d_real'],
-                   'D_fake': s['d_fake']}),
+        create_models=dcgan_step.create_models,
+        create_train_state=dcgan_step.create_train_state,
+        train_step=dcgan_step.train_step, make_sampler=_dcgan_sampler,
+        loss_groups={'losses': ['g_total', 'd_total', 'd_real_loss', 'd_fake_loss', 'd_gp'],
+                     'discriminator logits': ['d_real', 'd_fake']},
+        log_columns=lambda s: {'Loss_D': s['d_total'], 'Loss_G': s['g_total'],
+                               'D_real': s['d_real'], 'D_fake': s['d_fake']}),
 }
 
 
