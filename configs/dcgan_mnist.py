@@ -7,6 +7,11 @@ MNIST and goes unused). The DCGAN reference architecture sized for 32² and 2 CP
 ndf = 32, nz 100, batch norm, vanilla loss on logits, Adam 2e-4 β₁ 0.5). A grid of 64
 samples of the same z lands in workdirs/dcgan_mnist/samples/ every sample_every_steps, loss
 curves in loss_curves.png.
+
+Measured on 2 shared CPU cores (load average 4-5 from other jobs): 3,000 steps in 5 min 21 s
+wall, peak RSS 1.5 GB. Digit shapes appear by step 500 and most samples read as digits by 3,000
+(docs/dcgan_mnist_step3000.png); the digits issue's MNIST classifier labels 31 of those 64
+samples (48%) with confidence > 0.9.
 """
 
 from configs import default
