@@ -98,7 +98,7 @@ def _step_inputs(config, devices):
   models = dcgan_step.create_models(config, 1)
   state = dcgan_step.create_train_state(config, models, jax.random.key(3))
   real = np.random.default_rng(0).uniform(-1, 1, (devices, 2, 32, 32, 3)).astype(np.float32)
-  real[1] *= 0.2  # Shards with clearly different statistics.
+  real[1:2] *= 0.2  # Shards with clearly different statistics.
   return models, state, real
 
 
@@ -142,6 +142,22 @@ def test_batch_norm_is_per_device_with_pmeaned_running_averages():
                                                        atol=1e-7), expected, got['g'])
   for tree in jax.tree.leaves(got):
     assert all(np.array_equal(tree[0], tree[i]) for i in range(n))
+
+
+@pytest.mark.parametrize('mode', ['lsgan', 'wgangp'])
+def test_step_runs_every_loss_mode(mode):
+  """One step on 1 device: finite metrics, the penalty logged (and inside d_total) only for
+  wgangp, and d_total the sum of its terms."""
+  config = model_config(32)
+  config.loss.gan_mode = mode
+  models, state, real = _step_inputs(config, 1)
+  _, metrics = _pmapped(config, models, 1)(jax.tree.map(lambda x: jnp.stack([x]), state),
+                                          {'a': real, 'b': real})
+  metrics = {k: float(v[0]) for k, v in metrics.items()}
+  assert all(np.isfinite(v) for v in metrics.values()), metrics
+  assert ('d_gp' in metrics) == (mode == 'wgangp')
+  assert metrics['d_total'] == pytest.approx(
+      metrics['d_real_loss'] + metrics['d_fake_loss'] + metrics.get('d_gp', 0.0), rel=1e-6)
 
 
 def test_separate_lr_and_betas_for_g_and_d():
