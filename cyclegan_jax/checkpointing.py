@@ -8,7 +8,7 @@ independent of the device and process count that wrote it.
 
 Multi-host: every process calls `save` and `restore` (orbax coordinates them; the primary
 process writes the replicated arrays). The pools, which differ per device, are all-gathered
-first, so no process's pools are lost.
+first, so no process's pools are lost. A state without pools (DCGAN) saves no pools item.
 """
 
 import re
@@ -66,9 +66,11 @@ def save(manager: ocp.CheckpointManager, replicated: TrainState,
     logging.info('step %d: the state is identical on all %d processes (fingerprint %08x)', step,
                  jax.process_count(),
                  parallel.check_same_on_all_processes(state_dict, f'train states at step {step}'))
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state_dict), pools=ocp.args.StandardSave(pools),
-      config=ocp.args.JsonSave(config.to_dict())), force=True)
+  items = {'state': ocp.args.StandardSave(state_dict),
+           'config': ocp.args.JsonSave(config.to_dict())}
+  if pools:  # orbax refuses an empty tree.
+    items['pools'] = ocp.args.StandardSave(pools)
+  manager.save(step, args=ocp.args.Composite(**items), force=True)
   return step
 
 
@@ -102,14 +104,18 @@ def restore(manager: ocp.CheckpointManager, template: TrainState,
   dealt out to this host's devices round-robin, so a checkpoint moves between topologies.
   """
   step = manager.latest_step() if step is None else step
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(), pools=ocp.args.StandardRestore()))
+  items = {'state': ocp.args.StandardRestore()}
+  if template.pools:
+    items['pools'] = ocp.args.StandardRestore()
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
   target = template.replace(pools={}, rng=jax.random.key_data(template.rng))
   target_dict = flax.serialization.to_state_dict(target)
   _check_fits(target_dict, restored['state'])
   state = flax.serialization.from_state_dict(target, restored['state'])
   state = state.replace(rng=jax.random.wrap_key_data(
       np.asarray(state.rng), impl=jax.random.key_impl(template.rng)))
+  if not template.pools:
+    return parallel.replicate(state)
   _check_fits({'pools': flax.serialization.to_state_dict(template.pools)},
               {'pools': jax.tree.map(lambda x: np.asarray(x)[0], restored['pools'])})
   pools = flax.serialization.from_state_dict(

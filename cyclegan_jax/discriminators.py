@@ -1,4 +1,4 @@
-"""Discriminators: PatchGAN (n_layers), PixelGAN, and the small 4-conv digit critic.
+"""Discriminators: PatchGAN (n_layers), PixelGAN, the small 4-conv digit critic and DCGAN's.
 
 Every discriminator returns *logits*; the losses module applies any sigmoid, so the vanilla
 GAN loss stays finite at extreme outputs.
@@ -73,7 +73,29 @@ class Conv4Discriminator(_Critic):
     return self.conv(1, x.shape[1], 1, 0, use_bias=True)(x).astype(jnp.float32)
 
 
-DISCRIMINATORS = ('basic', 'n_layers', 'pixel', 'conv4')
+class DCGANDiscriminator(_Critic):
+  """The DCGAN reference D: conv4 s2 p1 + LReLU 0.2 (no norm on the first), doubling the
+  channels down to 4×4, then a conv4 (no padding) to one logit per image, [b, 1, 1, 1].
+
+  Any power-of-two size ≥ 8 works (64²: ndf, 2, 4, 8ndf at 32², 16², 8², 4²). No conv has a
+  bias, as in the reference.
+  """
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    size = x.shape[1]
+    if size < 8 or size & (size - 1) or x.shape[2] != size:
+      raise ValueError(f'DCGAN discriminator input {x.shape[1]}×{x.shape[2]} must be square '
+                       'with a power-of-two side >= 8 (e.g. 32, 64).')
+    x = nn.leaky_relu(self.conv(self.ndf, 4, 2, 1, use_bias=False)(x.astype(self.dtype)), 0.2)
+    features = self.ndf
+    while x.shape[1] > 4:
+      features *= 2
+      x = self.norm_act(self.conv(features, 4, 2, 1, use_bias=False)(x), train)
+    return self.conv(1, 4, 1, 0, use_bias=False)(x).astype(jnp.float32)
+
+
+DISCRIMINATORS = ('basic', 'n_layers', 'pixel', 'conv4', 'dcgan')
 
 
 def create_discriminator(model_config: ml_collections.ConfigDict) -> nn.Module:
@@ -89,4 +111,6 @@ def create_discriminator(model_config: ml_collections.ConfigDict) -> nn.Module:
     return PixelDiscriminator(**common)
   if name == 'conv4':
     return Conv4Discriminator(**common)
+  if name == 'dcgan':
+    return DCGANDiscriminator(**common)
   raise ValueError(f'unknown discriminator {name!r}; expected one of {", ".join(DISCRIMINATORS)}')

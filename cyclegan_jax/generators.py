@@ -1,4 +1,4 @@
-"""Generators: the reference ResNet and U-Net image-to-image networks.
+"""Generators: the reference ResNet and U-Net image-to-image networks, and the DCGAN generator.
 
 Flax modules used only through `init`/`apply`; they know nothing of devices, data or files.
 """
@@ -127,11 +127,47 @@ class UnetGenerator(_ModelOptions):
     return jnp.tanh(x).astype(jnp.float32)
 
 
+def dcgan_upsamplings(image_size: int) -> int:
+  """Stride-2 stages from 4×4 to `image_size` (a power of two ≥ 8), naming the value if not."""
+  stages = int(image_size).bit_length() - 3
+  if image_size < 8 or image_size != 4 << stages:
+    raise ValueError(f'DCGAN image size {image_size} must be a power of two >= 8 (e.g. 32, 64).')
+  return stages
+
+
+class DCGANGenerator(_ModelOptions):
+  """z [b, nz] → [b, size, size, output_nc] as the DCGAN reference: a projection to
+  4×4×(ngf·2^(n−1)), then n transposed convs k4 s2 p1 halving the channels (norm, ReLU after
+  all but the last), tanh. At 64² that is 4×4×8ngf → 8² → 16² → 32² → 64²×3.
+
+  The first layer is a dense projection, which is exactly ConvTranspose2d(nz, c, 4, 1, 0) on a
+  1×1 input (same parameters, no bias before the norm).
+  """
+  image_size: int = 64
+
+  @nn.compact
+  def __call__(self, z: jax.Array, train: bool = True) -> jax.Array:
+    stages = dcgan_upsamplings(self.image_size)
+    features = self.ngf * 2**(stages - 1)
+    x = nn.Dense(4 * 4 * features, use_bias=False, dtype=self.dtype,
+                 kernel_init=layers.kernel_init(self.init_type, self.init_gain))(
+                     z.reshape(z.shape[0], -1).astype(self.dtype))
+    x = self.act()(self.norm_layer()(x.reshape(-1, 4, 4, features), train))
+    for _ in range(stages - 1):
+      features //= 2
+      x = self.conv_transpose(features, kernel_size=4, padding=1, output_padding=0)(x)
+      x = self.act()(self.norm_layer()(x, train))
+    x = self.conv_transpose(self.output_nc, kernel_size=4, padding=1, output_padding=0,
+                            use_bias=False)(x)
+    return jnp.tanh(x).astype(jnp.float32)
+
+
 GENERATORS = {
     'resnet_9blocks': (ResnetGenerator, {'n_blocks': 9}),
     'resnet_6blocks': (ResnetGenerator, {'n_blocks': 6}),
     'unet_256': (UnetGenerator, {'num_downs': 8}),
     'unet_128': (UnetGenerator, {'num_downs': 7}),
+    'dcgan': (DCGANGenerator, {}),
 }
 
 
@@ -143,6 +179,8 @@ def create_generator(model_config: ml_collections.ConfigDict) -> nn.Module:
     cls, extra = ResnetGenerator, {'n_blocks': int(n_blocks)}
   elif name in GENERATORS:
     cls, extra = GENERATORS[name]
+    if name == 'dcgan':
+      extra = {'image_size': model_config.image_size}
   else:
     raise ValueError(f'unknown generator {name!r}; expected one of {", ".join(GENERATORS)} '
                      'or resnet_<n>blocks')

@@ -1,7 +1,9 @@
 """train_and_evaluate: the loop around the pmapped step, with logging, samples and checkpoints.
 
 Nothing is lost on a crash: checkpoints are atomic, a SIGTERM/SIGINT saves the current step
-before leaving, and a non-finite loss stops the run before any bad state reaches disk.
+before leaving, and a non-finite loss stops the run before any bad state reaches disk. A
+collapse (divergence.py) is warned about, stops the run, or rolls it back, as configured.
+config.family picks the models, step and sample grids (families.py); the loop is shared.
 """
 
 import functools
@@ -18,15 +20,8 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from etils import epath
 
-from cyclegan_jax import (checkpointing, convert, inference, input_pipeline, parallel,
-                          train_state, train_step, visualize)
-from cyclegan_jax.evaluate import vgg
-
-LOSS_GROUPS = {
-    'generator': ['g_adv_a', 'g_adv_b', 'cycle_a', 'cycle_b', 'idt_a', 'idt_b', 'semantic'],
-    'discriminator': ['d_a', 'd_b', 'd_a_gp', 'd_b_gp'],
-    'totals': ['g_total', 'd_total'],
-}
+from cyclegan_jax import (checkpointing, convert, divergence, families, input_pipeline, parallel,
+                          train_state, visualize)
 
 
 class StopRequest:
@@ -98,6 +93,10 @@ class MetricsBuffer:
           'latest checkpoint on disk is untouched. Lower optim.lr or check the data.')
     self.rows.append(row)
 
+  def discard(self) -> None:
+    """Forgets every collected row (their steps were rolled back)."""
+    self._pending, self.rows = None, []
+
   def mean_and_reset(self) -> dict[str, float]:
     self.flush()
     means = {k: float(np.mean([r[k] for r in self.rows])) for k in self.rows[0]}
@@ -110,10 +109,8 @@ def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
   return max(max(input_pipeline.domain_sizes(config)) // config.batch_size, 1)
 
 
-def _write_samples(workdir: epath.Path, writer, step: int, cycle_fn, state, images) -> None:
-  params, batch_stats = parallel.unreplicate((state.params, state.batch_stats))
-  out = jax.device_get(cycle_fn(params, batch_stats, *images))
-  grid = visualize.cycle_grid(**out)
+def _write_samples(workdir: epath.Path, writer, step: int, sampler, state) -> None:
+  grid = sampler(*parallel.unreplicate((state.params, state.batch_stats)))
   (workdir / 'samples').mkdir(parents=True, exist_ok=True)
   visualize.write_png(workdir / 'samples' / f'step_{step:07d}.png', grid)
   writer.write_images(step, {'samples': grid[None]})
@@ -145,8 +142,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   parallel.per_device_batch_size(config.batch_size)  # Fail early on a batch that won't split.
   epoch_steps = steps_per_epoch(config)
   num_steps = train_state.total_train_steps(config, epoch_steps)
-  models = train_state.create_models(config, epoch_steps)
-  template = train_state.create_train_state(config, models, jax.random.key(config.seed))
+  family = families.get(config)
+  guard = divergence.Guard(config.divergence, workdir)
+  models = family.create_models(config, epoch_steps, guard.lr_scale)
+  template = family.create_train_state(config, models, jax.random.key(config.seed))
   manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   try:
@@ -159,7 +158,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       writer.write_hparams({k: str(v) for k, v in _flatten(config.to_dict()).items()})
     if is_chief:
       (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
-    return _train_loop(config, workdir, models, state, manager, writer, num_steps, epoch_steps)
+    return _train_loop(config, workdir, family, guard, template, state, manager, writer,
+                       num_steps, epoch_steps)
   finally:
     manager.wait_until_finished()
     manager.close()
@@ -176,26 +176,41 @@ def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
   return flat
 
 
-def _train_loop(config, workdir, models, state, manager, writer, num_steps, epoch_steps):
+def _start(config, workdir, family, guard, state, epoch_steps):
+  """(models, pmapped step, device batches) for training on from `state`'s step, with the
+  guard's current lr scale. Log rows past that step came from lost or rolled-back steps."""
+  step = int(jax.device_get(state.step)[0])
+  models = family.create_models(config, epoch_steps, guard.lr_scale)
+  p_step = parallel.pmap_step(functools.partial(family.train_step, models=models, config=config))
+  batches = parallel.prefetch_to_device(
+      input_pipeline.create_train_iterator(config, start_step=step), config.data.prefetch)
+  if jax.process_index() == 0:
+    for table in ('loss_history.csv', 'loss_table.csv', 'digit_accuracy.csv'):
+      visualize.truncate_csv(workdir / table, step)
+  return models, p_step, batches
+
+
+def _roll_back(manager, template, metrics: MetricsBuffer):
+  """The last checkpoint's state (the initial one if none was written), replicated."""
+  manager.wait_until_finished()
+  metrics.discard()
+  if manager.latest_step() is None:
+    return parallel.replicate(template)
+  return checkpointing.restore(manager, template)
+
+
+def _train_loop(config, workdir, family, guard, template, state, manager, writer, num_steps,
+                epoch_steps):
   is_chief = jax.process_index() == 0
   initial_step = int(jax.device_get(state.step)[0])
   logging.info('training steps %d..%d (%d steps per epoch, global batch %d)',
                initial_step, num_steps, epoch_steps, config.batch_size)
-  p_step = parallel.pmap_step(
-      functools.partial(train_step.train_step, models=models, config=config,
-                        semantic_loss=vgg.make_semantic_loss(config.loss)))
-  batches = parallel.prefetch_to_device(
-      input_pipeline.create_train_iterator(config, start_step=initial_step),
-      config.data.prefetch)
-  cycle_fn = inference.make_cycle_fn(models)
-  sample_images = [input_pipeline.load_eval_images(config, d, config.num_sample_images)
-                   for d in ('a', 'b')]
-  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                           every_steps=config.log_every_steps)
+  models, p_step, batches = _start(config, workdir, family, guard, state, epoch_steps)
+  sampler = family.make_sampler(config, models)
+  progress = lambda: periodic_actions.ReportProgress(  # It counts steps forwards only.
+      num_train_steps=num_steps, writer=writer, every_steps=config.log_every_steps)
+  report = progress()
   metrics = MetricsBuffer()
-  if is_chief:  # Rows past the checkpoint came from steps a crash lost; they are redone now.
-    for table in ('loss_history.csv', 'loss_table.csv', 'digit_accuracy.csv'):
-      visualize.truncate_csv(workdir / table, initial_step)
   step = initial_step
   with StopRequest() as stop:
     while step < num_steps and not stop.stopping:
@@ -210,14 +225,21 @@ def _train_loop(config, workdir, models, state, manager, writer, num_steps, epoc
         writer.write_scalars(step, scalars)
         if is_chief:
           visualize.append_csv(workdir / 'loss_history.csv', step, scalars)
-          s0 = visualize.s0_losses(scalars)
+          s0 = family.log_columns(scalars)
           logging.info('step %d: %s', step, ', '.join(f'{k} {v:.4f}' for k, v in s0.items()))
           visualize.append_csv(workdir / 'loss_table.csv', step, s0)
-      if (config.data.source == 'digits' and config.eval_every_steps
-          and (step % config.eval_every_steps == 0 or last)):
+        if guard.check(step, scalars) == 'rollback':
+          state = _roll_back(manager, template, metrics)
+          step = int(jax.device_get(state.step)[0])
+          logging.warning('rolled back to step %d', step)
+          models, p_step, batches = _start(config, workdir, family, guard, state, epoch_steps)
+          report = progress()
+          continue
+      if (config.data.source == 'digits' and config.family == 'cyclegan'
+          and config.eval_every_steps and (step % config.eval_every_steps == 0 or last)):
         _log_digit_accuracy(config, workdir, writer, models, state, step, is_chief)
       if is_chief and (step % config.sample_every_steps == 0 or last):
-        _write_samples(workdir, writer, step, cycle_fn, state, sample_images)
+        _write_samples(workdir, writer, step, sampler, state)
       if step % config.checkpoint_every_steps == 0 or last or stop.stopping:
         _save(manager, state, config, metrics)
     if stop.stopping:
@@ -225,6 +247,6 @@ def _train_loop(config, workdir, models, state, manager, writer, num_steps, epoc
                       stop.received, step)
   if is_chief and (workdir / 'loss_history.csv').exists():
     visualize.plot_loss_curves(visualize.read_csv(workdir / 'loss_history.csv'),
-                               workdir / 'loss_curves.png', LOSS_GROUPS)
+                               workdir / 'loss_curves.png', family.loss_groups)
   writer.flush()
   return state

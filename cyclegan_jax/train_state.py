@@ -80,18 +80,29 @@ def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -
   return (config.optim.n_epochs + config.optim.n_epochs_decay) * steps_per_epoch
 
 
-def create_models(config: ml_collections.ConfigDict, steps_per_epoch: int) -> Models:
+def create_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                      lr_scale: float = 1.0) -> dict[str, Any]:
+  """The Models fields tx_g, tx_d, lr_g, lr_d: Adam with the generators' and the discriminators'
+  own lr and betas (the D's default to the G's). `lr_scale` scales both lrs (the divergence
+  guard's rollback lowers it)."""
   optim = config.optim
   lr_d = optim.lr if optim.lr_d is None else optim.lr_d
-  lr_g = create_schedule(optim, optim.lr, steps_per_epoch)
-  lr_d = create_schedule(optim, lr_d, steps_per_epoch)
-  adam = lambda lr: optax.adam(lr, b1=optim.beta1, b2=optim.beta2)
+  lr_g = create_schedule(optim, optim.lr * lr_scale, steps_per_epoch)
+  lr_d = create_schedule(optim, lr_d * lr_scale, steps_per_epoch)
+  betas_d = (optim.beta1 if optim.beta1_d is None else optim.beta1_d,
+             optim.beta2 if optim.beta2_d is None else optim.beta2_d)
+  return {'tx_g': optax.adam(lr_g, b1=optim.beta1, b2=optim.beta2),
+          'tx_d': optax.adam(lr_d, b1=betas_d[0], b2=betas_d[1]), 'lr_g': lr_g, 'lr_d': lr_d}
+
+
+def create_models(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                  lr_scale: float = 1.0) -> Models:
   to_a = config.model.copy_and_resolve_references()
   to_a.output_nc = config.model.input_nc
   return Models(generators={'g_ab': generators.create_generator(config.model),
                             'g_ba': generators.create_generator(to_a)},
                 discriminator=discriminators.create_discriminator(config.model),
-                tx_g=adam(lr_g), tx_d=adam(lr_d), lr_g=lr_g, lr_d=lr_d)
+                **create_optimizers(config, steps_per_epoch, lr_scale))
 
 
 def _init_variables(module: nn.Module, key: jax.Array, image_shape: tuple[int, ...]):

@@ -25,16 +25,19 @@ def complete_steps(workdir) -> list[int]:
   return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit()) if path.exists() else []
 
 
-def restore(workdir, step):
-  """(state, pools) of a checkpoint as plain orbax reads it, as numpy trees."""
+def restore(workdir, step, pools=True):
+  """(state, pools) of a checkpoint as plain orbax reads it, as numpy trees. `pools=False`: for
+  a state without image pools (DCGAN), whose pools come back as {}."""
   manager = ocp.CheckpointManager(pathlib.Path(workdir) / 'checkpoints',
                                   options=ocp.CheckpointManagerOptions(read_only=True))
+  items = {'state': ocp.args.StandardRestore()}
+  if pools:
+    items['pools'] = ocp.args.StandardRestore()
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), pools=ocp.args.StandardRestore()))
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
   finally:
     manager.close()
-  return jax.tree.map(np.asarray, (restored['state'], restored['pools']))
+  return jax.tree.map(np.asarray, (restored['state'], restored['pools'] if pools else {}))
 
 
 def read_loss_csv(workdir):

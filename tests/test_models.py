@@ -152,7 +152,7 @@ def test_conv4_discriminator_forward():
 
 
 def test_create_generator_rejects_unknown_names():
-  for name in ('dcgan', 'resnet_xblocks', 'unet_64'):
+  for name in ('stylegan', 'resnet_xblocks', 'unet_64'):
     with pytest.raises(ValueError, match='unknown generator') as info:
       generators.create_generator(model_config(generator=name))
     for choice in GENERATOR_NAMES:

@@ -1,0 +1,290 @@
+"""DCGAN (issue 8): model shapes and init, a finite D loss at extreme logits, batch norm under
+pmap, the divergence guard, and through the command line: bit-exact resume and a rollback."""
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import dcgan_dogs, dcgan_mnist, dcgan_test
+from cyclegan_jax import dcgan_step, discriminators, divergence, generators, layers, losses
+from cyclegan_jax.parallel import AXIS_NAME
+from tests.helpers import complete_steps, host_tree, read_loss_csv, restore
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def model_config(size, ngf=8, nz=16):
+  config = dcgan_test.get_config()
+  config.model.ngf = config.model.ndf = ngf
+  config.model.nz = nz
+  config.data.crop_size = size  # model.image_size follows it (a config reference).
+  return config
+
+
+@pytest.mark.parametrize('size', [32, 64])
+def test_generator_and_discriminator_shapes(size):
+  model = model_config(size).model
+  g, d = generators.create_generator(model), discriminators.create_discriminator(model)
+  images, g_vars = jax.eval_shape(
+      lambda: g.init_with_output(jax.random.key(0), jnp.zeros((5, 16)), train=False))
+  logits, _ = jax.eval_shape(
+      lambda: d.init_with_output(jax.random.key(0), jnp.zeros(images.shape), train=False))
+  assert images.shape == (5, size, size, 3)
+  assert logits.shape == (5, 1, 1, 1)
+  # Up-sampling stages 4² → size² (4×4×8ngf at 64², 4×4×4ngf at 32²), one BN per hidden stage.
+  assert len(g_vars['batch_stats']) == int(np.log2(size)) - 2
+  projection = {32: 4 * 4 * 4 * 8, 64: 4 * 4 * 8 * 8}[size]  # 4×4×4ngf / 4×4×8ngf, ngf 8.
+  assert g_vars['params']['Dense_0']['kernel'].shape == (16, projection)
+
+
+def test_reference_parameter_counts_at_64():
+  """The PyTorch DCGAN example's netG / netD (nz 100, ngf = ndf = 64): 3,576,704 / 2,765,568."""
+  model = model_config(64, ngf=64, nz=100).model
+  g_vars = jax.eval_shape(lambda: generators.create_generator(model).init(
+      jax.random.key(0), jnp.zeros((1, 100)), train=False))
+  d_vars = jax.eval_shape(lambda: discriminators.create_discriminator(model).init(
+      jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
+  assert layers.count_params(g_vars['params']) == 3_576_704
+  assert layers.count_params(d_vars['params']) == 2_765_568
+
+
+def test_init_is_normal_002_and_bn_scale_normal_1_002():
+  config = model_config(64, ngf=32, nz=100)
+  state = dcgan_step.create_train_state(config, dcgan_step.create_models(config, 1),
+                                        jax.random.key(0))
+  kernels = np.concatenate([np.ravel(x) for path, x in jax.tree_util.tree_leaves_with_path(
+      state.params) if 'kernel' in jax.tree_util.keystr(path)])
+  scales = np.concatenate([np.ravel(x) for path, x in jax.tree_util.tree_leaves_with_path(
+      state.params) if 'scale' in jax.tree_util.keystr(path)])
+  biases = [x for path, x in jax.tree_util.tree_leaves_with_path(state.params)
+            if 'bias' in jax.tree_util.keystr(path)]
+  assert kernels.size > 10**6 and abs(kernels.mean()) < 1e-4 and abs(kernels.std() - 0.02) < 1e-4
+  assert scales.size > 500 and abs(scales.mean() - 1) < 0.003 and abs(scales.std() - 0.02) < 0.003
+  assert all(np.all(np.asarray(b) == 0) for b in biases)  # Only BN biases exist; they start at 0.
+
+
+@pytest.mark.parametrize('size', [12, 48, 2])
+def test_sizes_that_are_not_powers_of_two_are_refused(size):
+  with pytest.raises(ValueError, match=f'DCGAN image size {size} must be a power of two'):
+    generators.dcgan_upsamplings(size)
+  with pytest.raises(ValueError, match='power-of-two side'):
+    discriminators.create_discriminator(model_config(32).model).init(
+        jax.random.key(0), jnp.zeros((1, size, size, 3)))
+
+
+def test_vanilla_d_loss_at_extreme_logits_is_exact_and_unclamped():
+  """The seed's BCE on clamped probabilities gave exactly 100 / 0; on logits, a D sure and
+  wrong at |logit| 1e4 costs 1e4 per term, a D sure and right costs 0, and both have finite,
+  non-zero gradients where wrong."""
+  sure, wrong = jnp.array([1e4]), jnp.array([-1e4])
+  assert float(losses.gan_loss(sure, True, 'vanilla')) == 0.0
+  assert float(losses.gan_loss(wrong, True, 'vanilla')) == 1e4
+  assert float(losses.gan_loss(sure, False, 'vanilla')) == 1e4
+  grad = jax.grad(lambda p: losses.gan_loss(p, True, 'vanilla'))(wrong)
+  np.testing.assert_array_equal(grad, [-1.0])
+
+
+def _step_inputs(config, devices):
+  models = dcgan_step.create_models(config, 1)
+  state = dcgan_step.create_train_state(config, models, jax.random.key(3))
+  real = np.random.default_rng(0).uniform(-1, 1, (devices, 2, 32, 32, 3)).astype(np.float32)
+  real[1:2] *= 0.2  # Shards with clearly different statistics.
+  return models, state, real
+
+
+def _pmapped(config, models, devices):
+  return jax.pmap(lambda s, b: dcgan_step.train_step(s, b, models=models, config=config),
+                  axis_name=AXIS_NAME, devices=jax.local_devices()[:devices])
+
+
+def test_batch_norm_is_per_device_with_pmeaned_running_averages():
+  """Under pmap on 4 devices, each device normalises with its own shard's statistics (D's logits
+  on real images match a lone D on that shard, not one BN over the whole batch), and the
+  running averages are the mean of the 4 devices' own, identical on every replica."""
+  n = 4
+  config = model_config(32)
+  models, state, real = _step_inputs(config, n)
+  stacked = jax.tree.map(lambda x: jnp.stack([x] * n), state)
+  new_state, metrics = _pmapped(config, models, n)(stacked, {'a': real, 'b': real})
+
+  d, g = models.discriminator, models.generators['g']
+
+  @jax.jit
+  def by_hand(state, real):
+    d_vars = {'params': state.params['d'], 'batch_stats': state.batch_stats['d']}
+    logits = lambda x: d.apply(d_vars, x, train=True, mutable=['batch_stats'])[0]
+    per_device = jnp.mean(jax.vmap(logits)(real))
+    synced = jnp.mean(logits(real.reshape(-1, 32, 32, 3)))
+    # The step's z on device i: the first split of fold_in(fold_in(rng, step 0), i).
+    keys = jax.vmap(lambda i: jax.random.split(
+        jax.random.fold_in(jax.random.fold_in(state.rng, 0), i))[0])(jnp.arange(n))
+    g_vars = {'params': state.params['g'], 'batch_stats': state.batch_stats['g']}
+    g_stats = jax.vmap(lambda k: g.apply(
+        g_vars, jax.random.normal(k, (2, config.model.nz)), train=True,
+        mutable=['batch_stats'])[1]['batch_stats'])(keys)
+    return per_device, synced, jax.tree.map(lambda x: jnp.mean(x, axis=0), g_stats)
+
+  per_device, synced, expected = by_hand(state, real)
+  np.testing.assert_allclose(metrics['d_real'], per_device, rtol=1e-5)
+  assert abs(per_device - synced) > 1e-3  # The test can tell the two semantics apart.
+  got = host_tree(new_state.batch_stats)
+  jax.tree.map(lambda e, a: np.testing.assert_allclose(a, np.broadcast_to(e, a.shape), rtol=1e-5,
+                                                       atol=1e-7), expected, got['g'])
+  for tree in jax.tree.leaves(got):
+    assert all(np.array_equal(tree[0], tree[i]) for i in range(n))
+
+
+@pytest.mark.parametrize('mode', ['lsgan', 'wgangp'])
+def test_step_runs_every_loss_mode(mode):
+  """One step on 1 device: finite metrics, the penalty logged (and inside d_total) only for
+  wgangp, and d_total the sum of its terms."""
+  config = model_config(32)
+  config.loss.gan_mode = mode
+  models, state, real = _step_inputs(config, 1)
+  _, metrics = _pmapped(config, models, 1)(jax.tree.map(lambda x: jnp.stack([x]), state),
+                                          {'a': real, 'b': real})
+  metrics = {k: float(v[0]) for k, v in metrics.items()}
+  assert all(np.isfinite(v) for v in metrics.values()), metrics
+  assert ('d_gp' in metrics) == (mode == 'wgangp')
+  assert metrics['d_total'] == pytest.approx(
+      metrics['d_real_loss'] + metrics['d_fake_loss'] + metrics.get('d_gp', 0.0), rel=1e-6)
+
+
+def test_separate_lr_and_betas_for_g_and_d():
+  config = model_config(32)
+  config.optim.lr, config.optim.lr_d = 1e-6, 1e-4
+  config.optim.beta1_d = 0.9
+  models = dcgan_step.create_models(config, 1, lr_scale=0.5)
+  assert float(models.lr_g(0)) == np.float32(5e-7) and float(models.lr_d(0)) == np.float32(5e-5)
+  # Adam's first moment after one gradient of 1: (1 - β1) — 0.5 for G (beta1), 0.1 for D.
+  ones = {'w': jnp.ones(())}
+  mu = lambda tx: tx.update(ones, tx.init(ones), ones)[1][0].mu['w']
+  assert float(mu(models.tx_g)) == 0.5 and float(mu(models.tx_d)) == pytest.approx(0.1)
+
+
+def guard_config(**overrides):
+  config = dcgan_test.get_config().divergence
+  config.update(overrides)
+  return config
+
+
+def test_guard_fires_after_patience_consecutive_logs(tmp_path):
+  guard = divergence.Guard(guard_config(action='stop', patience=2), tmp_path)
+  ok, d_won, g_lost = ({'d_total': 1.3, 'g_total': 0.8}, {'d_total': 1e-7, 'g_total': 5.0},
+                       {'d_total': 0.5, 'g_total': 31.0})
+  assert guard.check(1, d_won) is None
+  assert guard.check(2, ok) is None  # A healthy log resets the count.
+  assert guard.check(3, g_lost) is None
+  with pytest.raises(divergence.DivergenceError,
+                     match=r'divergence at step 4: D loss 1e-07 .* stopped \(divergence.action=stop\)'):
+    guard.check(4, d_won)
+
+
+def test_guard_warns_and_rollback_persists_its_lr_scale(tmp_path, caplog):
+  collapsed = {'d_total': 0.0, 'g_total': 50.0}
+  warn = divergence.Guard(guard_config(action='warn', patience=1), tmp_path)
+  assert warn.check(7, collapsed) is None
+  assert 'divergence at step 7' in caplog.text and 'training goes on' in caplog.text
+  back = divergence.Guard(guard_config(action='rollback', patience=1, lr_scale=0.5,
+                                       max_rollbacks=2), tmp_path)
+  assert [back.check(s, collapsed) for s in (1, 2)] == ['rollback', 'rollback']
+  again = divergence.Guard(back.config, tmp_path)  # A restarted run keeps the lowered lr.
+  assert (again.lr_scale, again.rollbacks) == (0.25, 2)
+  with pytest.raises(divergence.DivergenceError, match='2 rollbacks already'):
+    again.check(3, collapsed)
+  assert divergence.Guard(guard_config(action='off'), tmp_path / 'x').check(1, collapsed) is None
+
+
+def test_guard_rejects_bad_settings(tmp_path):
+  with pytest.raises(ValueError, match="divergence.action='restart'; expected one of off, warn"):
+    divergence.Guard(guard_config(action='restart'), tmp_path)
+  with pytest.raises(ValueError, match='0 < divergence.lr_scale < 1, got 3 and 1.5'):
+    divergence.Guard(guard_config(lr_scale=1.5), tmp_path)
+
+
+@pytest.mark.parametrize('get_config', [dcgan_mnist.get_config, dcgan_dogs.get_config])
+def test_shipped_configs_build(get_config):
+  config = get_config()
+  assert isinstance(config, ml_collections.ConfigDict) and config.family == 'dcgan'
+  models = dcgan_step.create_models(config, 10)
+  shapes = jax.eval_shape(lambda: dcgan_step.create_train_state(config, models, jax.random.key(0)))
+  assert set(shapes.params) == {'g', 'd'} and shapes.pools == {}
+
+
+def _start(workdir, cache, *flags, devices=8):
+  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+         'JAX_COMPILATION_CACHE_DIR': str(cache), 'JAX_PLATFORMS': 'cpu',
+         'CUDA_VISIBLE_DEVICES': '', 'TF_CPP_MIN_LOG_LEVEL': '2'}
+  return subprocess.Popen(
+      [sys.executable, '-m', 'cyclegan_jax.main', '--config=configs/dcgan_test.py',
+       f'--workdir={workdir}', *flags], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc, expect_rc=0):
+  _, stderr = proc.communicate(timeout=400)
+  assert proc.returncode == expect_rc, stderr[-4000:]
+  return stderr
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """six → resumed (to 12; on the same 8 devices, as per-device BN batches depend on the
+  device count), twelve straight, and a collapse (D lr 1.0) that the
+  guard rolls back twice and then stops."""
+  root, cache = tmp_path_factory.mktemp('dcgan_runs'), tmp_path_factory.mktemp('dcgan_cache')
+  six = _start(root / 'six', cache)
+  twelve = _start(root / 'twelve', cache, '--config.num_train_steps=12')
+  collapse = _start(root / 'collapse', cache, '--config.optim.lr_d=1.0',
+                    '--config.num_train_steps=40', '--config.log_every_steps=1',
+                    '--config.checkpoint_every_steps=4', '--config.divergence.action=rollback',
+                    '--config.divergence.max_rollbacks=2')
+  _finish(six)
+  shutil.copytree(root / 'six', root / 'resumed')
+  resumed = _start(root / 'resumed', cache, '--config.num_train_steps=12')
+  return {'root': root, 'twelve': _finish(twelve), 'resumed': _finish(resumed),
+          'collapse': _finish(collapse, expect_rc=1)}
+
+
+def test_resume_is_bit_exact(runs):
+  root = runs['root']
+  assert complete_steps(root / 'six') == [3, 6]
+  assert 'resumed from the checkpoint of step 6' in runs['resumed']
+  straight, resumed = (restore(root / name, 12, pools=False)[0] for name in ('twelve', 'resumed'))
+  flat = lambda t: {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(t)}
+  straight, resumed = flat(straight), flat(resumed)
+  assert sorted(straight) == sorted(resumed)
+  differ = [k for k in straight if not np.array_equal(straight[k], resumed[k])]
+  assert not differ, differ[:5]
+  assert [r['step'] for r in read_loss_csv(root / 'resumed')] == [str(s) for s in range(2, 13, 2)]
+  assert sorted(p.name for p in (root / 'twelve' / 'samples').iterdir()) == [
+      f'step_{s:07d}.png' for s in (3, 6, 9, 12)]
+  assert (root / 'twelve' / 'loss_curves.png').stat().st_size > 0
+
+
+def test_forced_collapse_rolls_back_with_lower_lr_then_stops(runs):
+  log, workdir = runs['collapse'], runs['root'] / 'collapse'
+  fired = [int(s) for s in re.findall(r'divergence at step (\d+)', log)]
+  back = [int(s) for s in re.findall(r'rolled back to step (\d+)', log)]
+  assert len(fired) == 3 and len(back) == 2, log[-3000:]
+  # The last checkpoint (every 4 steps, written after the guard's check of that step).
+  assert back == [(f - 1) // 4 * 4 for f in fired[:2]]
+  assert 'rollback 1 of 2' in log and 'rollback 2 of 2' in log
+  assert f'divergence at step {fired[2]}' in log and '2 rollbacks already' in log
+  assert json.loads((workdir / 'divergence.json').read_text()) == {'lr_scale': 0.25,
+                                                                    'rollbacks': 2}
+  rows = read_loss_csv(workdir)
+  steps = [int(r['step']) for r in rows]
+  assert steps == list(range(1, fired[2] + 1))  # Rolled-back rows were rewritten, none twice.
+  lr_d = {int(r['step']): float(r['lr_d']) for r in rows}
+  assert lr_d[1] == 1.0 and lr_d[back[1] + 1] == 0.25 and lr_d[fired[2]] == 0.25
