@@ -14,30 +14,19 @@ the seed's `D_loss 100 / G_loss 0` clamp cannot appear; the divergence guard rol
 last checkpoint with a halved lr if D wins outright.
 """
 
-from configs import default
+from configs import dcgan_reference
 
 
 def get_config():
-  config = default.get_config()
-  config.family = 'dcgan'
-  config.batch_size = 128
+  config = dcgan_reference.get_config()
   config.num_train_steps = -1  # n_epochs epochs of |dogs| / 128 steps.
   config.log_every_steps = 100
   config.sample_every_steps = 1000
   config.checkpoint_every_steps = 1000
-  config.num_sample_images = 64
-  config.model.generator = 'dcgan'
-  config.model.discriminator = 'dcgan'
-  config.model.norm = 'batch'
-  config.model.ngf = 64
-  config.model.ndf = 64
-  config.model.nz = 100
-  config.loss.gan_mode = 'vanilla'
   config.optim.lr = 2e-4
   config.optim.lr_d = 2e-4
   # Seed S4's tuned pair, for comparison: G 1e-6, D 1e-4.
   # config.optim.lr, config.optim.lr_d = 1e-6, 1e-4
-  config.optim.lr_policy = 'constant'
   config.optim.n_epochs = 100  # S4 saw recognisable dogs after about 100 epochs.
   config.optim.n_epochs_decay = 0
   config.data.source = 'folders'

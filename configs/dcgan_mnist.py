@@ -14,26 +14,18 @@ step 500; the final grid is docs/dcgan_mnist_step4500.png. The digits issue's MN
 labels 38 of those 64 samples (59%) with confidence > 0.9 (48% after 3,000 steps).
 """
 
-from configs import default
+from configs import dcgan_reference
 
 
 def get_config():
-  config = default.get_config()
-  config.family = 'dcgan'
+  config = dcgan_reference.get_config()
   config.batch_size = 64
   config.num_train_steps = 4500
   config.log_every_steps = 50
   config.sample_every_steps = 500
   config.checkpoint_every_steps = 500
-  config.num_sample_images = 64
-  config.model.generator = 'dcgan'
-  config.model.discriminator = 'dcgan'
-  config.model.norm = 'batch'
   config.model.ngf = 32
   config.model.ndf = 32
-  config.model.nz = 100
-  config.loss.gan_mode = 'vanilla'
-  config.optim.lr_policy = 'constant'
   config.data.source = 'digits'
   config.data.path = 'workdirs/digits_data'
   config.data.domain_a = 'mnist'
