@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from configs import vangogh2photo_tpu
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / 'launch').glob('*.sh'))
 RUNNABLE = [s for s in SCRIPTS if os.access(s, os.X_OK)]
@@ -123,3 +125,11 @@ def test_gpu_uses_one_image_per_visible_gpu():
   assert printed_lines(result) == [
       f'{ROOT}/.venv/bin/python -m cyclegan_jax.main --config=configs/vangogh2photo.py '
       '--workdir=/runs/vg --config.batch_size=3 --config.model.ngf=32']
+
+
+def test_tpu_config_scales_the_reference_to_16_chips():
+  config = vangogh2photo_tpu.get_config()
+  assert config.batch_size == 16 and config.model.dtype == 'bfloat16'
+  assert config.optim.lr == pytest.approx(2e-4 * 16**0.5)  # Square-root rule for Adam.
+  assert (config.data.source, config.data.name) == ('tfds', 'cycle_gan/vangogh2photo')
+  assert config.model.generator == 'resnet_9blocks' and config.loss.lambda_a == 10.0
