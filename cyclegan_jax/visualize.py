@@ -41,6 +41,14 @@ def write_png(path: epath.PathLike, image: np.ndarray) -> None:
   epath.Path(path).write_bytes(buffer.getvalue())
 
 
+def _write_atomically(path: epath.Path, text: str) -> None:
+  """Writes a sibling file, then renames it over `path`: a kill mid-write (SIGKILL, preemption)
+  leaves the old table whole instead of a truncated one."""
+  partial = path.with_name(path.name + '.partial')
+  partial.write_text(text)
+  partial.replace(path)
+
+
 def append_csv(path: epath.PathLike, step: int, scalars: dict[str, float]) -> None:
   """Appends one row of the loss table, writing the header on first use.
 
@@ -53,7 +61,7 @@ def append_csv(path: epath.PathLike, step: int, scalars: dict[str, float]) -> No
   if not old:
     writer.writeheader()
   writer.writerow({'step': step, **scalars})
-  path.write_text(old + row.getvalue())
+  _write_atomically(path, old + row.getvalue())
 
 
 def s0_losses(scalars: dict[str, float]) -> dict[str, float]:
@@ -74,7 +82,7 @@ def truncate_csv(path: epath.PathLike, max_step: int) -> None:
   if not kept:
     path.unlink()
   elif kept != lines:
-    path.write_text(''.join(kept))
+    _write_atomically(path, ''.join(kept))
 
 
 def read_csv(path: epath.PathLike) -> dict[str, np.ndarray]:

@@ -347,6 +347,26 @@ def test_truncate_csv_drops_rows_after_the_checkpoint_and_a_cut_row(tmp_path):
   assert not cut_header.exists()
 
 
+def test_a_kill_while_the_table_is_rewritten_keeps_every_earlier_row(tmp_path, monkeypatch):
+  """The table is rewritten on every log step; a kill mid-write must not cut earlier rows (a
+  kill -9 test once found rows 2 and 4 gone)."""
+  path = tmp_path / 'loss_history.csv'
+  for step in (2, 4):
+    visualize.append_csv(path, step, {'g_total': float(step)})
+  write_text = visualize.epath.Path.write_text
+
+  def killed_mid_write(self, text, *args, **kwargs):
+    write_text(self, text[:len(text) // 3], *args, **kwargs)
+    raise KeyboardInterrupt('killed')
+
+  monkeypatch.setattr(visualize.epath.Path, 'write_text', killed_mid_write)
+  for write in (lambda: visualize.append_csv(path, 6, {'g_total': 6.0}),
+                lambda: visualize.truncate_csv(path, 2)):
+    with pytest.raises(KeyboardInterrupt):
+      write()
+    assert visualize.read_csv(path)['step'].tolist() == [2, 4]
+
+
 def test_end_to_end_writes_seed_s0_loss_table(runs):
   workdir = pathlib.Path(runs['six'].workdir)
   with open(workdir / 'loss_table.csv') as f:
