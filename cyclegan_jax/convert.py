@@ -37,7 +37,7 @@ from cyclegan_jax import (checkpointing, discriminators, generators, parallel, t
 # The model options of every published reference model (instance norm, no dropout).
 _REFERENCE_MODEL = dict(input_nc=3, output_nc=3, norm='instance', init_type='normal',
                         init_gain=0.02, dropout=0.0, activation='relu', leaky_slope=0.2,
-                        dtype='float32', n_layers_d=3)
+                        dtype='float32', n_layers_d=3, conv_impl='auto')
 _IGNORED_SUFFIXES = ('.running_mean', '.running_var', '.num_batches_tracked')
 _DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / 'configs' / 'default.py'
 

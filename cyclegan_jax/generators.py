@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cyclegan_jax import layers
+from cyclegan_jax import convolution, layers
 
 
 class _ModelOptions(nn.Module):
@@ -25,6 +25,7 @@ class _ModelOptions(nn.Module):
   activation: str = 'relu'
   leaky_slope: float = 0.2
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   @property
   def use_bias(self) -> bool:
@@ -32,12 +33,12 @@ class _ModelOptions(nn.Module):
 
   def conv(self, features, kernel_size, **kwargs):
     kwargs.setdefault('use_bias', self.use_bias)
-    return layers.Conv(features, kernel_size, dtype=self.dtype,
+    return layers.Conv(features, kernel_size, dtype=self.dtype, impl=self.conv_impl,
                        kernel_init=layers.kernel_init(self.init_type, self.init_gain), **kwargs)
 
   def conv_transpose(self, features, **kwargs):
     kwargs.setdefault('use_bias', self.use_bias)
-    return layers.ConvTranspose(features, dtype=self.dtype,
+    return layers.ConvTranspose(features, dtype=self.dtype, impl=self.conv_impl,
                                 kernel_init=layers.kernel_init(self.init_type, self.init_gain),
                                 **kwargs)
 
@@ -187,4 +188,5 @@ def create_generator(model_config: ml_collections.ConfigDict) -> nn.Module:
   return cls(output_nc=model_config.output_nc, ngf=model_config.ngf, norm=model_config.norm,
              init_type=model_config.init_type, init_gain=model_config.init_gain,
              dropout=model_config.dropout, activation=model_config.activation,
-             leaky_slope=model_config.leaky_slope, dtype=jnp.dtype(model_config.dtype), **extra)
+             leaky_slope=model_config.leaky_slope, dtype=jnp.dtype(model_config.dtype),
+             conv_impl=convolution.impl_for(model_config), **extra)

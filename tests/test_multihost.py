@@ -132,12 +132,22 @@ def test_two_processes_train_and_hold_the_same_state(runs):
   assert fingerprints(logs[0]) == fingerprints(logs[1])
 
 
+# Gradient norms after the first Adam step: the all-reduce sums in another order across
+# processes, and Adam's sign-like first updates turn the near-zero gradients of conv biases
+# before instance norm into ±lr parameter differences (STACK_NOTES). The losses stay within
+# 1e-5; a grad norm once moved by 3e-4 relative at step 4.
+LATER_GRAD_NORM_RTOL = 1e-3
+
+
 def test_losses_equal_one_process_on_the_same_global_batches(runs):
   rows = runs['after_first']['csv']
   assert [int(r['step']) for r in rows] == [1, 2, 3, 4]
   for row, expected in zip(rows, runs['reference'], strict=True):
-    np.testing.assert_allclose([float(row[k]) for k in LOSSES], [expected[k] for k in LOSSES],
-                               rtol=1e-5, atol=1e-7, err_msg=f'step {row["step"]}')
+    for k in LOSSES:
+      later_norm = k.endswith('grad_norm') and int(row['step']) > 1
+      np.testing.assert_allclose(float(row[k]), expected[k],
+                                 rtol=LATER_GRAD_NORM_RTOL if later_norm else 1e-5, atol=1e-7,
+                                 err_msg=f'{k} at step {row["step"]}')
 
 
 def test_the_checkpoint_keeps_every_device_pool(runs):

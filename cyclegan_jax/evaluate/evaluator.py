@@ -93,12 +93,14 @@ def _translate(models, name: str, params, batch_stats, images: np.ndarray,
 
 def with_checkpoint_model(config: ml_collections.ConfigDict,
                           saved: dict[str, Any]) -> ml_collections.ConfigDict:
-  """`config` with its model section replaced by the one the checkpoint was trained with."""
-  if saved['model'] != config.model.to_dict():
+  """`config` with its model section replaced by the one the checkpoint was trained with, but
+  for `conv_impl`, which says how this machine computes convs, not what the model is."""
+  model = {**saved['model'], 'conv_impl': config.model.conv_impl}
+  if model != config.model.to_dict():
     logging.warning('evaluating with the checkpoint\'s model config %s, not the given %s',
-                    saved['model'], config.model.to_dict())
+                    model, config.model.to_dict())
   config = ml_collections.ConfigDict(config.to_dict())
-  config.model = ml_collections.ConfigDict(saved['model'])
+  config.model = ml_collections.ConfigDict(model)
   return config
 
 

@@ -1,0 +1,249 @@
+"""2-D convolutions in the forms XLA's CPU backend runs fastest, with the same results.
+
+Every conv the models use goes through `conv_general_dilated(..., impl=)`:
+- `xla`: `lax.conv_general_dilated` and its automatic derivative, the right choice on GPU/TPU.
+- `cpu`: the same function, arranged for XLA's CPU backend (jaxlib 0.10.2). Per-layer timings
+  on a 2-core AVX-512 machine (`python -m cyclegan_jax.benchmark_layers`) showed:
+  1. An unpadded (VALID) stride-1 conv, which is what a reflect-padded conv is, runs 3–29×
+     slower than the same conv given a zero padding of 1 to (k − 1)/2; larger paddings are
+     slow again (7×7 64→3 at 262²: 185 ms VALID, 6.4 ms padded). So VALID convs run with one
+     extra zero row and column, cropped away, and wide paddings are applied beforehand.
+  2. The kernel gradient, which XLA computes as a conv of x with dy, runs at 10–100 GFLOP/s at
+     64² and above, where a matmul runs at about 350. There it is computed as matmuls over the
+     kernel taps (3×3 256→256 at 64²: 29 ms vs 96 ms); below about 48² output pixels XLA's own
+     gradients are as fast, and are kept.
+  3. Strided convs take their gradients as stride-1 convs of a space-to-depth input, so the
+     two rules above cover them too.
+  Results match `xla` to float32 rounding (tests/test_convolution.py); parameters are the same.
+
+Both take NHWC inputs and HWIO kernels. `conv_transpose` is the stride-s transposed conv as a
+sub-pixel convolution, for either impl.
+"""
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+IMPLS = ('auto', 'xla', 'cpu')
+_DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
+# Up to this many columns (taps × channels), the kernel gradient builds one patch matrix and
+# does one matmul; beyond it, one matmul per tap is faster (fewer bytes copied).
+_MAX_PATCH_COLUMNS = 1024
+_MIN_MATMUL_GRAD_PIXELS = 2048
+
+Padding = Sequence[tuple[int, int]]
+
+
+def resolve_impl(impl: str) -> str:
+  """'auto' → 'cpu' on the CPU backend, 'xla' on GPU and TPU."""
+  if impl not in IMPLS:
+    raise ValueError(f'unknown conv_impl {impl!r}; expected one of {", ".join(IMPLS)}')
+  if impl == 'auto':
+    return 'cpu' if jax.default_backend() == 'cpu' else 'xla'
+  return impl
+
+
+def impl_for(model_config) -> str:
+  """The resolved impl a model config asks for. Configs stored with checkpoints written before
+  `model.conv_impl` existed lack it, and mean 'auto'."""
+  return resolve_impl(model_config.get('conv_impl', 'auto'))
+
+
+def _xla_conv(x: jax.Array, w: jax.Array, stride: tuple[int, int] = (1, 1)) -> jax.Array:
+  """VALID conv, run with one stride of zero padding after the last row and column (rule 1),
+  then cropped to the VALID output."""
+  (kh, kw), (sh, sw) = w.shape[:2], stride
+  out_h, out_w = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+  # The barrier keeps XLA from folding an explicit zero padding of x into the conv's own, which
+  # would make it large enough to be slow again (7×7, 64→3 at 256²: 33 ms vs 8 ms).
+  x = lax.optimization_barrier(x)
+  y = lax.conv_general_dilated(x, w, stride, ((0, sh), (0, sw)), dimension_numbers=_DIMENSIONS)
+  return y[:, :out_h, :out_w]
+
+
+def _input_grad(w: jax.Array, dy: jax.Array) -> jax.Array:
+  """d(VALID stride-1 conv)/dx: the full correlation of dy with the flipped, transposed kernel,
+  padded beforehand (XLA's CPU conv is slow again for pads over (k − 1)/2)."""
+  kh, kw = w.shape[:2]
+  dy = jnp.pad(dy, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
+  return _xla_conv(dy, jnp.flip(w, (0, 1)).swapaxes(2, 3))
+
+
+def _kernel_grad(x: jax.Array, dy: jax.Array, kh: int, kw: int) -> jax.Array:
+  """d(VALID stride-1 conv)/d(kernel) as matmuls (rule 2), [kh, kw, c, d].
+
+  With x flattened to [n, rows·width, c], output position p of tap (i, j) reads x at
+  p + i·width + j, so every tap is one contiguous slice. Output positions cover whole input
+  rows: the kw − 1 spare columns of each row get zero in dy and add nothing.
+  """
+  n, out_h, out_w, d = dy.shape
+  c, width = x.shape[3], x.shape[2]
+  flat = jnp.pad(x.reshape(n, -1, c), ((0, 0), (0, kw - 1), (0, 0)))
+  offsets = [i * width + j for i in range(kh) for j in range(kw)]
+  length = out_h * width
+  dy = jnp.pad(dy, ((0, 0), (0, 0), (0, width - out_w), (0, 0))).reshape(n, length, d)
+  if len(offsets) * min(c, d) > _MAX_PATCH_COLUMNS:  # One matmul per tap.
+    grad = jnp.stack([_contract(flat[:, o:o + length], dy) for o in offsets])
+    grad = grad.reshape(kh, kw, c, d)
+  elif c <= d:  # Patches of x: [n, length, taps·c].
+    patches = jnp.concatenate([flat[:, o:o + length] for o in offsets], axis=-1)
+    grad = _contract(patches, dy).reshape(kh, kw, c, d)
+  else:  # dy shifted by every offset: [n, flat length, taps·d].
+    total = flat.shape[1]
+    shifted = jnp.concatenate(
+        [jnp.pad(dy, ((0, 0), (o, total - length - o), (0, 0))) for o in offsets], axis=-1)
+    grad = _contract(flat, shifted).reshape(c, kh, kw, d).transpose(1, 2, 0, 3)
+  return grad.astype(x.dtype)
+
+
+def _contract(a: jax.Array, b: jax.Array) -> jax.Array:
+  """sum over n, l of a[n, l, c]·b[n, l, d] as one 2-D matmul (a 2-axis einsum ran 1.6× slower)."""
+  return lax.dot_general(a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1]),
+                         (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _space_to_depth(x: jax.Array, w: jax.Array, stride: tuple[int, int]):
+  """A stride-s VALID conv as the stride-1 VALID conv of the same output on s×s blocks (rule 3).
+
+  Kernel taps are grouped by their phase (i mod s, j mod s); a kernel side that is not a
+  multiple of s is padded with zero taps. The input is cropped or zero-padded to exactly what
+  the output reads, so the result has the original output size.
+  """
+  (sh, sw), (kh, kw) = stride, w.shape[:2]
+  bh, bw = -(-kh // sh), -(-kw // sw)  # Kernel size in blocks.
+  out_h, out_w = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+  rows, cols = sh * (out_h - 1 + bh), sw * (out_w - 1 + bw)
+  x = jnp.pad(x[:, :rows, :cols], ((0, 0), (0, max(rows - x.shape[1], 0)),
+                                   (0, max(cols - x.shape[2], 0)), (0, 0)))
+  n, _, _, c = x.shape
+  x = x.reshape(n, rows // sh, sh, cols // sw, sw, c).transpose(0, 1, 3, 2, 4, 5)
+  x = x.reshape(n, rows // sh, cols // sw, sh * sw * c)
+  w = jnp.pad(w, ((0, bh * sh - kh), (0, bw * sw - kw), (0, 0), (0, 0)))
+  w = w.reshape(bh, sh, bw, sw, c, -1).transpose(0, 2, 1, 3, 4, 5).reshape(bh, bw, sh * sw * c, -1)
+  return x, w
+
+
+def _forward(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding: Padding) -> jax.Array:
+  """Rule 1. The models' zero paddings are all within (k − 1)/2, so they are passed on."""
+  if any(lo or hi for lo, hi in padding):
+    return lax.conv_general_dilated(x, w, stride, padding, dimension_numbers=_DIMENSIONS)
+  return _xla_conv(x, w, stride)
+
+
+def _matmul_grads_pay(dy_shape: tuple[int, ...]) -> bool:
+  """Rule 2 wins from about 48² output pixels up; below, XLA's own gradients are as fast or
+  faster, except for single-channel outputs (PatchGAN's last conv: 0.5 ms vs 4.1 ms)."""
+  _, out_h, out_w, features = dy_shape
+  return out_h * out_w >= _MIN_MATMUL_GRAD_PIXELS or features == 1
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding: Padding) -> jax.Array:
+  return _forward(x, w, stride, padding)
+
+
+def _conv_fwd(x, w, stride, padding):
+  return _forward(x, w, stride, padding), (x, w)
+
+
+def _conv_bwd(stride, padding, residuals, dy):
+  """Both gradients through the stride-1 VALID form of the padded input (rules 1–3)."""
+  x, w = residuals
+  dy = dy.astype(x.dtype)
+  if not _matmul_grads_pay(dy.shape):
+    _, xla_vjp = jax.vjp(lambda x, w: lax.conv_general_dilated(
+        x, w, stride, padding, dimension_numbers=_DIMENSIONS), x, w)
+    return xla_vjp(dy)
+  padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  if stride == (1, 1):
+    dx, dw = _input_grad(w, dy), _kernel_grad(padded, dy, *w.shape[:2])
+  else:
+    (xs, ws), back = jax.vjp(lambda x, w: _space_to_depth(x, w, stride), padded, w)
+    dx, dw = back((_input_grad(ws, dy), _kernel_grad(xs, dy, *ws.shape[:2])))
+  (top, _), (left, _) = padding
+  return dx[:, top:top + x.shape[1], left:left + x.shape[2]], dw
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def cpu_conv(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding: Padding) -> jax.Array:
+  """The `cpu` impl of a conv with zero padding (see the module docstring)."""
+  stride, padding = tuple(stride), tuple(tuple(pair) for pair in padding)
+  if w.shape[:2] == (1, 1) and stride == (1, 1) and not any(sum(padding, ())):
+    return jnp.einsum('nhwc,cd->nhwd', x, w[0, 0])  # A matmul; its derivative is too.
+  return _conv(x, w, stride, padding)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None,
+                         preferred_element_type=None, *, impl: str):
+  """`lax.conv_general_dilated`'s signature (so flax's `nn.Conv` can take it) for `impl`.
+
+  The `cpu` impl covers what the models use: NHWC, no dilation, one feature group, default
+  precision; anything else raises.
+  """
+  impl = resolve_impl(impl)
+  if impl == 'xla':
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                    dimension_numbers, feature_group_count, precision=precision,
+                                    preferred_element_type=preferred_element_type)
+  unsupported = [name for name, used in (
+      ('dilation', any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))),
+      ('feature groups', feature_group_count != 1), ('precision', precision is not None),
+      ('preferred_element_type', preferred_element_type is not None),
+      ('layout', lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+       != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DIMENSIONS))) if used]
+  if unsupported:
+    raise ValueError(f'conv_impl "cpu" does not support {", ".join(unsupported)}; '
+                     'use conv_impl "xla"')
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+  return cpu_conv(lhs, rhs, window_strides, padding)
+
+
+def _subpixel_taps(kernel_size: int, stride: int, padding: int):
+  """Which kernel tap output phase r takes from input offset d (kernel_size = none), and the
+  input padding (lo, hi) the sub-pixel convolution needs."""
+  d_min = -((kernel_size - 1 - padding) // stride)
+  d_max = (stride - 1 + padding) // stride
+  taps = np.full((stride, d_max - d_min + 1), kernel_size, np.int32)
+  for r in range(stride):
+    for j, d in enumerate(range(d_min, d_max + 1)):
+      torch_tap = r + padding - stride * d
+      if 0 <= torch_tap < kernel_size:
+        taps[r, j] = kernel_size - 1 - torch_tap  # Our kernels are torch's, flipped.
+  return taps, (-d_min, d_max)
+
+
+def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int, padding: int,
+                   output_padding: int, impl: str = 'xla') -> jax.Array:
+  """torch ConvTranspose2d(k, stride, padding, output_padding) with a flipped HWIO kernel.
+
+  Computed as a sub-pixel convolution: one stride-1 conv yields all stride² output phases as
+  channels, then depth-to-space. The textbook form dilates the input with zeros, so 3/4 of its
+  multiply-adds are wasted, and XLA's CPU backward pass for it ran 13× slower (5.2 s vs 0.4 s
+  at 64²×256→128 channels).
+  """
+  kh, kw, cin, cout = kernel.shape
+  if kh != kw:
+    raise ValueError(f'square kernels only, got {kh}×{kw}')
+  taps, pad = _subpixel_taps(kh, stride, padding)
+  span = taps.shape[1]
+  zero_padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
+  sub = zero_padded[taps[:, :, None, None], taps[None, None, :, :]]  # [r, dh, s, dw, I, O]
+  sub = sub.transpose(1, 3, 4, 0, 2, 5).reshape(span, span, cin, stride * stride * cout)
+  y = conv_general_dilated(x, sub.astype(x.dtype), (1, 1), (pad, pad),
+                           dimension_numbers=_DIMENSIONS, impl=impl)
+  n, h, w, _ = y.shape
+  y = y.reshape(n, h, w, stride, stride, cout).transpose(0, 1, 3, 2, 4, 5)
+  y = y.reshape(n, h * stride, w * stride, cout)
+  out_h, out_w = ((size - 1) * stride - 2 * padding + kh + output_padding
+                  for size in x.shape[1:3])
+  if out_h > h * stride or out_w > w * stride:
+    raise ValueError(f'output_padding {output_padding} too large for stride {stride}')
+  return y[:, :out_h, :out_w]

@@ -1,0 +1,153 @@
+"""The `cpu` conv implementation gives XLA's results: outputs, input and kernel gradients, on
+every conv shape the models use, and whole models with the same parameter trees."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import default, test as test_config
+from cyclegan_jax import benchmark_layers, convolution, discriminators, generators
+
+F32_TOL = 1e-5  # Max-abs difference for O(1) values (the issue's bar for float32).
+BF16_RTOL = 2e-2  # bfloat16 keeps 8 bits of mantissa: both impls round every conv output.
+
+
+def _model_config(**overrides) -> ml_collections.ConfigDict:
+  config = default.get_config().model
+  config.update(ngf=8, ndf=8, **overrides)
+  return config
+
+
+def _all_conv_shapes() -> list[dict]:
+  """Distinct convs of every generator and discriminator at sizes where both gradient paths
+  occur (output sides from 2 to 64)."""
+  shapes, seen = [], set()
+  for generator, discriminator, size in (('resnet_9blocks', 'basic', 64),
+                                         ('unet_128', 'pixel', 128),
+                                         ('resnet_6blocks', 'conv4', 32)):
+    config = ml_collections.ConfigDict({'model': _model_config(
+        generator=generator, discriminator=discriminator)})
+    for spec in benchmark_layers.conv_shapes(config, size):
+      key = str({k: v for k, v in spec.items() if k not in ('layer', 'uses')})
+      if key not in seen:
+        seen.add(key)
+        shapes.append(spec)
+  return shapes
+
+
+SHAPES = _all_conv_shapes()
+
+
+def _inputs(spec, dtype=jnp.float32):
+  """x in [-1, 1], kernel ~ N(0, 1/fan_in) and dy scaled so outputs and gradients are O(1)."""
+  keys = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.uniform(keys[0], spec['input'], minval=-1.0, maxval=1.0)
+  kh, kw, cin, _ = spec['kernel']
+  w = jax.random.normal(keys[1], spec['kernel']) / np.sqrt(kh * kw * cin)
+  y = jax.eval_shape(benchmark_layers._layer_fn(spec, 'xla'), x, w)
+  dy = jax.random.normal(keys[2], y.shape) / np.sqrt(np.prod(y.shape[1:3]))
+  return x.astype(dtype), w.astype(dtype), dy.astype(dtype)
+
+
+def _value_and_grads(spec, impl, x, w, dy):
+  fn = benchmark_layers._layer_fn(spec, impl)
+  return jax.jit(functools.partial(benchmark_layers._output_and_grads, fn))(x, w, dy)
+
+
+def test_shapes_cover_what_the_issue_names():
+  kinds = {(s['kernel'][0], s['stride'], s.get('pad_mode'), s['transpose']) for s in SHAPES}
+  assert (7, 1, 'reflect', False) in kinds  # ResNet's first and last convs.
+  assert (3, 1, 'reflect', False) in kinds  # Residual blocks.
+  assert (3, 2, 'zeros', False) in kinds  # ResNet downsampling.
+  assert (3, 2, None, True) in kinds and (4, 2, None, True) in kinds  # Transposed convs.
+  assert (4, 2, 'zeros', False) in kinds and (4, 1, 'zeros', False) in kinds  # PatchGAN.
+  assert (1, 1, 'zeros', False) in kinds  # PixelGAN.
+  assert any(s['kernel'][3] == 1 for s in SHAPES)  # One-logit outputs.
+  assert len(SHAPES) > 25
+
+
+@pytest.mark.parametrize('matmul_grads_from', [convolution._MIN_MATMUL_GRAD_PIXELS, 0],
+                         ids=['default_paths', 'matmul_grads_everywhere'])
+def test_cpu_impl_matches_xla_on_every_conv_shape(matmul_grads_from, monkeypatch):
+  monkeypatch.setattr(convolution, '_MIN_MATMUL_GRAD_PIXELS', matmul_grads_from)
+  for spec in SHAPES:
+    x, w, dy = _inputs(spec)
+    expected = _value_and_grads(spec, 'xla', x, w, dy)
+    got = _value_and_grads(spec, 'cpu', x, w, dy)
+    for name, a, b in zip(('output', 'input grad', 'kernel grad'), got, expected):
+      assert a.shape == b.shape, (spec, name)
+      np.testing.assert_allclose(a, b, rtol=0, atol=F32_TOL, err_msg=f'{name} of {spec}')
+
+
+def test_both_gradient_paths_are_taken():
+  big = [s for s in SHAPES if convolution._matmul_grads_pay(
+      jax.eval_shape(benchmark_layers._layer_fn(s, 'xla'), *_inputs(s)[:2]).shape)]
+  assert 0 < len(big) < len(SHAPES)
+
+
+def test_bfloat16_agrees_within_its_precision():
+  for spec in SHAPES[:8]:
+    inputs = _inputs(spec, jnp.bfloat16)
+    expected = _value_and_grads(spec, 'xla', *inputs)
+    got = _value_and_grads(spec, 'cpu', *inputs)
+    for a, b in zip(got, expected):
+      assert a.dtype == b.dtype == jnp.bfloat16
+      a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+      np.testing.assert_allclose(a, b, rtol=0, atol=BF16_RTOL * max(1.0, np.abs(b).max()))
+
+
+@pytest.mark.parametrize('generator,discriminator,size', [
+    ('resnet_6blocks', 'basic', 64), ('unet_128', 'pixel', 128), ('dcgan', 'dcgan', 32)])
+def test_models_match_across_impls(generator, discriminator, size):
+  """Same parameter trees (so imported weights fit both), same outputs and gradients."""
+  results = {}
+  for impl in ('xla', 'cpu'):
+    config = _model_config(generator=generator, discriminator=discriminator, image_size=size,
+                           conv_impl=impl)
+    g, d = generators.create_generator(config), discriminators.create_discriminator(config)
+    g_in = (jnp.ones((2, config.nz)) if generator == 'dcgan'
+            else jax.random.uniform(jax.random.key(1), (2, size, size, 3), minval=-1))
+    g_vars = g.init(jax.random.key(2), g_in)
+    image = g.apply(g_vars, g_in)
+    d_vars = d.init(jax.random.key(3), image)
+
+    def loss(g_params, d_params):
+      fake = g.apply({**g_vars, 'params': g_params}, g_in)
+      return jnp.mean(d.apply({**d_vars, 'params': d_params}, fake) ** 2), fake
+
+    (value, fake), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
+        g_vars['params'], d_vars['params'])
+    results[impl] = (jax.tree.map(jnp.shape, (g_vars, d_vars)), value, fake, grads)
+  assert results['xla'][0] == results['cpu'][0]
+  np.testing.assert_allclose(results['cpu'][1], results['xla'][1], rtol=1e-5)
+  np.testing.assert_allclose(results['cpu'][2], results['xla'][2], atol=F32_TOL)
+  for a, b in zip(jax.tree.leaves(results['cpu'][3]), jax.tree.leaves(results['xla'][3])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_auto_is_cpu_on_the_cpu_backend_and_unknown_impls_are_named():
+  assert convolution.resolve_impl('auto') == 'cpu'
+  assert test_config.get_config().model.conv_impl == 'auto'
+  with pytest.raises(ValueError, match="unknown conv_impl 'fast'; expected one of auto, xla, cpu"):
+    generators.create_generator(_model_config(conv_impl='fast'))
+
+
+def test_model_configs_saved_before_conv_impl_existed_mean_auto():
+  """translate and evaluate build models from the config stored with a checkpoint."""
+  old = ml_collections.ConfigDict({k: v for k, v in _model_config().items() if k != 'conv_impl'})
+  assert generators.create_generator(old).conv_impl == 'cpu'
+  assert discriminators.create_discriminator(old).conv_impl == 'cpu'
+
+
+def test_cpu_impl_refuses_what_it_does_not_compute():
+  x, w = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 2, 4))
+  conv = functools.partial(convolution.conv_general_dilated, x, w, (1, 1), ((1, 1), (1, 1)),
+                           dimension_numbers=('NHWC', 'HWIO', 'NHWC'), impl='cpu')
+  with pytest.raises(ValueError, match='does not support feature groups'):
+    conv(feature_group_count=2)
+  with pytest.raises(ValueError, match='does not support dilation'):
+    conv(rhs_dilation=(2, 2))
