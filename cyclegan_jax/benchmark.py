@@ -1,20 +1,29 @@
 """`python -m cyclegan_jax.benchmark --config=configs/default.py`: speed and memory of the step.
 
 Builds the models and a fresh state for the config at --size² crops and times the pmapped train
-step on synthetic inputs already on the devices (no data pipeline), on whatever devices JAX
-sees: CPU, GPU or TPU. Prints one JSON record: state-init and step-compile times; seconds per
-step, median and min over --steps timed steps after two warm-up steps; image pairs per second
-(one A image plus one B image is one pair); XLA's FLOP count of the compiled step, which is per
-device, since every device runs the same program on its share of the batch; the FLOP rate that
-gives per device, against a jnp.dot peak measured in the same process; the bytes each step
-all-reduces across devices (what multi-host training sends over the interconnect); and peak
-memory.
+step on synthetic inputs already on the devices, on whatever devices JAX sees: CPU, GPU or TPU.
+Prints one JSON record:
+- state-init time; step-compile time cold (empty persistent compilation cache) and warm (the
+  same compile again, served from that cache, as a restarted run would be);
+- seconds per step, median and min over --steps timed steps after two warm-up steps; image
+  pairs per second (one A image plus one B image is one pair);
+- `flops_per_step`: the model's FLOPs, XLA's count for the step with XLA's own convs
+  (conv_impl 'xla'), the same whichever impl is timed, so rates compare across impls; it is
+  per device, since every device runs the same program on its share of the batch;
+  `executed_flops_per_step` is XLA's count for the impl timed, which also multiplies the
+  zeros its rearrangements add;
+- `achieved_flops_per_s` (model FLOPs / median step) and `peak_ratio`, its fraction of a
+  jnp.dot peak measured in the same process just before and after each timed step (the best
+  of the two kept): the median over steps of each step's rate over its own peak. On a shared
+  virtual machine the dot rate itself moved between 140 and 265 GFLOP/s within one hour, so
+  a peak taken minutes away from a step would misstate the ratio. `dot_peak_flops_per_s` is
+  the median of those peaks;
+- the bytes each step all-reduces across devices (what multi-host training sends over the
+  interconnect); peak memory;
+- the input pipeline's images/s at the same crop size (`benchmark_input`, synthetic jpgs).
 
-The input pipeline's rate is measured on its own by `python -m cyclegan_jax.benchmark_input`,
-so `input_images_per_s` is null here.
-
-  python -m cyclegan_jax.benchmark --config=configs/default.py --size=128 --steps=5 \
-      --config.model.generator=resnet_6blocks --json
+  python -m cyclegan_jax.benchmark --config=configs/default.py --size=128 --steps=5 --json
+  python -m cyclegan_jax.benchmark --config=configs/default.py --config.model.conv_impl=xla
 """
 
 import functools
@@ -24,6 +33,7 @@ import re
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -32,28 +42,32 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import jaxlib
+import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from cyclegan_jax import families, parallel
+from cyclegan_jax import benchmark_input, convolution, families, parallel
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (get_config).')
 _SIZE = flags.DEFINE_integer('size', None, 'Crop size; default: config.data.crop_size.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps, after 2 warm-up steps.')
 _BATCH = flags.DEFINE_integer('batch', None, 'Global batch; default: config.batch_size.')
 _JSON = flags.DEFINE_bool('json', False, 'Print the record as one JSON line (else indented).')
-_CACHE_DIR = flags.DEFINE_string('compilation_cache_dir', None,
-                                 'Persistent XLA compilation cache directory (off if unset).')
+_INPUT = flags.DEFINE_bool('input_pipeline', True,
+                           'Also time the input pipeline at --size (writes temporary jpgs).')
+_TRACE_DIR = flags.DEFINE_string('trace_dir', None, 'Write a jax.profiler trace of the timed '
+                                 'steps here (perfetto_trace.json.gz: ui.perfetto.dev).')
 flags.mark_flags_as_required(['config'])
 
 WARMUP_STEPS = 2
-DOT_SIZE = 4096
+DOT_SIZE = 2048  # 17 GFLOP: as fast as 4096² here, and cheap enough to run around every step.
 
 
-def _flops(compiled: Any) -> float | None:
-  """The 'flops' entry of XLA's cost analysis, which is a dict, a list of one, or missing."""
+def _flops(stage: Any) -> float | None:
+  """The 'flops' entry of XLA's cost analysis (of a lowered or compiled step), which is a dict,
+  a list of one, or missing."""
   try:
-    cost = compiled.cost_analysis()
+    cost = stage.cost_analysis()
   except Exception:  # Some backends do not implement it.
     return None
   if isinstance(cost, (list, tuple)):
@@ -102,7 +116,53 @@ def _device_peak_memory_mb() -> float | None:
   return None if peak is None else peak / 2**20
 
 
-def benchmark(config, steps: int) -> dict[str, Any]:
+def _compile_cold_and_warm(step, *args) -> tuple[Any, Any, float, float]:
+  """Lowers and compiles `step` twice through a fresh persistent compilation cache: the first
+  fills it (cold), the second, after dropping JAX's in-memory caches, reads it back (warm), as
+  a restarted run would. Returns the lowered and compiled step and both times."""
+  with tempfile.TemporaryDirectory() as cache_dir:
+    settings = {'jax_compilation_cache_dir': cache_dir,
+                'jax_persistent_cache_min_compile_time_secs': 0.0,
+                'jax_persistent_cache_min_entry_size_bytes': 0}
+    previous = {name: getattr(jax.config, name) for name in settings}
+    for name, value in settings.items():
+      jax.config.update(name, value)
+    try:
+      seconds = []
+      for _ in range(2):
+        jax.clear_caches()
+        start = time.perf_counter()
+        lowered = step.lower(*args)
+        compiled = lowered.compile()
+        seconds.append(time.perf_counter() - start)
+    finally:
+      for name, value in previous.items():
+        jax.config.update(name, value)
+  return lowered, compiled, *seconds
+
+
+def _model_flops(config, family, state, batch) -> float | None:
+  """XLA's FLOP count of the step written with XLA's own convs (see the module docstring)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.conv_impl = 'xla'
+  models = family.create_models(config, 1)
+  step = parallel.pmap_step(functools.partial(family.train_step, models=models, config=config))
+  return _flops(step.lower(state, batch))
+
+
+def _input_images_per_s(config, config_path: str | None, size: int) -> float:
+  """The train iterator's rate on synthetic jpgs a little larger than the crop, as data sets'."""
+  load_size = size * 286 // 256
+  paths = {'config_path': config_path} if config_path else {}
+  record = benchmark_input.measure(
+      **paths, source='folders',
+      num_files=32, size=load_size, load_size=load_size, crop_size=size,
+      batch_size=max(config.batch_size, 8), steps=20)
+  return record['images_per_s']
+
+
+def benchmark(config, steps: int, config_path: str | None = None, input_pipeline: bool = True,
+              trace_dir: str | None = None) -> dict[str, Any]:
   """Compiles and times the train step of `config` (crop_size, batch_size already set)."""
   size, model = config.data.crop_size, config.model
   parallel.per_device_batch_size(config.batch_size)  # Fails early, saying why.
@@ -118,44 +178,50 @@ def benchmark(config, steps: int) -> dict[str, Any]:
   batch = parallel.device_put_sharded(
       parallel.shard_batch({'a': images(model.input_nc), 'b': images(model.output_nc)}))
   step = parallel.pmap_step(functools.partial(family.train_step, models=models, config=config))
-  # The peak is measured before and after the steps and the best kept: other processes on a
-  # shared machine only ever lower it.
-  peak = dot_peak_flops_per_s()
-
-  start = time.perf_counter()
-  lowered = step.lower(state, batch)
-  compiled = lowered.compile()
-  compile_s = time.perf_counter() - start
-  times = []
+  lowered, compiled, compile_s, compile_warm_s = _compile_cold_and_warm(step, state, batch)
+  times, peaks = [], []
   for i in range(WARMUP_STEPS + steps):
+    timed = i >= WARMUP_STEPS
+    # Other processes on a shared machine only ever lower the peak: keep the better of the
+    # rates just before and just after the step.
+    peak_before = dot_peak_flops_per_s() if timed else None
+    if trace_dir and i == WARMUP_STEPS:
+      jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
     start = time.perf_counter()
     state, metrics = compiled(state, batch)
     jax.block_until_ready((state, metrics))
-    if i >= WARMUP_STEPS:
+    if timed:
       times.append(time.perf_counter() - start)
+      peaks.append(max(peak_before, dot_peak_flops_per_s()))
+  if trace_dir:
+    jax.profiler.stop_trace()
   if not np.isfinite(float(metrics['g_total'][0])):
     raise FloatingPointError('the benchmarked step produced a non-finite generator loss')
 
   median = statistics.median(times)
-  flops = _flops(compiled)
+  flops = _model_flops(config, family, state, batch)
   achieved = None if flops is None else flops / median
-  peak = max(peak, dot_peak_flops_per_s())
+  peak_ratio = None if flops is None else statistics.median(
+      flops / t / p for t, p in zip(times, peaks))
   return {
-      'config': config_flags.get_config_filename(flags.FLAGS['config']),
+      'config': config_path,
       'generator': model.generator, 'discriminator': model.discriminator,
-      'dtype': model.dtype, 'size': size, 'batch': config.batch_size,
+      'dtype': model.dtype, 'conv_impl': convolution.resolve_impl(model.conv_impl),
+      'size': size, 'batch': config.batch_size,
       'devices': jax.device_count(), 'platform': jax.default_backend(),
       'device_kind': jax.devices()[0].device_kind,
       'jax_version': jax.__version__, 'jaxlib_version': jaxlib.__version__,
-      'compilation_cache': _CACHE_DIR.value is not None,
-      'init_s': round(init_s, 3), 'compile_s': round(compile_s, 3), 'steps': steps,
+      'init_s': round(init_s, 3), 'compile_s': round(compile_s, 3),
+      'compile_warm_s': round(compile_warm_s, 3), 'steps': steps,
       's_per_step_median': round(median, 5), 's_per_step_min': round(min(times), 5),
       'image_pairs_per_s': round(config.batch_size / median, 3),
-      'input_images_per_s': None,  # See `python -m cyclegan_jax.benchmark_input`.
-      'flops_per_step': flops, 'flops_scope': 'per device',
+      'input_images_per_s': (_input_images_per_s(config, config_path, size)
+                             if input_pipeline else None),
+      'flops_per_step': flops, 'executed_flops_per_step': _flops(compiled),
+      'flops_scope': 'per device',
       'allreduce_bytes_per_step': allreduce_bytes(lowered.as_text()),
-      'achieved_flops_per_s': achieved, 'dot_peak_flops_per_s': peak,
-      'peak_ratio': None if achieved is None else round(achieved / peak, 4),
+      'achieved_flops_per_s': achieved, 'dot_peak_flops_per_s': statistics.median(peaks),
+      'peak_ratio': None if peak_ratio is None else round(peak_ratio, 4),
       'peak_rss_mb': round(_peak_rss_mb(), 1),
       'device_peak_memory_mb': _device_peak_memory_mb(),
   }
@@ -164,14 +230,13 @@ def benchmark(config, steps: int) -> dict[str, Any]:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if _CACHE_DIR.value:
-    jax.config.update('jax_compilation_cache_dir', _CACHE_DIR.value)
   config = _CONFIG.value
   if _SIZE.value is not None:
     config.data.crop_size = _SIZE.value
   if _BATCH.value is not None:
     config.batch_size = _BATCH.value
-  record = benchmark(config, _STEPS.value)
+  record = benchmark(config, _STEPS.value, config_flags.get_config_filename(flags.FLAGS['config']),
+                     _INPUT.value, _TRACE_DIR.value)
   print(json.dumps(record, indent=None if _JSON.value else 2))
 
 

@@ -41,7 +41,7 @@ def _write_images(root: Path, num_files: int, size: int) -> None:
           root / folder / f'{i:06d}.jpg', quality=90)
 
 
-def _load_config(path: str) -> ml_collections.ConfigDict:
+def load_config(path: str) -> ml_collections.ConfigDict:
   spec = importlib.util.spec_from_file_location('_benchmark_config', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -49,7 +49,7 @@ def _load_config(path: str) -> ml_collections.ConfigDict:
 
 
 def run(args: argparse.Namespace, path: str) -> dict[str, float]:
-  config = _load_config(args.config)
+  config = load_config(args.config)
   config.batch_size = args.batch_size
   config.data.update(source=args.source, path=path, demo_size=args.num_files,
                      load_size=args.load_size, crop_size=args.crop_size,
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace, path: str) -> dict[str, float]:
           'rss_peak_mib': round(memory['VmHWM'], 1)}
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--config', default=str(_DEFAULT_CONFIG), help='config file (get_config)')
   parser.add_argument('--num_files', type=int, default=100, help='images per domain')
@@ -88,13 +88,32 @@ def main() -> None:
   parser.add_argument('--prefetch', type=int, default=2)
   parser.add_argument('--warmup_steps', type=int, default=5)
   parser.add_argument('--steps', type=int, default=50)
-  args = parser.parse_args()
+  return parser
+
+
+def _run_in_tmp(args: argparse.Namespace) -> dict[str, float]:
+  """`run`, on generated jpgs in a temporary folder unless args.path names data."""
   with tempfile.TemporaryDirectory() as tmp:
     path = args.path
     if args.source == 'folders' and not path:
       _write_images(Path(tmp), args.num_files, args.size)
       path = tmp
-    print(json.dumps(run(args, path)))
+    return run(args, path)
+
+
+def measure(config_path: str = str(_DEFAULT_CONFIG), **overrides) -> dict[str, float]:
+  """The record `main` prints, for the command-line defaults updated by `overrides`
+  (e.g. crop_size=128); what `python -m cyclegan_jax.benchmark` reports beside the step."""
+  args = _parser().parse_args([])
+  unknown = set(overrides) - set(vars(args))
+  if unknown:
+    raise ValueError(f'unknown benchmark_input settings: {", ".join(sorted(unknown))}')
+  vars(args).update(overrides, config=config_path)
+  return _run_in_tmp(args)
+
+
+def main() -> None:
+  print(json.dumps(_run_in_tmp(_parser().parse_args())))
 
 
 if __name__ == '__main__':
