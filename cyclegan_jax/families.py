@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 
 from cyclegan_jax import dcgan_step, inference, input_pipeline, train_state, train_step, visualize
-from cyclegan_jax.evaluate import vgg
+from cyclegan_jax.evaluate import digits, vgg
 
 # (params, batch_stats) of one replica → a uint8 sample grid.
 Sampler = Callable[[dict[str, Any], dict[str, Any]], np.ndarray]
@@ -22,7 +22,10 @@ class Family:
   create_models: Callable[..., train_state.Models]  # (config, steps_per_epoch, lr_scale)
   create_train_state: Callable[..., train_state.TrainState]  # (config, models, key)
   train_step: Callable[..., Any]  # Per device: (state, batch, *, models, config).
+  domains: str  # The training domains it reads: the batches hold only these ('ab' or 'a').
   make_sampler: Callable[[ml_collections.ConfigDict, train_state.Models], Sampler]
+  # (config, models, params, batch_stats) of one replica → the digit metrics (source 'digits').
+  digit_metrics: Callable[..., dict[str, float]]
   loss_groups: dict[str, list[str]]  # Panels of loss_curves.png.
   log_columns: Callable[[dict[str, float]], dict[str, float]]  # The log line, loss_table.csv.
 
@@ -43,22 +46,35 @@ def _cyclegan_sampler(config: ml_collections.ConfigDict, models: train_state.Mod
 
 def _dcgan_sampler(config: ml_collections.ConfigDict, models: train_state.Models) -> Sampler:
   """A square-ish grid of G(z) for the same z at every step, so grids show progress."""
-  generate, z = dcgan_step.make_generate_fn(models), dcgan_step.sample_z(config)
   columns = math.ceil(math.sqrt(config.num_sample_images))
 
   def sample(params, batch_stats):
-    images = np.asarray(generate(params, batch_stats, z))
+    images = dcgan_step.generate_samples(config, models, params, batch_stats,
+                                         config.num_sample_images)
     return visualize.image_grid([list(images[i:i + columns])
                                  for i in range(0, len(images), columns)])
 
   return sample
 
 
+def _cyclegan_digit_metrics(config, models, params, batch_stats) -> dict[str, float]:
+  """How well G_BA (or G_AB) keeps the digit of num_digit_eval_images test images."""
+  return digits.translation_accuracy(config, models, params, batch_stats,
+                                     config.num_digit_eval_images)
+
+
+def _dcgan_digit_metrics(config, models, params, batch_stats) -> dict[str, float]:
+  """How clear and varied num_digit_eval_images samples are (their first batch: the grid)."""
+  return digits.sample_scores(config, dcgan_step.generate_samples(
+      config, models, params, batch_stats, config.num_digit_eval_images))
+
+
 FAMILIES = {
     'cyclegan': Family(
         create_models=train_state.create_models,
         create_train_state=train_state.create_train_state,
-        train_step=_cyclegan_train_step, make_sampler=_cyclegan_sampler,
+        train_step=_cyclegan_train_step, domains='ab', make_sampler=_cyclegan_sampler,
+        digit_metrics=_cyclegan_digit_metrics,
         loss_groups={
             'generator': ['g_adv_a', 'g_adv_b', 'cycle_a', 'cycle_b', 'idt_a', 'idt_b',
                           'semantic'],
@@ -68,7 +84,8 @@ FAMILIES = {
     'dcgan': Family(
         create_models=dcgan_step.create_models,
         create_train_state=dcgan_step.create_train_state,
-        train_step=dcgan_step.train_step, make_sampler=_dcgan_sampler,
+        train_step=dcgan_step.train_step, domains='a', make_sampler=_dcgan_sampler,
+        digit_metrics=_dcgan_digit_metrics,
         loss_groups={'losses': ['g_total', 'd_total', 'd_real_loss', 'd_fake_loss', 'd_gp'],
                      'discriminator logits': ['d_real', 'd_fake']},
         log_columns=lambda s: {'Loss_D': s['d_total'], 'Loss_G': s['g_total'],

@@ -142,9 +142,12 @@ class DCGANGenerator(_ModelOptions):
   all but the last), tanh. At 64² that is 4×4×8ngf → 8² → 16² → 32² → 64²×3.
 
   The first layer is a dense projection, which is exactly ConvTranspose2d(nz, c, 4, 1, 0) on a
-  1×1 input (same parameters, no bias before the norm).
+  1×1 input (same parameters, no bias before the norm). With `grey` the last layer makes one
+  channel, repeated output_nc times: for grey images held as RGB (MNIST) the fakes then cannot
+  differ from the reals in colour, a cue that otherwise lets D win early and slows G.
   """
   image_size: int = 64
+  grey: bool = False
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool = True) -> jax.Array:
@@ -158,9 +161,10 @@ class DCGANGenerator(_ModelOptions):
       features //= 2
       x = self.conv_transpose(features, kernel_size=4, padding=1, output_padding=0)(x)
       x = self.act()(self.norm_layer()(x, train))
-    x = self.conv_transpose(self.output_nc, kernel_size=4, padding=1, output_padding=0,
-                            use_bias=False)(x)
-    return jnp.tanh(x).astype(jnp.float32)
+    x = self.conv_transpose(1 if self.grey else self.output_nc, kernel_size=4, padding=1,
+                            output_padding=0, use_bias=False)(x)
+    x = jnp.tanh(x).astype(jnp.float32)
+    return jnp.repeat(x, self.output_nc, -1) if self.grey else x
 
 
 GENERATORS = {
@@ -180,8 +184,9 @@ def create_generator(model_config: ml_collections.ConfigDict) -> nn.Module:
     cls, extra = ResnetGenerator, {'n_blocks': int(n_blocks)}
   elif name in GENERATORS:
     cls, extra = GENERATORS[name]
-    if name == 'dcgan':
-      extra = {'image_size': model_config.image_size}
+    if name == 'dcgan':  # Checkpoints from before grey_output have no such key.
+      extra = {'image_size': model_config.image_size,
+               'grey': model_config.get('grey_output', False)}
   else:
     raise ValueError(f'unknown generator {name!r}; expected one of {", ".join(GENERATORS)} '
                      'or resnet_<n>blocks')

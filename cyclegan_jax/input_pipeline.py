@@ -154,14 +154,16 @@ def _prepared(domain: image_files.Domain, index: int, data,
     raise image_files.BadImageError(f'{domain.describe(index)}: {e}') from e
 
 
-def _batches(domain_a: image_files.Domain, domain_b: image_files.Domain,
+def _batches(domains: dict[str, image_files.Domain],
              plans: Iterator[tuple[int, int, np.random.Generator]], host_batch: int,
              local_devices: int, data) -> Iterator[dict[str, np.ndarray]]:
-  """Sharded {'a', 'b'} batches forever; worker threads keep data.prefetch batches ready."""
+  """Sharded batches of `domains` ({'a': ..., 'b': ...} or just 'a') forever; worker threads
+  keep data.prefetch batches ready."""
 
   def sample(plan):
     index_a, index_b, rng = plan
-    return _prepared(domain_a, index_a, data, rng), _prepared(domain_b, index_b, data, rng)
+    indices = {'a': index_a, 'b': index_b}  # A is prepared first: its rng draws never vary.
+    return {d: _prepared(domain, indices[d], data, rng) for d, domain in domains.items()}
 
   # No shutdown needed: once the iterator is dropped, the collected pool wakes its threads, which
   # finish the batches already queued (at most prefetch + 1) and exit.
@@ -170,30 +172,35 @@ def _batches(domain_a: image_files.Domain, domain_b: image_files.Domain,
   while True:
     while len(pending) <= data.prefetch:
       pending.append([pool.submit(sample, p) for p in itertools.islice(plans, host_batch)])
-    pairs = [future.result() for future in pending.popleft()]
-    yield parallel.shard_batch({'a': np.stack([a for a, _ in pairs]),
-                                'b': np.stack([b for _, b in pairs])}, local_devices)
+    samples = [future.result() for future in pending.popleft()]
+    yield parallel.shard_batch({d: np.stack([s[d] for s in samples]) for d in domains},
+                               local_devices)
 
 
-def create_train_iterator(config, start_step: int = 0, *, process_index: int | None = None,
-                          process_count: int | None = None,
+def create_train_iterator(config, start_step: int = 0, *, domains: str = 'ab',
+                          process_index: int | None = None, process_count: int | None = None,
                           local_devices: int | None = None) -> Iterator[dict[str, Any]]:
   """Endless {'a', 'b'} float32 batches [local devices, per-device batch, crop, crop, 3] in [-1, 1].
 
-  Start-up work (checking every file, the skip report, config errors) happens here, not at the
-  first `next`. With start_step=k it yields exactly what an iterator that ran k steps yields next.
-  process_index, process_count and local_devices default to this process's; given, they yield
-  what that host of another topology would be fed (tests compare topologies with them).
+  `domains='a'` prepares and yields A alone (DCGAN trains on A only); A's images and order are
+  the same either way. Start-up work (checking every file, the skip report, config errors)
+  happens here, not at the first `next`. With start_step=k it yields exactly what an iterator
+  that ran k steps yields next. process_index, process_count and local_devices default to this
+  process's; given, they yield what that host of another topology would be fed (tests compare
+  topologies with them).
   """
   if start_step < 0:
     raise ValueError(f'start_step={start_step} must be >= 0.')
+  if domains not in ('ab', 'a'):
+    raise ValueError(f"domains must be 'ab' or 'a', got {domains!r}.")
   local_devices = jax.local_device_count() if local_devices is None else local_devices
   host_batch = parallel.host_batch_size(config.batch_size, local_devices)
   index, count = _hosts(process_index, process_count)
   domain_a, domain_b = host_domains(config, index, count)
   plans = _sample_plans(config.seed, index, domain_a.size, domain_b.size,
                         config.data.serial_batches, start_step * host_batch)
-  return _batches(domain_a, domain_b, plans, host_batch, local_devices, config.data)
+  chosen = {'a': domain_a, 'b': domain_b}
+  return _batches({d: chosen[d] for d in domains}, plans, host_batch, local_devices, config.data)
 
 
 def load_eval_images(config, domain: str, num: int, split: str = 'test') -> np.ndarray:

