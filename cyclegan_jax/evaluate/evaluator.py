@@ -69,8 +69,9 @@ def inception_metrics(config: ml_collections.ConfigDict, translations: Translati
   metrics = {}
   for direction, fake, real, domain in (('a_to_b', translations.fake_b, translations.real_b, 'b'),
                                         ('b_to_a', translations.fake_a, translations.real_a, 'a')):
-    for name, value in _fid_and_kid(config, fake, real, domain, eval_dir).items():
-      metrics[f'{name}_{direction}'] = value
+    scores = _fid_and_kid(config, fake, real, domain, eval_dir)
+    metrics.update({f'fid_{direction}': scores['fid'], f'kid_{direction}': scores['kid'],
+                    f'kid_{direction}_std': scores['kid_std']})
   return metrics
 
 
