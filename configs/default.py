@@ -41,10 +41,11 @@ def get_config() -> ml_collections.ConfigDict:
   model.leaky_slope = 0.2  # Slope when activation is leaky_relu (seed S3 used 0.01).
   model.dtype = 'float32'  # Compute dtype (bfloat16 on TPU); parameters stay float32.
   # How convs are computed: xla (XLA's own) | cpu (the forms XLA's CPU backend runs fastest,
-  # same results; see cyclegan_jax/convolution.py) | auto (cpu on CPU, xla on GPU/TPU).
+  # same results; see cyclegan_jax/convolution.py) | auto (cpu on CPU, xla on GPU/TPU) |
+  # patches (im2col matmuls; what the R1 penalty differentiates twice through on CPU).
   model.conv_impl = 'auto'
   model.nz = 100  # DCGAN: size of the generator's input noise z.
-  model.grey_output = False  # DCGAN: G makes one channel, repeated (grey data held as RGB).
+  model.grey_output = False  # DCGAN: G outputs the mean of its channels (grey data as RGB).
 
   config.loss = loss = ml_collections.ConfigDict()
   loss.gan_mode = 'lsgan'  # lsgan | vanilla | wgangp | hinge
@@ -52,6 +53,8 @@ def get_config() -> ml_collections.ConfigDict:
   loss.lambda_b = 10.0
   loss.lambda_identity = 0.5
   loss.lambda_gp = 10.0  # Gradient-penalty weight when gan_mode is wgangp.
+  loss.r1_gamma = 0.0  # DCGAN: weight γ of the R1 penalty γ/2·E‖∇D(real)‖² (0: off).
+  loss.r1_every = 1  # Lazy R1: apply it every this many steps, weighted by as many.
   loss.pool_size = 50
   # Seed S3's semantic cycle loss: L1 between VGG16 features of x and F(G(x)); 0 turns it off.
   loss.lambda_semantic = 0.0

@@ -15,6 +15,12 @@ Every conv the models use goes through `conv_general_dilated(..., impl=)`:
   3. Strided convs take their gradients as stride-1 convs of a space-to-depth input, so the
      two rules above cover them too.
   Results match `xla` to float32 rounding (tests/test_convolution.py); parameters are the same.
+- `patches`: im2col, the kernel taps' strided slices of the padded input concatenated and
+  multiplied by the kernel as one matmul. Slower for a plain step, but every derivative of every
+  order is again slices, pads and matmuls. Differentiating a strided conv twice (the R1
+  penalty) gives XLA's CPU backend dilated convs, which it fuses with their inputs and runs as
+  naive loops: the DCGAN MNIST step with R1 took 0.177 s with either impl above (0.038 s
+  without R1, 0.057 s with R1 through `patches`). `for_second_derivatives` picks it on CPU.
 
 Both take NHWC inputs and HWIO kernels. `conv_transpose` is the stride-s transposed conv as a
 sub-pixel convolution, for either impl.
@@ -28,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-IMPLS = ('auto', 'xla', 'cpu')
+IMPLS = ('auto', 'xla', 'cpu', 'patches')
 _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
 # Up to this many columns (taps × channels), the kernel gradient builds one patch matrix and
 # does one matmul; beyond it, one matmul per tap is faster (fewer bytes copied).
@@ -51,6 +57,25 @@ def impl_for(model_config) -> str:
   """The resolved impl a model config asks for. Configs stored with checkpoints written before
   `model.conv_impl` existed lack it, and mean 'auto'."""
   return resolve_impl(model_config.get('conv_impl', 'auto'))
+
+
+def for_second_derivatives(impl: str) -> str:
+  """The impl to differentiate twice through: `patches` on the CPU backend, whichever impl the
+  model runs with, else `impl`."""
+  return 'patches' if jax.default_backend() == 'cpu' else resolve_impl(impl)
+
+
+def patches_conv(x: jax.Array, w: jax.Array, stride: tuple[int, int],
+                 padding: Padding) -> jax.Array:
+  """The `patches` impl: [n, out_h, out_w, kh·kw·c] patches (tap-major, as w's HWIO layout
+  flattens) times w as [kh·kw·c, d]."""
+  (kh, kw, c, d), (sh, sw) = w.shape, stride
+  x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  out_h, out_w = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+  taps = [x[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw]
+          for i in range(kh) for j in range(kw)]
+  return lax.dot_general(jnp.concatenate(taps, axis=-1), w.reshape(kh * kw * c, d),
+                         (((3,), (0,)), ((), ())))
 
 
 def _xla_conv(x: jax.Array, w: jax.Array, stride: tuple[int, int] = (1, 1)) -> jax.Array:
@@ -184,8 +209,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                          preferred_element_type=None, *, impl: str):
   """`lax.conv_general_dilated`'s signature (so flax's `nn.Conv` can take it) for `impl`.
 
-  The `cpu` impl covers what the models use: NHWC, no dilation, one feature group, default
-  precision; anything else raises.
+  The `cpu` and `patches` impls cover what the models use: NHWC, no dilation, one feature
+  group, default precision; anything else raises.
   """
   impl = resolve_impl(impl)
   if impl == 'xla':
@@ -199,10 +224,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
       ('layout', lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
        != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DIMENSIONS))) if used]
   if unsupported:
-    raise ValueError(f'conv_impl "cpu" does not support {", ".join(unsupported)}; '
+    raise ValueError(f'conv_impl "{impl}" does not support {", ".join(unsupported)}; '
                      'use conv_impl "xla"')
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+  if impl == 'patches':
+    return patches_conv(lhs, rhs, tuple(window_strides), tuple(map(tuple, padding)))
   return cpu_conv(lhs, rhs, window_strides, padding)
 
 

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from cyclegan_jax import discriminators, generators, losses
+from cyclegan_jax import convolution, discriminators, generators, losses
 from cyclegan_jax.parallel import AXIS_NAME
 from cyclegan_jax.train_state import Models, TrainState, create_optimizers, _init_key
 
@@ -28,6 +28,10 @@ SAMPLE_STREAM = 1  # fold_in tag of the fixed z behind every sample grid.
 def create_models(config: ml_collections.ConfigDict, steps_per_epoch: int,
                   lr_scale: float = 1.0) -> Models:
   """G ('dcgan' generator by default) → data.crop_size² images; D judges them."""
+  loss = config.loss
+  if loss.r1_gamma < 0 or loss.r1_every < 1:
+    raise ValueError(f'loss.r1_gamma={loss.r1_gamma} must be >= 0 and loss.r1_every='
+                     f'{loss.r1_every} >= 1.')
   return Models(generators={'g': generators.create_generator(config.model)},
                 discriminator=discriminators.create_discriminator(config.model),
                 **create_optimizers(config, steps_per_epoch, lr_scale))
@@ -99,6 +103,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, models: Models
           lambda x: _apply(d_module, d_params, stats, x)[0],
           real, jax.lax.stop_gradient(fake), gp_key, config.loss.lambda_gp)
       total += terms['d_gp']
+    if config.loss.r1_gamma:
+      every = config.loss.r1_every
+      r1_module = d_module.clone(
+          conv_impl=convolution.for_second_derivatives(d_module.conv_impl))
+      penalty = functools.partial(
+          losses.r1_penalty, lambda x: _apply(r1_module, d_params, state.batch_stats['d'], x)[0],
+          real, config.loss.r1_gamma * every)
+      terms['d_r1'] = jax.lax.cond(state.step % every == 0, penalty, lambda: jnp.zeros(()))
+      total += terms['d_r1']
     return total, (terms, stats)
 
   (d_total, (d_terms, d_stats)), d_grads = jax.value_and_grad(

@@ -97,6 +97,8 @@ def create_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int,
 
 def create_models(config: ml_collections.ConfigDict, steps_per_epoch: int,
                   lr_scale: float = 1.0) -> Models:
+  if config.loss.get('r1_gamma'):
+    raise ValueError('loss.r1_gamma is a DCGAN option; the CycleGAN step has no R1 penalty.')
   to_a = config.model.copy_and_resolve_references()
   to_a.output_nc = config.model.input_nc
   return Models(generators={'g_ab': generators.create_generator(config.model),

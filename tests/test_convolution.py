@@ -1,5 +1,6 @@
-"""The `cpu` conv implementation gives XLA's results: outputs, input and kernel gradients, on
-every conv shape the models use, and whole models with the same parameter trees."""
+"""The `cpu` and `patches` conv implementations give XLA's results: outputs, input and kernel
+gradients, on every conv shape the models use, whole models with the same parameter trees, and
+(`patches`) the second derivatives of the R1 penalty."""
 
 import functools
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import default, test as test_config
-from cyclegan_jax import benchmark_layers, convolution, discriminators, generators
+from cyclegan_jax import benchmark_layers, convolution, discriminators, generators, losses
 
 F32_TOL = 1e-5  # Max-abs difference for O(1) values (the issue's bar for float32).
 BF16_RTOL = 2e-2  # bfloat16 keeps 8 bits of mantissa: both impls round every conv output.
@@ -70,14 +71,28 @@ def test_shapes_cover_what_the_issue_names():
   assert len(SHAPES) > 25
 
 
-@pytest.mark.parametrize('matmul_grads_from', [convolution._MIN_MATMUL_GRAD_PIXELS, 0],
-                         ids=['default_paths', 'matmul_grads_everywhere'])
-def test_cpu_impl_matches_xla_on_every_conv_shape(matmul_grads_from, monkeypatch):
-  monkeypatch.setattr(convolution, '_MIN_MATMUL_GRAD_PIXELS', matmul_grads_from)
+def _dcgan_shapes() -> list[dict]:
+  """The convs of the DCGAN G and D at 32², where R1 runs `patches`, and one of each kind of
+  the other models' (7×7 reflect, 3×3 stride 2, 1×1)."""
+  config = ml_collections.ConfigDict({'model': _model_config(
+      generator='dcgan', discriminator='dcgan', norm='batch', image_size=32)})
+  kinds = {}
   for spec in SHAPES:
+    kind = (spec['kernel'][0], spec['stride'])
+    if kind in ((7, 1), (3, 2), (1, 1)):
+      kinds.setdefault(kind, spec)
+  return benchmark_layers.conv_shapes(config, 32) + list(kinds.values())
+
+
+@pytest.mark.parametrize('impl, matmul_grads_from', [
+    ('cpu', convolution._MIN_MATMUL_GRAD_PIXELS), ('cpu', 0), ('patches', 0)],
+    ids=['cpu_default_paths', 'cpu_matmul_grads_everywhere', 'patches'])
+def test_impl_matches_xla_on_every_conv_shape(impl, matmul_grads_from, monkeypatch):
+  monkeypatch.setattr(convolution, '_MIN_MATMUL_GRAD_PIXELS', matmul_grads_from)
+  for spec in SHAPES if impl == 'cpu' else _dcgan_shapes():
     x, w, dy = _inputs(spec)
     expected = _value_and_grads(spec, 'xla', x, w, dy)
-    got = _value_and_grads(spec, 'cpu', x, w, dy)
+    got = _value_and_grads(spec, impl, x, w, dy)
     for name, a, b in zip(('output', 'input grad', 'kernel grad'), got, expected):
       assert a.shape == b.shape, (spec, name)
       np.testing.assert_allclose(a, b, rtol=0, atol=F32_TOL, err_msg=f'{name} of {spec}')
@@ -151,3 +166,27 @@ def test_cpu_impl_refuses_what_it_does_not_compute():
     conv(feature_group_count=2)
   with pytest.raises(ValueError, match='does not support dilation'):
     conv(rhs_dilation=(2, 2))
+
+
+def test_patches_impl_gives_xlas_r1_gradient_through_the_dcgan_discriminator():
+  """The R1 penalty differentiates D twice (input, then parameters): `patches`, which
+  `for_second_derivatives` picks on CPU, gives XLA's value and parameter gradient."""
+  config = _model_config(discriminator='dcgan', norm='batch', conv_impl='xla')
+  config.ndf, config.image_size = 4, 16
+  x = jax.random.uniform(jax.random.key(1), (4, 16, 16, 3), minval=-1.0, maxval=1.0)
+  d = discriminators.create_discriminator(config)
+  variables = d.init(jax.random.key(0), x, train=False)
+
+  def penalty(params, module):
+    def logits(images):
+      return module.apply({**variables, 'params': params}, images, train=True,
+                          mutable=['batch_stats'])[0]
+    return losses.r1_penalty(logits, x, gamma=1.0)
+
+  results = {impl: jax.jit(jax.value_and_grad(penalty), static_argnums=1)(
+      variables['params'], d.clone(conv_impl=impl)) for impl in ('xla', 'patches')}
+  assert float(results['patches'][0]) == pytest.approx(float(results['xla'][0]), rel=1e-5)
+  for a, b in zip(jax.tree.leaves(results['patches'][1]), jax.tree.leaves(results['xla'][1])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert convolution.for_second_derivatives('cpu') == 'patches'  # Tests run on the CPU backend.
+  assert convolution.for_second_derivatives('xla') == 'patches'

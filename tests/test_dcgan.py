@@ -15,8 +15,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import dcgan_dogs, dcgan_mnist, dcgan_test
-from cyclegan_jax import dcgan_step, discriminators, divergence, generators, layers, losses
+from configs import dcgan_dogs, dcgan_mnist, dcgan_test, default
+from cyclegan_jax import (dcgan_step, discriminators, divergence, generators, layers, losses,
+                          train_state)
 from cyclegan_jax.parallel import AXIS_NAME
 from tests.helpers import complete_steps, host_tree, read_loss_csv, restore
 
@@ -47,15 +48,17 @@ def test_generator_and_discriminator_shapes(size):
   assert g_vars['params']['Dense_0']['kernel'].shape == (16, projection)
 
 
-def test_grey_output_is_one_channel_repeated():
+def test_grey_output_is_the_channel_mean_of_the_colour_generator():
   model = model_config(32).model
   model.grey_output = True
   z = jax.random.normal(jax.random.key(1), (3, 16))
   images, g_vars = generators.create_generator(model).init_with_output(jax.random.key(0), z)
   assert images.shape == (3, 32, 32, 3) and float(images.std()) > 0
   np.testing.assert_array_equal(images[..., 1:], images[..., :1].repeat(2, -1))
-  last = max(k for k in g_vars['params'] if k.startswith('ConvTranspose'))  # ..._2 at 32².
-  assert jax.tree.leaves(g_vars['params'][last])[0].shape[-1] == 1
+  model.grey_output = False  # The same parameters drive the colour G.
+  colour = generators.create_generator(model).apply(g_vars, z, mutable=['batch_stats'])[0]
+  np.testing.assert_allclose(images[..., 0], colour.mean(-1), rtol=1e-6, atol=1e-7)
+  assert float(jnp.abs(colour[..., 0] - colour[..., 1]).max()) > 1e-3
   del model.grey_output  # A checkpoint's model config from before the option: colour, as then.
   assert generators.create_generator(model).grey is False
 
@@ -171,6 +174,40 @@ def test_step_runs_every_loss_mode(mode):
   assert ('d_gp' in metrics) == (mode == 'wgangp')
   assert metrics['d_total'] == pytest.approx(
       metrics['d_real_loss'] + metrics['d_fake_loss'] + metrics.get('d_gp', 0.0), rel=1e-6)
+
+
+def test_lazy_r1_is_applied_every_r1_every_steps_with_that_weight():
+  """Lazy R1 (as StyleGAN2): zero on the steps between, r1_every × the penalty on its steps,
+  inside d_total; the penalty at r1_every 1 equals the lazy one at r1_every 3 divided by 3."""
+  config = model_config(32)
+  config.loss.r1_gamma = 1.0
+  models, state, real = _step_inputs(config, 1)
+  batch = {'a': real, 'b': real}
+  stacked = jax.tree.map(lambda x: jnp.stack([x]), state)
+  every_step = float(_pmapped(config, models, 1)(stacked, batch)[1]['d_r1'][0])
+  config.loss.r1_every = 3
+  step = _pmapped(config, models, 1)
+  penalties = []
+  for _ in range(4):
+    stacked, metrics = step(stacked, batch)
+    metrics = {k: float(v[0]) for k, v in metrics.items()}
+    penalties.append(metrics['d_r1'])
+    assert metrics['d_total'] == pytest.approx(
+        metrics['d_real_loss'] + metrics['d_fake_loss'] + metrics['d_r1'], rel=1e-6)
+  assert every_step > 0
+  assert penalties[0] == pytest.approx(3 * every_step, rel=1e-5)
+  assert penalties[1] == penalties[2] == 0.0 and penalties[3] > 0
+
+
+def test_r1_settings_are_checked():
+  config = model_config(32)
+  config.loss.r1_every = 0
+  with pytest.raises(ValueError, match='r1_every=0 >= 1'):
+    dcgan_step.create_models(config, 1)
+  config = default.get_config()
+  config.loss.r1_gamma = 1.0
+  with pytest.raises(ValueError, match='r1_gamma is a DCGAN option'):
+    train_state.create_models(config, 1)
 
 
 def test_separate_lr_and_betas_for_g_and_d():

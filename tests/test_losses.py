@@ -171,6 +171,23 @@ def test_gradient_penalty_gradient_flows_to_critic_parameters():
   np.testing.assert_allclose(grad, 2 * 10.0 * (norm - 1) * w / norm, rtol=1e-4, atol=1e-6)
 
 
+def test_r1_penalty_of_linear_and_quadratic_critics():
+  w = _images(0, (4, 4, 2))
+  w = 3.0 * w / jnp.linalg.norm(w)  # ∇ₓD = w everywhere: γ/2 · ‖w‖² = γ/2 · 9.
+  assert float(losses.r1_penalty(_linear_d(w), _images(1), gamma=2.0)) == pytest.approx(
+      9.0, rel=1e-5)
+  # D(x) = ½‖x‖² has ∇ₓD = x: γ/2 · mean of ‖x‖² over the real samples, here 1 and 4.
+  d = lambda x: 0.5 * jnp.sum(jnp.square(x), axis=(1, 2, 3))
+  real = jnp.stack([jnp.full((2, 2, 1), 0.5), jnp.full((2, 2, 1), 1.0)])
+  assert float(losses.r1_penalty(d, real, gamma=1.0)) == pytest.approx(0.5 * 2.5, rel=1e-6)
+
+
+def test_r1_penalty_gradient_flows_to_critic_parameters():
+  w = _images(0, (4, 4, 2))
+  grad = jax.grad(lambda w: losses.r1_penalty(_linear_d(w), _images(1), gamma=10.0))(w)
+  np.testing.assert_allclose(grad, 10.0 * w, rtol=1e-5)  # d/dw γ/2 ‖w‖² = γ w.
+
+
 def test_gradient_penalty_evaluates_between_real_and_fake():
   # D(x) = ½‖x‖² has ∇D(x̂) = x̂. With real = fake = c, x̂ = c whatever the mix: λ(‖c‖ - 1)^2.
   d = lambda x: 0.5 * jnp.sum(jnp.square(x), axis=(1, 2, 3))
