@@ -142,9 +142,11 @@ class DCGANGenerator(_ModelOptions):
   all but the last), tanh. At 64² that is 4×4×8ngf → 8² → 16² → 32² → 64²×3.
 
   The first layer is a dense projection, which is exactly ConvTranspose2d(nz, c, 4, 1, 0) on a
-  1×1 input (same parameters, no bias before the norm). With `grey` the last layer makes one
-  channel, repeated output_nc times: for grey images held as RGB (MNIST) the fakes then cannot
-  differ from the reals in colour, a cue that otherwise lets D win early and slows G.
+  1×1 input (same parameters, no bias before the norm). With `grey` the image is the mean of
+  the output_nc channels, repeated: for grey images held as RGB (MNIST) the fakes then cannot
+  differ from the reals in colour, a cue that otherwise lets D win early and slows G. The mean,
+  not a one-channel last layer: on dcgan_mnist it scored higher at each of 4 comparisons
+  (README, DCGAN), and the parameters are those of the colour G.
   """
   image_size: int = 64
   grey: bool = False
@@ -161,10 +163,12 @@ class DCGANGenerator(_ModelOptions):
       features //= 2
       x = self.conv_transpose(features, kernel_size=4, padding=1, output_padding=0)(x)
       x = self.act()(self.norm_layer()(x, train))
-    x = self.conv_transpose(1 if self.grey else self.output_nc, kernel_size=4, padding=1,
-                            output_padding=0, use_bias=False)(x)
+    x = self.conv_transpose(self.output_nc, kernel_size=4, padding=1, output_padding=0,
+                            use_bias=False)(x)
     x = jnp.tanh(x).astype(jnp.float32)
-    return jnp.repeat(x, self.output_nc, -1) if self.grey else x
+    if self.grey:
+      return jnp.repeat(jnp.mean(x, -1, keepdims=True), self.output_nc, -1)
+    return x
 
 
 GENERATORS = {

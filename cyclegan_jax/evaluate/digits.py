@@ -8,6 +8,7 @@ predictions against the images' true labels; the same classifier on the untransl
 the baseline. Labels are used here only, never in training.
 """
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -86,11 +87,16 @@ def train_classifier(classifier: ml_collections.ConfigDict, images: np.ndarray,
   return params
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(model: Classifier, params: Any, images: jax.Array) -> jax.Array:
+  return model.apply({'params': params}, images)
+
+
 def logits(classifier: ml_collections.ConfigDict, params: Any, images: np.ndarray) -> np.ndarray:
-  """[n, 10] logits, in batches of a fixed size (one compile)."""
+  """[n, 10] logits, in batches of a fixed size: one compile per classifier and process, not
+  one per call (the train loop scores samples every eval_every_steps)."""
   model = _model(classifier)
-  apply = jax.jit(lambda p, x: model.apply({'params': p}, x))
-  return np.concatenate([np.asarray(apply(params, images[i:i + _EVAL_BATCH]))
+  return np.concatenate([np.asarray(_apply(model, params, images[i:i + _EVAL_BATCH]))
                          for i in range(0, len(images), _EVAL_BATCH)])
 
 
