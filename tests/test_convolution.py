@@ -44,14 +44,16 @@ SHAPES = _all_conv_shapes()
 
 
 def _inputs(spec, dtype=jnp.float32):
-  """x in [-1, 1], kernel ~ N(0, 1/fan_in) and dy scaled so outputs and gradients are O(1)."""
-  keys = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.uniform(keys[0], spec['input'], minval=-1.0, maxval=1.0)
+  """x in [-1, 1], kernel ~ N(0, 1/fan_in) and dy scaled so outputs and gradients are O(1).
+  Drawn with numpy: eager jax.random compiles anew for every shape (a minute over SHAPES)."""
+  rng = np.random.default_rng(0)
+  x = rng.uniform(-1.0, 1.0, spec['input'])
   kh, kw, cin, _ = spec['kernel']
-  w = jax.random.normal(keys[1], spec['kernel']) / np.sqrt(kh * kw * cin)
-  y = jax.eval_shape(benchmark_layers._layer_fn(spec, 'xla'), x, w)
-  dy = jax.random.normal(keys[2], y.shape) / np.sqrt(np.prod(y.shape[1:3]))
-  return x.astype(dtype), w.astype(dtype), dy.astype(dtype)
+  w = rng.normal(size=spec['kernel']) / np.sqrt(kh * kw * cin)
+  y = jax.eval_shape(benchmark_layers._layer_fn(spec, 'xla'), x.astype(np.float32),
+                     w.astype(np.float32))
+  dy = rng.normal(size=y.shape) / np.sqrt(np.prod(y.shape[1:3]))
+  return tuple(jnp.asarray(a, dtype) for a in (x, w, dy))
 
 
 def _value_and_grads(spec, impl, x, w, dy):
