@@ -43,7 +43,6 @@ def get_config() -> ml_collections.ConfigDict:
   # How convs are computed: xla (XLA's own) | cpu (the forms XLA's CPU backend runs fastest,
   # same results; see cyclegan_jax/convolution.py) | auto (cpu on CPU, xla on GPU/TPU) |
   # patches (im2col matmuls; what the R1 penalty differentiates twice through on CPU).
-  model.conv_impl = 'auto'
   model.nz = 100  # DCGAN: size of the generator's input noise z.
   model.grey_output = False  # DCGAN: G outputs the mean of its channels (grey data as RGB).
 
@@ -94,7 +93,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.num_workers = 2  # Decoding threads.
   data.prefetch = 2  # Batches prepared ahead of the train step.
 
-  config.eval = evaluation = ml_collections.ConfigDict()  # --mode=evaluate (evaluate/).
+  config.eval = evaluation = ml_collections.ConfigDict()  # --mode=evaluate (evaluation.py).
   evaluation.num_images = -1  # Test images per domain; -1: all.
   evaluation.batch_size = 16  # Images per Inception call (and per generator call).
   evaluation.kid_subsets = 100

@@ -16,7 +16,7 @@ from configs import default
 
 
 def digit_classifier() -> ml_collections.ConfigDict:
-  """The MNIST classifier behind the digit-accuracy metric (evaluate/digits.py)."""
+  """The MNIST classifier behind the digit-accuracy metric (metrics/digits.py)."""
   classifier = ml_collections.ConfigDict()
   classifier.features = (32, 64, 128)  # Conv widths, one 2×2 max-pool after each.
   classifier.dense = 128

@@ -8,7 +8,7 @@ instead (TPU pods with TFDS_DATA_DIR on a bucket).
 
 Schedule: 100 + 100 epochs of max(|A|, |B|) steps at batch 1, as the paper. Runtime: a GPU/TPU
 job. On 2 CPU cores one resnet_9blocks step at 256² takes seconds (measure yours with
-`python -m cyclegan_jax.benchmark --size=256`), which is months for the full schedule.
+`python -m cyclegan_jax.benchmarks.step --size=256`), which is months for the full schedule.
 Expected result: translations like the paper's figures for that data set.
 """
 

@@ -9,8 +9,13 @@ independent of the device and process count that wrote it.
 Multi-host: every process calls `save` and `restore` (orbax coordinates them; the primary
 process writes the replicated arrays). The pools, which differ per device, are all-gathered
 first, so no process's pools are lost. A state without pools (DCGAN) saves no pools item.
+
+This is the one save/restore path: training resumes with `restore`; evaluation, translation
+and conversion read a workdir with `load`, which builds the models from the stored config.
 """
 
+import dataclasses
+from pathlib import Path
 import re
 from typing import Any
 
@@ -22,8 +27,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from cyclegan_jax import parallel
-from cyclegan_jax.train_state import TrainState
+from cyclegan_jax import families, parallel
+from cyclegan_jax.families.base import Family, Models, TrainState
 
 
 class CheckpointMismatchError(ValueError):
@@ -128,3 +133,54 @@ def restored_config(manager: ocp.CheckpointManager, step: int | None = None) -> 
   step = manager.latest_step() if step is None else step
   return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
 
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+  """A workdir's checkpoint, ready to run outside training (parameters unreplicated)."""
+  step: int
+  config: ml_collections.ConfigDict  # The given config, with the checkpoint's model section.
+  family: Family
+  models: Models
+  params: dict[str, Any]
+  batch_stats: dict[str, Any]
+
+
+def _with_model(config: ml_collections.ConfigDict,
+                saved: dict[str, Any]) -> ml_collections.ConfigDict:
+  """`config` with the family and model section the checkpoint was trained with (an activation
+  or norm mismatch would not show in parameter shapes)."""
+  if saved['model'] != config.model.to_dict() or saved['family'] != config.family:
+    logging.warning('using the checkpoint\'s family %r and model config %s, not the given %r, %s',
+                    saved['family'], saved['model'], config.family, config.model.to_dict())
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.family = saved['family']
+  config.model = ml_collections.ConfigDict(saved['model'])
+  return config
+
+
+def load(workdir: str | Path, config: ml_collections.ConfigDict | None = None,
+         step: int | None = None) -> Loaded:
+  """The latest (or given) checkpoint of `workdir`, with models built from the config stored
+  with it (`config`, if given, supplies every other section)."""
+  workdir = Path(workdir)
+  missing = FileNotFoundError(
+      f'no checkpoint in {workdir / "checkpoints"}: train first, or make one from a reference '
+      '.pth with python -m cyclegan_jax.convert')
+  if not (workdir / 'checkpoints').is_dir():  # Checked first: orbax would create the folder.
+    raise missing
+  manager = create_manager(workdir, keep=1, reader=True)
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise missing
+    saved = restored_config(manager, step)
+    config = (ml_collections.ConfigDict(saved) if config is None
+              else _with_model(config, saved))
+    family = families.get(config)
+    models = family.create_models(config, 1)  # Steps per epoch only shape the lr schedule.
+    template = family.create_train_state(config, models, jax.random.key(config.seed))
+    state = restore(manager, template, step)
+  finally:
+    manager.close()
+  params, batch_stats = parallel.unreplicate((state.params, state.batch_stats))
+  return Loaded(int(step), config, family, models, params, batch_stats)

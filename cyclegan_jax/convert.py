@@ -31,13 +31,14 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cyclegan_jax import (checkpointing, discriminators, generators, parallel, torch_pickle,
-                          train_state)
+from cyclegan_jax import checkpointing, families, parallel
+from cyclegan_jax.families import cyclegan
+from cyclegan_jax.models import discriminators, generators, weights
 
 # The model options of every published reference model (instance norm, no dropout).
 _REFERENCE_MODEL = dict(input_nc=3, output_nc=3, norm='instance', init_type='normal',
                         init_gain=0.02, dropout=0.0, activation='relu', leaky_slope=0.2,
-                        dtype='float32', n_layers_d=3, conv_impl='auto')
+                        dtype='float32', n_layers_d=3)
 _IGNORED_SUFFIXES = ('.running_mean', '.running_var', '.num_batches_tracked')
 _DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / 'configs' / 'default.py'
 
@@ -91,9 +92,9 @@ def torch_to_flax_kernel(weight: np.ndarray, transposed: bool) -> np.ndarray:
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
   """The tensors of a reference .pth, `module.` stripped, instance-norm statistics dropped."""
-  state = torch_pickle.load(path)
+  state = weights.read_torch(path)
   if not isinstance(state, dict):
-    raise torch_pickle.PthFormatError(f'{path}: expected a state dict, got {type(state).__name__}')
+    raise weights.PthFormatError(f'{path}: expected a state dict, got {type(state).__name__}')
   state = {k.removeprefix('module.'): v for k, v in state.items()}
   return {k: v for k, v in state.items() if not k.endswith(_IGNORED_SUFFIXES)}
 
@@ -206,8 +207,9 @@ def write_workdir(config: ml_collections.ConfigDict, workdir: str,
                   params: dict[str, Any]) -> None:
   """A step-0 workdir, as a fresh training run would write it, with the trees in `params`
   replacing freshly initialised ones."""
-  models = train_state.create_models(config, steps_per_epoch=1)
-  state = train_state.create_train_state(config, models, jax.random.key(config.seed))
+  family = families.get(config)
+  models = family.create_models(config, steps_per_epoch=1)
+  state = family.create_train_state(config, models, jax.random.key(config.seed))
   state = state.replace(params={**state.params, **jax.tree.map(jnp.asarray, params)})
   Path(workdir).mkdir(parents=True, exist_ok=True)
   manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
@@ -248,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
   config.model.update(generator=args.generator, ngf=ngf, norm='instance', activation='relu')
   name = 'g_ab' if args.direction == 'AtoB' else 'g_ba'
   write_workdir(config, args.out, {name: params})
-  others = ', '.join(n for n in train_state.GENERATORS + train_state.DISCRIMINATORS if n != name)
+  others = ', '.join(n for n in cyclegan.GENERATORS + cyclegan.DISCRIMINATORS if n != name)
   print(f'wrote {args.out}: {args.pth} as {name} ({args.generator}, ngf {ngf}) in a step-0 '
         f'checkpoint and config.json; {others} are freshly initialised (seed {config.seed}).\n'
         f'translate: python -m cyclegan_jax.translate --workdir={args.out} '

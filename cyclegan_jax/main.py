@@ -1,7 +1,8 @@
 """Command line: `python -m cyclegan_jax.main --config=configs/demo.py --workdir=/tmp/demo`.
 
-The only module that reads flags. Config values are overridden with `--config.key=value`; the
-config is locked, so a mistyped key stops the run with its name.
+The one absl flags module: flags → one config, checked once (every bad key or value named in one
+message) → one driver (train, evaluate, ablation, translate). Config values are overridden with
+`--config.key=value`; the config is locked, so a mistyped key stops the run with its name.
 """
 
 import os
@@ -41,6 +42,11 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer(
     'process_id', _env_int('CYCLEGAN_PROCESS_ID'),
     'This process\'s index, with --jax_distributed off TPU (env CYCLEGAN_PROCESS_ID).')
+_CONV_IMPL = flags.DEFINE_enum(
+    'conv_impl', os.environ.get('CYCLEGAN_CONV_IMPL', 'auto'), ['auto', 'xla', 'cpu', 'patches'],
+    'How this process computes convolutions (env CYCLEGAN_CONV_IMPL): auto picks cpu on the CPU '
+    'backend (the forms its XLA runs fastest) and xla on GPU/TPU. Results and parameters are the '
+    'same; a machine setting, so it is stored in no config or checkpoint.')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -70,8 +76,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   _quiet_library_logs()
+  from cyclegan_jax.models import convolution
+  convolution.set_impl(_CONV_IMPL.value)
   if _MODE.value == 'translate':
-    return _translate()
+    if not _INPUT.value or not _OUTPUT.value:
+      raise app.UsageError('--mode=translate needs --input and --output')
+    from cyclegan_jax import translate
+    _enable_compilation_cache(_WORKDIR.value)
+    return translate.run_command(_WORKDIR.value, _DIRECTION.value, _INPUT.value, _OUTPUT.value)
   if _CONFIG.value is None:
     raise app.UsageError(f'--config is required for --mode={_MODE.value}')
   import jax
@@ -82,25 +94,13 @@ def main(argv):
   logging.info('process %d of %d; %d local devices of %d: %s', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.local_devices())
-  from cyclegan_jax import checkpointing, train
-  from cyclegan_jax.evaluate import ablation, evaluator
-  run = {'train': train.train_and_evaluate, 'evaluate': evaluator.evaluate,
+  from cyclegan_jax import ablation, checkpointing, evaluation, families, train
+  run = {'train': train.train_and_evaluate, 'evaluate': evaluation.evaluate,
          'ablation': ablation.run}[_MODE.value]
   try:
+    families.check_config(_CONFIG.value)
     run(_CONFIG.value, _WORKDIR.value)
   except (FloatingPointError, checkpointing.CheckpointMismatchError, ValueError,
-          FileNotFoundError) as e:
-    sys.exit(f'error: {e}')
-
-
-def _translate():
-  if not _INPUT.value or not _OUTPUT.value:
-    raise app.UsageError('--mode=translate needs --input and --output')
-  _enable_compilation_cache(_WORKDIR.value)
-  from cyclegan_jax import checkpointing, image_files, translate
-  try:
-    translate.run(_WORKDIR.value, _DIRECTION.value, _INPUT.value, _OUTPUT.value)
-  except (checkpointing.CheckpointMismatchError, image_files.BadImageError, ValueError,
           FileNotFoundError) as e:
     sys.exit(f'error: {e}')
 

@@ -3,7 +3,7 @@
 Nothing is lost on a crash: checkpoints are atomic, a SIGTERM/SIGINT saves the current step
 before leaving, and a non-finite loss stops the run before any bad state reaches disk. A
 collapse (divergence.py) is warned about, stops the run, or rolls it back, as configured.
-config.family picks the models, step and sample grids (families.py); the loop is shared.
+config.family picks the models, step, sample grids and scores (families/); the loop is shared.
 """
 
 import functools
@@ -20,8 +20,10 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from etils import epath
 
-from cyclegan_jax import (checkpointing, convert, divergence, families, input_pipeline, parallel,
-                          train_state, visualize)
+from cyclegan_jax import (checkpointing, convert, divergence, families, optim, parallel,
+                          visualize)
+from cyclegan_jax.data import input_pipeline
+from cyclegan_jax.families.base import TrainState
 
 
 class StopRequest:
@@ -104,65 +106,148 @@ class MetricsBuffer:
     return means
 
 
-def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
-  """An epoch is max(|A|, |B|) images, as in the reference."""
-  return max(max(input_pipeline.domain_sizes(config)) // config.batch_size, 1)
+class Run:
+  """One training run: what it reads and writes, built once, and the loop over its steps."""
 
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config = config
+    self.workdir = epath.Path(workdir)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.is_chief = jax.process_index() == 0
+    self.family = families.get(config)
+    self.data = input_pipeline.open(config)
+    self.epoch_steps = self.data.steps_per_epoch()
+    self.num_steps = optim.total_train_steps(config, self.epoch_steps)
+    self.guard = divergence.Guard(config.divergence, self.workdir)
+    self.models = self.family.create_models(config, self.epoch_steps, self.guard.lr_scale)
+    self.template = self.family.create_train_state(config, self.models,
+                                                   jax.random.key(config.seed))
+    self.manager = checkpointing.create_manager(self.workdir, config.keep_checkpoints)
+    self.writer = metric_writers.create_default_writer(self.workdir,
+                                                       just_logging=not self.is_chief)
+    self.metrics = MetricsBuffer()
 
-def _write_samples(workdir: epath.Path, writer, step: int, sampler, state) -> None:
-  grid = sampler(*parallel.unreplicate((state.params, state.batch_stats)))
-  (workdir / 'samples').mkdir(parents=True, exist_ok=True)
-  visualize.write_png(workdir / 'samples' / f'step_{step:07d}.png', grid)
-  writer.write_images(step, {'samples': grid[None]})
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+    self.writer.close()
 
-
-def _log_digit_metrics(config, workdir, writer, family, models, state, step: int,
-                       is_chief: bool) -> None:
-  """The family's digit metrics (evaluate/digits.py) as scalars and digit_metrics.csv."""
-  params, batch_stats = parallel.unreplicate((state.params, state.batch_stats))
-  metrics = family.digit_metrics(config, models, params, batch_stats)
-  writer.write_scalars(step, metrics)
-  if is_chief:
-    visualize.append_csv(workdir / 'digit_metrics.csv', step, metrics)
-
-
-def _save(manager, state, config, metrics: MetricsBuffer) -> None:
-  metrics.flush()
-  step = checkpointing.save(manager, state, config)
-  logging.info('checkpoint for step %d is being written', step)
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
-  """Trains until `num_train_steps` (or the epoch budget), resuming from `workdir` if it holds
-  a checkpoint. Returns the final (replicated) train state."""
-  workdir = epath.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  is_chief = jax.process_index() == 0
-  parallel.per_device_batch_size(config.batch_size)  # Fail early on a batch that won't split.
-  epoch_steps = steps_per_epoch(config)
-  num_steps = train_state.total_train_steps(config, epoch_steps)
-  family = families.get(config)
-  guard = divergence.Guard(config.divergence, workdir)
-  models = family.create_models(config, epoch_steps, guard.lr_scale)
-  template = family.create_train_state(config, models, jax.random.key(config.seed))
-  manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
-  try:
-    if manager.latest_step() is not None:
-      state = checkpointing.restore(manager, template)
-      logging.info('resumed from the checkpoint of step %d', manager.latest_step())
+  def initial_state(self) -> TrainState:
+    """The latest checkpoint's state, or a fresh one (with any reference weights), replicated."""
+    if self.manager.latest_step() is not None:
+      state = checkpointing.restore(self.manager, self.template)
+      logging.info('resumed from the checkpoint of step %d', self.manager.latest_step())
     else:
-      state = parallel.replicate(template.replace(
-          params=convert.init_params_from_pth(config, template.params)))
-      writer.write_hparams({k: str(v) for k, v in _flatten(config.to_dict()).items()})
-    if is_chief:
-      (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
-    return _train_loop(config, workdir, family, guard, template, state, manager, writer,
-                       num_steps, epoch_steps)
+      state = parallel.replicate(self.template.replace(
+          params=convert.init_params_from_pth(self.config, self.template.params)))
+      self.writer.write_hparams({k: str(v) for k, v in _flatten(self.config.to_dict()).items()})
+    if self.is_chief:
+      (self.workdir / 'config.json').write_text(self.config.to_json_best_effort(indent=2))
+    return state
+
+  def start(self, state: TrainState):
+    """(pmapped step, device batches) for training on from `state`'s step. Log rows past that
+    step came from lost or rolled-back steps."""
+    step = int(jax.device_get(state.step)[0])
+    p_step = parallel.pmap_step(functools.partial(self.family.train_step, models=self.models,
+                                                  config=self.config))
+    batches = parallel.prefetch_to_device(
+        self.data.train_iterator(step, domains=self.family.domains), self.config.data.prefetch)
+    if self.is_chief:
+      for table in ('loss_history.csv', 'loss_table.csv', 'digit_metrics.csv'):
+        visualize.truncate_csv(self.workdir / table, step)
+    return p_step, batches
+
+  def roll_back(self) -> TrainState:
+    """The last checkpoint's state (the initial one if none was written), replicated, with
+    models rebuilt for the guard's lowered lr."""
+    self.manager.wait_until_finished()
+    self.metrics.discard()
+    self.models = self.family.create_models(self.config, self.epoch_steps, self.guard.lr_scale)
+    if self.manager.latest_step() is None:
+      return parallel.replicate(self.template)
+    return checkpointing.restore(self.manager, self.template)
+
+  def save(self, state: TrainState) -> None:
+    self.metrics.flush()
+    step = checkpointing.save(self.manager, state, self.config)
+    logging.info('checkpoint for step %d is being written', step)
+
+  def log(self, step: int) -> dict[str, float]:
+    scalars = self.metrics.mean_and_reset()
+    self.writer.write_scalars(step, scalars)
+    if self.is_chief:
+      visualize.append_csv(self.workdir / 'loss_history.csv', step, scalars)
+      columns = self.family.log_columns(scalars)
+      logging.info('step %d: %s', step, ', '.join(f'{k} {v:.4f}' for k, v in columns.items()))
+      visualize.append_csv(self.workdir / 'loss_table.csv', step, columns)
+    return scalars
+
+  def write_samples(self, step: int, sampler, state: TrainState) -> None:
+    grid = sampler(*parallel.unreplicate((state.params, state.batch_stats)))
+    (self.workdir / 'samples').mkdir(parents=True, exist_ok=True)
+    visualize.write_png(self.workdir / 'samples' / f'step_{step:07d}.png', grid)
+    self.writer.write_images(step, {'samples': grid[None]})
+
+  def log_digit_metrics(self, step: int, state: TrainState) -> None:
+    """The family's digit metrics (metrics/digits.py) as scalars and digit_metrics.csv."""
+    params, batch_stats = parallel.unreplicate((state.params, state.batch_stats))
+    metrics = self.family.digit_metrics(self.config, self.models, self.data, params, batch_stats)
+    self.writer.write_scalars(step, metrics)
+    if self.is_chief:
+      visualize.append_csv(self.workdir / 'digit_metrics.csv', step, metrics)
+
+  def train(self, state: TrainState) -> TrainState:
+    config = self.config
+    step = int(jax.device_get(state.step)[0])
+    logging.info('training steps %d..%d (%d steps per epoch, global batch %d)',
+                 step, self.num_steps, self.epoch_steps, config.batch_size)
+    p_step, batches = self.start(state)
+    sampler = self.family.make_sampler(config, self.models, self.data)
+    progress = lambda: periodic_actions.ReportProgress(  # It counts steps forwards only.
+        num_train_steps=self.num_steps, writer=self.writer, every_steps=config.log_every_steps)
+    report = progress()
+    with StopRequest() as stop:
+      while step < self.num_steps and not stop.stopping:
+        state, step_metrics = p_step(state, next(batches))
+        step += 1
+        stop.check(step)
+        self.metrics.add(step, step_metrics)
+        report(step)
+        last = step == self.num_steps
+        if step % config.log_every_steps == 0 or last:
+          if self.guard.check(step, self.log(step)) == 'rollback':
+            state = self.roll_back()
+            step = int(jax.device_get(state.step)[0])
+            logging.warning('rolled back to step %d', step)
+            p_step, batches = self.start(state)
+            report = progress()
+            continue
+        if config.eval_every_steps and (step % config.eval_every_steps == 0 or last):
+          self.log_digit_metrics(step, state)
+        if self.is_chief and (step % config.sample_every_steps == 0 or last):
+          self.write_samples(step, sampler, state)
+        if step % config.checkpoint_every_steps == 0 or last or stop.stopping:
+          self.save(state)
+      if stop.stopping:
+        logging.warning('%s received: saved step %d; run the same command to resume.',
+                        stop.received, step)
+    if self.is_chief and (self.workdir / 'loss_history.csv').exists():
+      visualize.plot_loss_curves(visualize.read_csv(self.workdir / 'loss_history.csv'),
+                                 self.workdir / 'loss_curves.png', self.family.loss_groups)
+    self.writer.flush()
+    return state
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains until `num_train_steps` (or the epoch budget), resuming from `workdir` if it holds
+  a checkpoint. Returns the final (replicated) train state. `config` is checked already
+  (`families.check_config`, by main)."""
+  run = Run(config, workdir)
+  try:
+    return run.train(run.initial_state())
   finally:
-    manager.wait_until_finished()
-    manager.close()
-    writer.close()
+    run.close()
 
 
 def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
@@ -173,80 +258,3 @@ def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
     else:
       flat[f'{prefix}{k}'] = v
   return flat
-
-
-def _start(config, workdir, family, guard, state, epoch_steps):
-  """(models, pmapped step, device batches) for training on from `state`'s step, with the
-  guard's current lr scale. Log rows past that step came from lost or rolled-back steps."""
-  step = int(jax.device_get(state.step)[0])
-  models = family.create_models(config, epoch_steps, guard.lr_scale)
-  p_step = parallel.pmap_step(functools.partial(family.train_step, models=models, config=config))
-  batches = parallel.prefetch_to_device(
-      input_pipeline.create_train_iterator(config, start_step=step, domains=family.domains),
-      config.data.prefetch)
-  if jax.process_index() == 0:
-    for table in ('loss_history.csv', 'loss_table.csv', 'digit_metrics.csv'):
-      visualize.truncate_csv(workdir / table, step)
-  return models, p_step, batches
-
-
-def _roll_back(manager, template, metrics: MetricsBuffer):
-  """The last checkpoint's state (the initial one if none was written), replicated."""
-  manager.wait_until_finished()
-  metrics.discard()
-  if manager.latest_step() is None:
-    return parallel.replicate(template)
-  return checkpointing.restore(manager, template)
-
-
-def _train_loop(config, workdir, family, guard, template, state, manager, writer, num_steps,
-                epoch_steps):
-  is_chief = jax.process_index() == 0
-  initial_step = int(jax.device_get(state.step)[0])
-  logging.info('training steps %d..%d (%d steps per epoch, global batch %d)',
-               initial_step, num_steps, epoch_steps, config.batch_size)
-  models, p_step, batches = _start(config, workdir, family, guard, state, epoch_steps)
-  sampler = family.make_sampler(config, models)
-  progress = lambda: periodic_actions.ReportProgress(  # It counts steps forwards only.
-      num_train_steps=num_steps, writer=writer, every_steps=config.log_every_steps)
-  report = progress()
-  metrics = MetricsBuffer()
-  step = initial_step
-  with StopRequest() as stop:
-    while step < num_steps and not stop.stopping:
-      state, step_metrics = p_step(state, next(batches))
-      step += 1
-      stop.check(step)
-      metrics.add(step, step_metrics)
-      report(step)
-      last = step == num_steps
-      if step % config.log_every_steps == 0 or last:
-        scalars = metrics.mean_and_reset()
-        writer.write_scalars(step, scalars)
-        if is_chief:
-          visualize.append_csv(workdir / 'loss_history.csv', step, scalars)
-          s0 = family.log_columns(scalars)
-          logging.info('step %d: %s', step, ', '.join(f'{k} {v:.4f}' for k, v in s0.items()))
-          visualize.append_csv(workdir / 'loss_table.csv', step, s0)
-        if guard.check(step, scalars) == 'rollback':
-          state = _roll_back(manager, template, metrics)
-          step = int(jax.device_get(state.step)[0])
-          logging.warning('rolled back to step %d', step)
-          models, p_step, batches = _start(config, workdir, family, guard, state, epoch_steps)
-          report = progress()
-          continue
-      if (config.data.source == 'digits' and config.eval_every_steps
-          and (step % config.eval_every_steps == 0 or last)):
-        _log_digit_metrics(config, workdir, writer, family, models, state, step, is_chief)
-      if is_chief and (step % config.sample_every_steps == 0 or last):
-        _write_samples(workdir, writer, step, sampler, state)
-      if step % config.checkpoint_every_steps == 0 or last or stop.stopping:
-        _save(manager, state, config, metrics)
-    if stop.stopping:
-      logging.warning('%s received: saved step %d; run the same command to resume.',
-                      stop.received, step)
-  if is_chief and (workdir / 'loss_history.csv').exists():
-    visualize.plot_loss_curves(visualize.read_csv(workdir / 'loss_history.csv'),
-                               workdir / 'loss_curves.png', family.loss_groups)
-  writer.flush()
-  return state

@@ -9,20 +9,22 @@ cropped back. Each distinct padded shape compiles once. Unreadable files are rep
 and skipped.
 """
 
+import argparse
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+import sys
 import zipfile
 
-import jax
-import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 
-from cyclegan_jax import checkpointing, generators, image_files, inference, train_state, visualize
+from cyclegan_jax import checkpointing, visualize
+from cyclegan_jax.data import image_files
+from cyclegan_jax.families import base
+from cyclegan_jax.models import generators
 
-DIRECTIONS = {'AtoB': 'g_ab', 'BtoA': 'g_ba'}
+DIRECTIONS = ('AtoB', 'BtoA')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,41 +43,26 @@ class Report:
   skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (file, reason)
 
 
-def size_multiple(generator) -> int:
-  """The factor every input side must divide by: 4 for ResNets (two stride-2 convs); the U-Net
-  halves num_downs times."""
-  if isinstance(generator, generators.UnetGenerator):
-    return 2**generator.num_downs
-  return 4
-
-
 def load_translator(workdir: str, direction: str, step: int | None = None) -> Translator:
-  """G_AB (AtoB) or G_BA (BtoA) of the latest (or given) checkpoint in `workdir`, in eval mode.
+  """The generator for `direction` of the latest (or given) checkpoint in `workdir`, in eval
+  mode, as its family names it (CycleGAN: AtoB is G_AB, BtoA is G_BA).
 
   The networks are built from the config stored with the checkpoint, so no config is needed.
   """
   if direction not in DIRECTIONS:
     raise ValueError(f'unknown direction {direction!r}; expected AtoB or BtoA')
-  name = DIRECTIONS[direction]
-  manager = checkpointing.create_manager(workdir, keep=1, reader=True)
-  try:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: train first, or make one '
-                              'from a reference .pth with python -m cyclegan_jax.convert')
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()))
-  finally:
-    manager.close()
-  config = ml_collections.ConfigDict(restored['config'])
-  models = train_state.create_models(config, steps_per_epoch=1)
-  state = restored['state']
-  params = {name: state['params'][name]}
-  batch_stats = {name: state.get('batch_stats', {}).get(name, {})}
-  generate = jax.jit(lambda p, s, x: inference.apply_generator(models, name, p, s, x))
-  apply = lambda image: np.asarray(generate(params, batch_stats, image[None]))[0]
-  channels = config.model.input_nc if name == 'g_ab' else config.model.output_nc
-  return Translator(apply, size_multiple(models.generators[name]), int(step), channels)
+  loaded = checkpointing.load(workdir, step=step)
+  if direction not in loaded.family.translators:
+    offered = ', '.join(loaded.family.translators) or 'none'
+    raise ValueError(f'{workdir} holds a {loaded.config.family} model, which translates '
+                     f'{offered}, not {direction}.')
+  name, domain = loaded.family.translators[direction]
+  module = loaded.models.generators[name]
+  params, batch_stats = loaded.params[name], loaded.batch_stats[name]
+  apply = lambda image: np.asarray(base.apply(module, params, batch_stats, image[None]))[0]
+  model = loaded.config.model
+  channels = model.input_nc if domain == 'a' else model.output_nc
+  return Translator(apply, generators.size_multiple(module), loaded.step, channels)
 
 
 def translate_image(translator: Translator, image: np.ndarray) -> np.ndarray:
@@ -133,7 +120,7 @@ def translate_path(translator: Translator, input_path: str, output_dir: str | Pa
 def run(workdir: str, direction: str, input_path: str, output_dir: str) -> Report:
   """The command: translate, then one summary line naming what was written and what was not."""
   translator = load_translator(workdir, direction)
-  logging.info('%s from %s, checkpoint step %d', DIRECTIONS[direction], workdir, translator.step)
+  logging.info('%s from %s, checkpoint step %d', direction, workdir, translator.step)
   report = translate_path(translator, input_path, output_dir)
   skipped = '; '.join(f'{n} ({why})' for n, why in report.skipped)
   if not report.written:
@@ -146,11 +133,27 @@ def run(workdir: str, direction: str, input_path: str, output_dir: str) -> Repor
   return report
 
 
+def run_command(workdir: str, direction: str, input_path: str, output_dir: str) -> None:
+  """`run` for a command line: a bad workdir, direction or input ends in one line, not a
+  traceback."""
+  try:
+    run(workdir, direction, input_path, output_dir)
+  except (checkpointing.CheckpointMismatchError, image_files.BadImageError, ValueError,
+          FileNotFoundError) as e:
+    sys.exit(f'error: {e}')
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--workdir', required=True, help='a trained (or converted) workdir')
+  parser.add_argument('--direction', choices=DIRECTIONS, default='AtoB',
+                      help='AtoB (CycleGAN: G_AB) or BtoA (G_BA)')
+  parser.add_argument('--input', required=True, help='an image, a folder or a zip')
+  parser.add_argument('--output', required=True, help='folder for the PNGs')
+  args = parser.parse_args(argv)
+  logging.set_verbosity(logging.INFO)
+  run_command(args.workdir, args.direction, args.input, args.output)
+
+
 if __name__ == '__main__':
-  import sys
-
-  from absl import app
-
-  from cyclegan_jax import main
-  app.run(main.main, argv=[sys.argv[0], '--mode=translate'] + sys.argv[1:],
-          flags_parser=main._parse_flags)
+  main()

@@ -64,13 +64,6 @@ def append_csv(path: epath.PathLike, step: int, scalars: dict[str, float]) -> No
   _write_atomically(path, old + row.getvalue())
 
 
-def s0_losses(scalars: dict[str, float]) -> dict[str, float]:
-  """Seed S0's log columns: Loss_D (both critics), Loss_G (both adversarial terms), Loss_C (both
-  weighted cycle terms)."""
-  return {'Loss_D': scalars['d_total'], 'Loss_G': scalars['g_adv_a'] + scalars['g_adv_b'],
-          'Loss_C': scalars['cycle_a'] + scalars['cycle_b']}
-
-
 def truncate_csv(path: epath.PathLike, max_step: int) -> None:
   """Drops rows after `max_step`, so a run resumed from an older checkpoint logs no step twice."""
   path = epath.Path(path)

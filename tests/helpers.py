@@ -10,7 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from cyclegan_jax import checkpointing, families, parallel
-from cyclegan_jax.evaluate import inception
+from cyclegan_jax.models import inception
 
 needs_inception = pytest.mark.skipif(
     importlib.util.find_spec(inception.PACKAGE) is None,

@@ -17,7 +17,9 @@ import numpy as np
 from ml_collections import config_flags
 from absl import app, flags
 
-from cyclegan_jax import input_pipeline, parallel, train, train_state, train_step
+from cyclegan_jax import parallel
+from cyclegan_jax.data import input_pipeline
+from cyclegan_jax.families import cyclegan
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/test.py')
 
@@ -25,14 +27,14 @@ _CONFIG = config_flags.DEFINE_config_file('config', 'configs/test.py')
 def main(argv):
   steps, process_count, local_devices = map(int, argv[1:])
   config = _CONFIG.value
-  models = train_state.create_models(config, train.steps_per_epoch(config))
+  data = input_pipeline.open(config)
+  models = cyclegan.create_models(config, data.steps_per_epoch())
   state = parallel.replicate(
-      train_state.create_train_state(config, models, jax.random.key(config.seed)))
-  p_step = parallel.pmap_step(functools.partial(train_step.train_step, models=models,
+      cyclegan.create_train_state(config, models, jax.random.key(config.seed)))
+  p_step = parallel.pmap_step(functools.partial(cyclegan.train_step, models=models,
                                                 config=config))
-  hosts = [input_pipeline.create_train_iterator(config, process_index=p,
-                                                process_count=process_count,
-                                                local_devices=local_devices)
+  hosts = [data.train_iterator(process_index=p, process_count=process_count,
+                               local_devices=local_devices)
            for p in range(process_count)]
   losses = []
   for _ in range(steps):

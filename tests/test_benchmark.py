@@ -7,13 +7,14 @@ how its numbers relate.
 import pytest
 
 from configs import test as test_config
-from cyclegan_jax import benchmark
+from cyclegan_jax.benchmarks import step
 
 
+@pytest.mark.slow
 def test_record_has_the_issue_keys_and_consistent_numbers():
   config = test_config.get_config()
   steps = 2
-  record = benchmark.benchmark(config, steps, config_path='configs/test.py', input_pipeline=False)
+  record = step.benchmark(config, steps, config_path='configs/test.py', input_pipeline=False)
 
   for key in ('s_per_step_median', 's_per_step_min', 'flops_per_step', 'achieved_flops_per_s',
               'dot_peak_flops_per_s', 'peak_ratio', 'compile_s', 'compile_warm_s',

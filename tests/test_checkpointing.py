@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cyclegan_jax import checkpointing, parallel, train_state
+from cyclegan_jax import checkpointing, parallel
+from cyclegan_jax.families import cyclegan
 from tests.helpers import host_tree
 
 N_DEVICES = 8
@@ -29,9 +30,9 @@ def tiny_config(**model):
 def fresh_state(config):
   """The structure, shapes and dtypes of `create_train_state`, filled with zeros: all a restore
   template needs, traced but not compiled (compiling the four inits takes ~30 s here)."""
-  models = train_state.create_models(config, STEPS_PER_EPOCH)
+  models = cyclegan.create_models(config, STEPS_PER_EPOCH)
   key = jax.random.key(config.seed)
-  shapes = jax.eval_shape(lambda: train_state.create_train_state(config, models, key))
+  shapes = jax.eval_shape(lambda: cyclegan.create_train_state(config, models, key))
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes.replace(rng=None))
   return zeros.replace(rng=key)
 

@@ -13,7 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cyclegan_jax import convert, discriminators, generators, torch_pickle, train_state
+from cyclegan_jax import convert
+from cyclegan_jax.families import cyclegan
+from cyclegan_jax.models import discriminators, generators, weights
 
 torch = pytest.importorskip('torch')
 from tests.torch_reference import (  # noqa: E402
@@ -41,7 +43,7 @@ def run_torch(model, x):
 
 
 def assert_reader_matches_torch(path):
-  ours, theirs = torch_pickle.load(path), torch.load(path)
+  ours, theirs = weights.read_torch(path), torch.load(path)
   assert list(ours) == list(theirs)
   for key, tensor in theirs.items():
     expected = tensor.numpy()
@@ -140,11 +142,11 @@ def test_blocks_with_dropout_shift_their_second_conv(tmp_path):
 
 def test_pickled_module_is_refused_without_running_it(tmp_path):
   torch.save(tiny_resnet(), tmp_path / 'whole.pth')
-  with pytest.raises(torch_pickle.PthFormatError, match=r'TorchResnetGenerator.*state_dict'):
-    torch_pickle.load(tmp_path / 'whole.pth')
+  with pytest.raises(weights.PthFormatError, match=r'TorchResnetGenerator.*state_dict'):
+    weights.read_torch(tmp_path / 'whole.pth')
   (tmp_path / 'junk.pth').write_bytes(b'not a checkpoint')
-  with pytest.raises(torch_pickle.PthFormatError, match='neither a zip nor a legacy'):
-    torch_pickle.load(tmp_path / 'junk.pth')
+  with pytest.raises(weights.PthFormatError, match='neither a zip nor a legacy'):
+    weights.read_torch(tmp_path / 'junk.pth')
 
 
 def tiny_config():
@@ -176,8 +178,8 @@ def test_init_from_pth_maps_reference_names(tmp_path):
   g_a = save(tiny_resnet(), tmp_path / 'G_A.pth')
   d_a = save(TorchNLayerDiscriminator(3, 8, 3), tmp_path / 'D_A.pth')
   config.init_from_pth.update(g_ab=g_a, d_b=d_a)
-  models = train_state.create_models(config, steps_per_epoch=1)
-  shapes = jax.eval_shape(lambda: train_state.create_train_state(config, models,
+  models = cyclegan.create_models(config, steps_per_epoch=1)
+  shapes = jax.eval_shape(lambda: cyclegan.create_train_state(config, models,
                                                                  jax.random.key(0)).params)
   fresh = jax.tree.map(lambda s: jnp.full(s.shape, 7.0, s.dtype), shapes)
   params = convert.init_params_from_pth(config, fresh)
@@ -193,5 +195,5 @@ def test_init_from_pth_maps_reference_names(tmp_path):
   with pytest.raises(convert.PthMismatchError, match=r'init_from_pth\.g_ab: .*G_A\.pth does not '
                                                      'fit the configured g_ab'):
     convert.init_params_from_pth(config, jax.tree.map(
-        lambda s: jnp.zeros(s.shape), jax.eval_shape(lambda: train_state.create_train_state(
-            config, train_state.create_models(config, 1), jax.random.key(0)).params)))
+        lambda s: jnp.zeros(s.shape), jax.eval_shape(lambda: cyclegan.create_train_state(
+            config, cyclegan.create_models(config, 1), jax.random.key(0)).params)))

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from configs import default, test as test_config
-from cyclegan_jax import benchmark_layers, convolution, discriminators, generators, losses
+from cyclegan_jax import losses
+from cyclegan_jax.benchmarks import layers as benchmark_layers
+from cyclegan_jax.models import convolution, discriminators, generators
 
 F32_TOL = 1e-5  # Max-abs difference for O(1) values (the issue's bar for float32).
 BF16_RTOL = 2e-2  # bfloat16 keeps 8 bits of mantissa: both impls round every conv output.
@@ -88,10 +90,17 @@ def _dcgan_shapes() -> list[dict]:
 
 @pytest.mark.parametrize('impl, matmul_grads_from', [
     ('cpu', convolution._MIN_MATMUL_GRAD_PIXELS), ('cpu', 0), ('patches', 0)],
-    ids=['cpu_default_paths', 'cpu_matmul_grads_everywhere', 'patches'])
+    ids=['cpu_default_paths', 'cpu_matmul_grads_on_small_shapes', 'patches'])
+@pytest.mark.slow
 def test_impl_matches_xla_on_every_conv_shape(impl, matmul_grads_from, monkeypatch):
+  if impl == 'patches':
+    shapes = _dcgan_shapes()
+  elif matmul_grads_from:
+    shapes = SHAPES
+  else:  # The shapes whose kernel gradients the default paths leave to XLA.
+    shapes = [s for s in SHAPES if not _takes_matmul_grads(s)]
   monkeypatch.setattr(convolution, '_MIN_MATMUL_GRAD_PIXELS', matmul_grads_from)
-  for spec in SHAPES if impl == 'cpu' else _dcgan_shapes():
+  for spec in shapes:
     x, w, dy = _inputs(spec)
     expected = _value_and_grads(spec, 'xla', x, w, dy)
     got = _value_and_grads(spec, impl, x, w, dy)
@@ -100,9 +109,14 @@ def test_impl_matches_xla_on_every_conv_shape(impl, matmul_grads_from, monkeypat
       np.testing.assert_allclose(a, b, rtol=0, atol=F32_TOL, err_msg=f'{name} of {spec}')
 
 
+def _takes_matmul_grads(spec) -> bool:
+  """Whether the default `cpu` impl computes this conv's kernel gradient as matmuls."""
+  output = jax.eval_shape(benchmark_layers._layer_fn(spec, 'xla'), *_inputs(spec)[:2])
+  return convolution._matmul_grads_pay(output.shape)
+
+
 def test_both_gradient_paths_are_taken():
-  big = [s for s in SHAPES if convolution._matmul_grads_pay(
-      jax.eval_shape(benchmark_layers._layer_fn(s, 'xla'), *_inputs(s)[:2]).shape)]
+  big = [s for s in SHAPES if _takes_matmul_grads(s)]
   assert 0 < len(big) < len(SHAPES)
 
 
@@ -119,13 +133,13 @@ def test_bfloat16_agrees_within_its_precision():
 
 @pytest.mark.parametrize('generator,discriminator,size', [
     ('resnet_6blocks', 'basic', 64), ('unet_128', 'pixel', 128), ('dcgan', 'dcgan', 32)])
+@pytest.mark.slow
 def test_models_match_across_impls(generator, discriminator, size):
   """Same parameter trees (so imported weights fit both), same outputs and gradients."""
   results = {}
+  config = _model_config(generator=generator, discriminator=discriminator, image_size=size)
+  g, d = generators.create_generator(config), discriminators.create_discriminator(config)
   for impl in ('xla', 'cpu'):
-    config = _model_config(generator=generator, discriminator=discriminator, image_size=size,
-                           conv_impl=impl)
-    g, d = generators.create_generator(config), discriminators.create_discriminator(config)
     g_in = (jnp.ones((2, config.nz)) if generator == 'dcgan'
             else jax.random.uniform(jax.random.key(1), (2, size, size, 3), minval=-1))
     g_vars = g.init(jax.random.key(2), g_in)
@@ -136,8 +150,9 @@ def test_models_match_across_impls(generator, discriminator, size):
       fake = g.apply({**g_vars, 'params': g_params}, g_in)
       return jnp.mean(d.apply({**d_vars, 'params': d_params}, fake) ** 2), fake
 
-    (value, fake), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
-        g_vars['params'], d_vars['params'])
+    with convolution.using(impl):  # Traced (and so computed) with `impl`.
+      (value, fake), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
+          g_vars['params'], d_vars['params'])
     results[impl] = (jax.tree.map(jnp.shape, (g_vars, d_vars)), value, fake, grads)
   assert results['xla'][0] == results['cpu'][0]
   np.testing.assert_allclose(results['cpu'][1], results['xla'][1], rtol=1e-5)
@@ -148,16 +163,28 @@ def test_models_match_across_impls(generator, discriminator, size):
 
 def test_auto_is_cpu_on_the_cpu_backend_and_unknown_impls_are_named():
   assert convolution.resolve_impl('auto') == 'cpu'
-  assert test_config.get_config().model.conv_impl == 'auto'
+  assert convolution.current_impl() == 'cpu'  # The process default is auto.
+  assert 'conv_impl' not in test_config.get_config().model  # A machine setting, not a model's.
   with pytest.raises(ValueError, match="unknown conv_impl 'fast'; expected one of auto, xla, cpu"):
-    generators.create_generator(_model_config(conv_impl='fast'))
+    convolution.set_impl('fast')
+  with pytest.raises(ValueError, match="unknown conv_impl 'fast'"):
+    with convolution.using('fast'):
+      pass
 
 
-def test_model_configs_saved_before_conv_impl_existed_mean_auto():
-  """translate and evaluate build models from the config stored with a checkpoint."""
-  old = ml_collections.ConfigDict({k: v for k, v in _model_config().items() if k != 'conv_impl'})
-  assert generators.create_generator(old).conv_impl == 'cpu'
-  assert discriminators.create_discriminator(old).conv_impl == 'cpu'
+def test_the_process_impl_is_overridden_inside_using_blocks_only():
+  try:
+    convolution.set_impl('xla')
+    assert convolution.current_impl() == 'xla'
+    with convolution.using('patches'):
+      assert convolution.current_impl() == 'patches'
+      with convolution.using('auto'):
+        assert convolution.current_impl() == 'cpu'
+      assert convolution.current_impl() == 'patches'
+    assert convolution.current_impl() == 'xla'
+  finally:
+    convolution.set_impl('auto')
+  assert convolution.current_impl() == 'cpu'
 
 
 def test_cpu_impl_refuses_what_it_does_not_compute():
@@ -173,22 +200,25 @@ def test_cpu_impl_refuses_what_it_does_not_compute():
 def test_patches_impl_gives_xlas_r1_gradient_through_the_dcgan_discriminator():
   """The R1 penalty differentiates D twice (input, then parameters): `patches`, which
   `for_second_derivatives` picks on CPU, gives XLA's value and parameter gradient."""
-  config = _model_config(discriminator='dcgan', norm='batch', conv_impl='xla')
+  config = _model_config(discriminator='dcgan', norm='batch')
   config.ndf, config.image_size = 4, 16
   x = jax.random.uniform(jax.random.key(1), (4, 16, 16, 3), minval=-1.0, maxval=1.0)
   d = discriminators.create_discriminator(config)
   variables = d.init(jax.random.key(0), x, train=False)
 
-  def penalty(params, module):
+  def penalty(params):
     def logits(images):
-      return module.apply({**variables, 'params': params}, images, train=True,
-                          mutable=['batch_stats'])[0]
+      return d.apply({**variables, 'params': params}, images, train=True,
+                     mutable=['batch_stats'])[0]
     return losses.r1_penalty(logits, x, gamma=1.0)
 
-  results = {impl: jax.jit(jax.value_and_grad(penalty), static_argnums=1)(
-      variables['params'], d.clone(conv_impl=impl)) for impl in ('xla', 'patches')}
+  results = {}
+  for impl in ('xla', 'patches'):
+    with convolution.using(impl):
+      results[impl] = jax.jit(jax.value_and_grad(penalty))(variables['params'])
   assert float(results['patches'][0]) == pytest.approx(float(results['xla'][0]), rel=1e-5)
   for a, b in zip(jax.tree.leaves(results['patches'][1]), jax.tree.leaves(results['xla'][1])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-  assert convolution.for_second_derivatives('cpu') == 'patches'  # Tests run on the CPU backend.
-  assert convolution.for_second_derivatives('xla') == 'patches'
+  assert convolution.for_second_derivatives() == 'patches'  # Tests run on the CPU backend.
+  with convolution.using('xla'):
+    assert convolution.for_second_derivatives() == 'patches'

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from configs import dcgan_dogs, dcgan_mnist, dcgan_test, default
-from cyclegan_jax import (dcgan_step, discriminators, divergence, generators, layers, losses,
-                          train_state)
+from cyclegan_jax import divergence, families, losses
+from cyclegan_jax.families import base, dcgan
+from cyclegan_jax.models import discriminators, generators, layers
 from cyclegan_jax.parallel import AXIS_NAME
 from tests.helpers import complete_steps, host_tree, read_loss_csv, restore
 
@@ -59,8 +60,6 @@ def test_grey_output_is_the_channel_mean_of_the_colour_generator():
   colour = generators.create_generator(model).apply(g_vars, z, mutable=['batch_stats'])[0]
   np.testing.assert_allclose(images[..., 0], colour.mean(-1), rtol=1e-6, atol=1e-7)
   assert float(jnp.abs(colour[..., 0] - colour[..., 1]).max()) > 1e-3
-  del model.grey_output  # A checkpoint's model config from before the option: colour, as then.
-  assert generators.create_generator(model).grey is False
 
 
 def test_reference_parameter_counts_at_64():
@@ -76,7 +75,7 @@ def test_reference_parameter_counts_at_64():
 
 def test_init_is_normal_002_and_bn_scale_normal_1_002():
   config = model_config(64, ngf=32, nz=100)
-  state = dcgan_step.create_train_state(config, dcgan_step.create_models(config, 1),
+  state = dcgan.create_train_state(config, dcgan.create_models(config, 1),
                                         jax.random.key(0))
   kernels = np.concatenate([np.ravel(x) for path, x in jax.tree_util.tree_leaves_with_path(
       state.params) if 'kernel' in jax.tree_util.keystr(path)])
@@ -111,15 +110,15 @@ def test_vanilla_d_loss_at_extreme_logits_is_exact_and_unclamped():
 
 
 def _step_inputs(config, devices):
-  models = dcgan_step.create_models(config, 1)
-  state = dcgan_step.create_train_state(config, models, jax.random.key(3))
+  models = dcgan.create_models(config, 1)
+  state = dcgan.create_train_state(config, models, jax.random.key(3))
   real = np.random.default_rng(0).uniform(-1, 1, (devices, 2, 32, 32, 3)).astype(np.float32)
   real[1:2] *= 0.2  # Shards with clearly different statistics.
   return models, state, real
 
 
 def _pmapped(config, models, devices):
-  return jax.pmap(lambda s, b: dcgan_step.train_step(s, b, models=models, config=config),
+  return jax.pmap(lambda s, b: dcgan.train_step(s, b, models=models, config=config),
                   axis_name=AXIS_NAME, devices=jax.local_devices()[:devices])
 
 
@@ -176,6 +175,7 @@ def test_step_runs_every_loss_mode(mode):
       metrics['d_real_loss'] + metrics['d_fake_loss'] + metrics.get('d_gp', 0.0), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_lazy_r1_is_applied_every_r1_every_steps_with_that_weight():
   """Lazy R1 (as StyleGAN2): zero on the steps between, r1_every × the penalty on its steps,
   inside d_total; the penalty at r1_every 1 equals the lazy one at r1_every 3 divided by 3."""
@@ -203,18 +203,18 @@ def test_r1_settings_are_checked():
   config = model_config(32)
   config.loss.r1_every = 0
   with pytest.raises(ValueError, match='r1_every=0 >= 1'):
-    dcgan_step.create_models(config, 1)
+    families.check_config(config)
   config = default.get_config()
   config.loss.r1_gamma = 1.0
   with pytest.raises(ValueError, match='r1_gamma is a DCGAN option'):
-    train_state.create_models(config, 1)
+    families.check_config(config)
 
 
 def test_separate_lr_and_betas_for_g_and_d():
   config = model_config(32)
   config.optim.lr, config.optim.lr_d = 1e-6, 1e-4
   config.optim.beta1_d = 0.9
-  models = dcgan_step.create_models(config, 1, lr_scale=0.5)
+  models = dcgan.create_models(config, 1, lr_scale=0.5)
   assert float(models.lr_g(0)) == np.float32(5e-7) and float(models.lr_d(0)) == np.float32(5e-5)
   # Adam's first moment after one gradient of 1: (1 - β1) — 0.5 for G (beta1), 0.1 for D.
   ones = {'w': jnp.ones(())}
@@ -266,8 +266,8 @@ def test_guard_rejects_bad_settings(tmp_path):
 def test_shipped_configs_build(get_config):
   config = get_config()
   assert isinstance(config, ml_collections.ConfigDict) and config.family == 'dcgan'
-  models = dcgan_step.create_models(config, 10)
-  shapes = jax.eval_shape(lambda: dcgan_step.create_train_state(config, models, jax.random.key(0)))
+  models = dcgan.create_models(config, 10)
+  shapes = jax.eval_shape(lambda: dcgan.create_train_state(config, models, jax.random.key(0)))
   assert set(shapes.params) == {'g', 'd'} and shapes.pools == {}
 
 
@@ -275,14 +275,15 @@ def test_scored_samples_begin_with_the_sample_grid():
   """z_i depends on i alone and samples are drawn in grid-sized batches, so the evaluator's
   first num_sample_images samples are the grid's images."""
   config = model_config(32)
-  models = dcgan_step.create_models(config, 10)
-  state = dcgan_step.create_train_state(config, models, jax.random.key(0))
-  grid_z = dcgan_step.sample_z(config)
+  models = dcgan.create_models(config, 10)
+  state = dcgan.create_train_state(config, models, jax.random.key(0))
+  grid_z = dcgan.sample_z(config)
   assert grid_z.shape == (config.num_sample_images, config.model.nz)
-  np.testing.assert_array_equal(dcgan_step.sample_z(config, 11)[:len(grid_z)], grid_z)
-  samples = dcgan_step.generate_samples(config, models, state.params, state.batch_stats, 11)
+  np.testing.assert_array_equal(dcgan.sample_z(config, 11)[:len(grid_z)], grid_z)
+  samples = dcgan.generate_samples(config, models, state.params, state.batch_stats, 11)
   assert samples.shape == (11, 32, 32, 3)
-  grid = dcgan_step.generate(models, state.params, state.batch_stats, grid_z)
+  grid = base.apply(models.generators['g'], state.params['g'], state.batch_stats['g'], grid_z,
+                    True)
   np.testing.assert_array_equal(samples[:len(grid_z)], grid)
   assert not np.allclose(samples[4:8], grid)  # Later batches have z of their own.
 
@@ -322,6 +323,7 @@ def runs(tmp_path_factory):
           'collapse': _finish(collapse, expect_rc=1)}
 
 
+@pytest.mark.slow
 def test_resume_is_bit_exact(runs):
   root = runs['root']
   assert complete_steps(root / 'six') == [3, 6]
@@ -338,6 +340,7 @@ def test_resume_is_bit_exact(runs):
   assert (root / 'twelve' / 'loss_curves.png').stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_forced_collapse_rolls_back_with_lower_lr_then_stops(runs):
   log, workdir = runs['collapse'], runs['root'] / 'collapse'
   fired = [int(s) for s in re.findall(r'divergence at step (\d+)', log)]

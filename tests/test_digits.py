@@ -6,9 +6,12 @@ import pickle
 import types
 
 from configs import default, mnist2mnistm
-from cyclegan_jax import dcgan_step, digits_data, families, input_pipeline, parallel, visualize
-from cyclegan_jax.evaluate import digits as digit_eval
-from cyclegan_jax.evaluate import evaluator
+from cyclegan_jax import families, parallel, visualize
+from cyclegan_jax.data import digits_data, input_pipeline
+from cyclegan_jax.families import dcgan
+from cyclegan_jax.families import cyclegan
+from cyclegan_jax.metrics import digits as digit_eval
+from cyclegan_jax import evaluation
 from tests.helpers import needs_inception, save_fresh_checkpoint
 import flax.linen as nn
 import jax
@@ -150,26 +153,26 @@ def config(data_dir):
 
 
 def test_digits_source_gives_32px_rgb_batches_without_labels(config):
-  assert input_pipeline.domain_sizes(config) == (N_TRAIN, N_TRAIN)
-  iterator = input_pipeline.create_train_iterator(config)
+  assert input_pipeline.open(config).sizes == (N_TRAIN, N_TRAIN)
+  iterator = input_pipeline.open(config).train_iterator()
   batches = [next(iterator) for _ in range(3)]
-  resumed = next(input_pipeline.create_train_iterator(config, start_step=2))
+  resumed = next(input_pipeline.open(config).train_iterator(start_step=2))
   assert set(batches[0]) == {'a', 'b'}
   assert batches[0]['a'].shape == batches[0]['b'].shape == (8, 1, 32, 32, 3)
   a = batches[0]['a']
   np.testing.assert_array_equal(a[..., 0], a[..., 2])  # Grey MNIST replicated to RGB.
   assert a.min() == -1 and a.max() <= 1 and batches[0]['b'].std() > 0.1
   np.testing.assert_array_equal(resumed['b'], batches[2]['b'])
-  assert input_pipeline.load_eval_images(config, 'b', 3).shape == (3, 32, 32, 3)
+  assert input_pipeline.open(config).eval_images('b', 3).shape == (3, 32, 32, 3)
 
 
 def test_digits_source_rejects_bad_settings(config):
   config.data.domain_b = 'usps'
   with pytest.raises(ValueError, match=r"data.domain_b='usps'; expected one of mnist, svhn"):
-    input_pipeline.domain_sizes(config)
+    input_pipeline.check_config(config)
   config.data.domain_b, config.data.path = 'svhn', ''
   with pytest.raises(ValueError, match='data.path is empty: source digits needs a data dir'):
-    input_pipeline.domain_sizes(config)
+    input_pipeline.check_config(config)
 
 
 class _Identity(nn.Module):
@@ -186,10 +189,24 @@ class _StubModels:
 _NO_PARAMS = {'g_ab': {}, 'g_ba': {}}
 
 
+def _identity_digit_metrics(config, num_images):
+  """The CycleGAN family's digit metrics with identity generators, as the train loop logs them."""
+  config.num_digit_eval_images = num_images
+  return cyclegan.digit_metrics(config, _StubModels(), input_pipeline.open(config), _NO_PARAMS,
+                                _NO_PARAMS)
+
+
+class _ZeroScorer:
+  """FID/KID stand-in: these tests are about the digit metrics beside them."""
+
+  def score(self, fake, real, domain):
+    return {'fid': 0.0, 'kid': 0.0, 'kid_std': 0.0}
+
+
 def test_metric_on_identity_generator_equals_accuracy_on_raw_images(config):
   params = digit_eval.load_classifier(config)  # Trains on the 512 digits and caches.
   assert digit_eval.cache_path(config).is_file()
-  result = digit_eval.translation_accuracy(config, _StubModels(), _NO_PARAMS, {}, 100)
+  result = _identity_digit_metrics(config, 100)
   mnistm = digits_data.load_digits('mnistm', 'test', config.data.path, 0)
   expected = digit_eval.accuracy(config.digit_classifier, params,
                                  digit_eval.prepared(config, mnistm, 100), mnistm.labels[:100])
@@ -204,29 +221,39 @@ def test_metric_on_identity_generator_equals_accuracy_on_raw_images(config):
   assert not digit_eval.cache_path(config).is_file()  # Keyed by the classifier's config.
 
 
-def test_evaluate_mode_scores_digits_like_the_train_loop(config, tmp_path):
-  """evaluator.digit_metrics on identity translations equals translation_accuracy with the
-  identity stub: --mode=evaluate and the train loop report the same number."""
-  real = {d: input_pipeline.load_eval_images(config, d, 100) for d in 'ab'}
-  identity = evaluator.Translations(real_a=real['a'], real_b=real['b'], fake_b=real['a'],
-                                    fake_a=real['b'])
-  expected = digit_eval.translation_accuracy(config, _StubModels(), _NO_PARAMS, {}, 100)
-  assert evaluator.digit_metrics(config, identity, tmp_path) == expected
+def test_evaluate_mode_scores_digits_like_the_train_loop(config):
+  """The family's evaluate (--mode=evaluate) and its digit metrics (the train loop) report the
+  same number for the same generators and images."""
+  config.eval.num_images = 100
+  _, metrics = cyclegan.evaluate(config, _StubModels(), input_pipeline.open(config), _NO_PARAMS,
+                                 _NO_PARAMS, _ZeroScorer())
+  expected = _identity_digit_metrics(config, 100)
+  assert {k: metrics[k] for k in expected} == expected
   config.data.source = 'demo'
-  assert evaluator.digit_metrics(config, identity, tmp_path) == {}
+  config.eval.num_images = 4
+  _, metrics = cyclegan.evaluate(config, _StubModels(), input_pipeline.open(config), _NO_PARAMS,
+                                 _NO_PARAMS, _ZeroScorer())
+  assert not any(k.startswith('digit') for k in metrics)
 
 
 def test_metric_needs_mnist_as_a_domain(config):
   config.data.domain_a = 'svhn'
   with pytest.raises(ValueError, match="one of data.domain_a/domain_b must be 'mnist'"):
-    digit_eval.translation_accuracy(config, _StubModels(), _NO_PARAMS, {}, 10)
+    _identity_digit_metrics(config, 10)
 
 
 def test_s0_losses_sum_the_seed_terms():
   scalars = {'d_total': 0.5, 'g_adv_a': 1.0, 'g_adv_b': 0.25, 'cycle_a': 2.0, 'cycle_b': 3.5,
              'idt_a': 9.0}
-  assert visualize.s0_losses(scalars) == {'Loss_D': 0.5, 'Loss_G': 1.25, 'Loss_C': 5.5}
+  assert cyclegan.log_columns(scalars) == {'Loss_D': 0.5, 'Loss_G': 1.25, 'Loss_C': 5.5}
 
+
+
+def _run(config, workdir, models, writer):
+  """What `train.Run.log_digit_metrics` reads of a run, without starting one."""
+  return types.SimpleNamespace(config=config, workdir=workdir, family=families.get(config),
+                               models=models, data=input_pipeline.open(config), writer=writer,
+                               is_chief=True)
 
 
 class _Writer:
@@ -241,10 +268,9 @@ class _Writer:
 def test_train_loop_hook_logs_digit_accuracy(config, tmp_path):
   from cyclegan_jax import train  # pylint: disable=g-import-not-at-top  # Imports TensorFlow.
   config.num_digit_eval_images = 16
-  state = types.SimpleNamespace(params={k: {} for k in _NO_PARAMS}, batch_stats={})
+  state = types.SimpleNamespace(params=_NO_PARAMS, batch_stats=_NO_PARAMS)  # No arrays.
   writer = _Writer()
-  train._log_digit_metrics(config, tmp_path, writer, families.get(config), _StubModels(), state,
-                           7, True)
+  train.Run.log_digit_metrics(_run(config, tmp_path, _StubModels(), writer), 7, state)
   accuracy = visualize.read_csv(tmp_path / 'digit_metrics.csv')
   assert sorted(accuracy) == ['digit_acc_b', 'digit_acc_b2a', 'step']
   assert accuracy['step'].tolist() == [7]
@@ -293,10 +319,9 @@ def test_train_loop_hook_scores_dcgan_samples(config, tmp_path):
   models, state = _dcgan(config, tmp_path)
   config.num_digit_eval_images = 10
   writer = _Writer()
-  train._log_digit_metrics(config, tmp_path, writer, families.get(config), models,
-                           parallel.replicate(state), 5, True)
+  train.Run.log_digit_metrics(_run(config, tmp_path, models, writer), 5, parallel.replicate(state))
   logged = visualize.read_csv(tmp_path / 'digit_metrics.csv')
-  expected = digit_eval.sample_scores(config, dcgan_step.generate_samples(
+  expected = digit_eval.sample_scores(config, dcgan.generate_samples(
       config, models, state.params, state.batch_stats, 10))
   assert writer.scalars[5] == expected
   assert sorted(logged) == ['digit_confident', 'digit_score', 'step']
@@ -304,14 +329,15 @@ def test_train_loop_hook_scores_dcgan_samples(config, tmp_path):
   assert 0 <= expected['digit_confident'] <= 1 and 1 <= expected['digit_score'] <= 10
 
 
+@pytest.mark.slow
 @needs_inception
 def test_evaluate_mode_scores_dcgan_samples(config, tmp_path):
   models, state = _dcgan(config, tmp_path)
   config.eval.update(num_images=8, batch_size=8, kid_subsets=3)
-  metrics = evaluator.evaluate(config, str(tmp_path))
+  metrics = evaluation.evaluate(config, str(tmp_path))
   assert sorted(metrics) == ['digit_confident', 'digit_confident_grid', 'digit_score',
                              'digit_score_grid', 'fid', 'kid', 'kid_std']
-  samples = dcgan_step.generate_samples(config, models, state.params, state.batch_stats, 8)
+  samples = dcgan.generate_samples(config, models, state.params, state.batch_stats, 8)
   assert metrics['digit_score'] == digit_eval.sample_scores(config, samples)['digit_score']
   grid = digit_eval.sample_scores(config, samples[:4])
   assert (metrics['digit_confident_grid'], metrics['digit_score_grid']) == (

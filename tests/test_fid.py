@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from cyclegan_jax.evaluate import fid
+from cyclegan_jax.metrics import fid
 
 
 def gaussian_closed_form(mu1, var1, mu2, var2):

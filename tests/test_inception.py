@@ -12,7 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from cyclegan_jax.evaluate import fid, inception, weights
+from cyclegan_jax.metrics import fid
+from cyclegan_jax.models import inception
+from cyclegan_jax.models import weights
 from tests import reference_data
 
 pytestmark = pytest.mark.skipif(

@@ -9,9 +9,9 @@ import time
 import zipfile
 
 from configs import default
-from cyclegan_jax import image_files
-from cyclegan_jax import input_pipeline
-from cyclegan_jax import preprocess
+from cyclegan_jax.data import image_files
+from cyclegan_jax.data import input_pipeline
+from cyclegan_jax.data import preprocess
 import numpy as np
 from PIL import Image
 import pytest
@@ -112,21 +112,21 @@ def test_demo_batches_without_network(config, monkeypatch):
     raise OSError('network access attempted')
 
   monkeypatch.setattr(socket, 'socket', no_network)
-  assert input_pipeline.domain_sizes(config) == (12, 12)
-  batch = next(input_pipeline.create_train_iterator(config))
+  assert input_pipeline.open(config).sizes == (12, 12)
+  batch = next(input_pipeline.open(config).train_iterator())
   for images in batch.values():
     assert images.shape == (8, 1, CROP, CROP, 3) and images.dtype == np.float32
     assert images.min() >= -1 and images.max() <= 1 and images.std() > 0.05
   assert not np.array_equal(batch['a'], batch['b'])
-  eval_images = input_pipeline.load_eval_images(config, 'b', 3)
+  eval_images = input_pipeline.open(config).eval_images('b', 3)
   assert eval_images.shape == (3, CROP, CROP, 3)
 
 
 def test_folders_skip_bad_files(folders_config, caplog):
   caplog.set_level(logging.INFO, logger='absl')
-  assert input_pipeline.domain_sizes(folders_config) == (7, 3)
-  assert not caplog.records  # domain_sizes is quiet; the iterator reports.
-  domain_a, domain_b = input_pipeline.host_domains(folders_config)
+  data = input_pipeline.open(folders_config)
+  assert data.sizes == (7, 3)
+  domain_a, domain_b = data.host_domains()  # Opened once: one report per domain.
   used = sorted(domain_a.describe(i) for i in range(domain_a.size))
   where = domain_a.name
   assert used == sorted(f'{where}/{name}' for name in GOOD_A)
@@ -137,14 +137,14 @@ def test_folders_skip_bad_files(folders_config, caplog):
   assert summaries[0].endswith(
       ', tiny.png (8×8 is smaller than crop 32), truncated.jpg (truncated)')
   assert domain_b.size == 3
-  batch = next(input_pipeline.create_train_iterator(folders_config))
+  batch = next(input_pipeline.open(folders_config).train_iterator())
   assert batch['a'].shape == batch['b'].shape == (8, 1, CROP, CROP, 3)
 
 
 def test_folders_strict_names_bad_files(folders_config):
   folders_config.data.strict = True
   with pytest.raises(ValueError, match='3 of 10 files') as error:
-    input_pipeline.domain_sizes(folders_config)
+    input_pipeline.open(folders_config).sizes
   for name, reason in BAD_A.items():
     assert f'{name} ({reason}' in str(error.value)
   assert f'{folders_config.data.path}/' in str(error.value)  # Full paths.
@@ -156,15 +156,15 @@ def test_missing_and_empty_folders(config, tmp_path):
   config.data.path = str(root)
   config.data.dir_b = 'nowhere'
   with pytest.raises(FileNotFoundError, match=r'no folder nowhere .*expected nowhere/ .*\.jpg'):
-    input_pipeline.domain_sizes(config)
+    input_pipeline.open(config).sizes
   (root / 'emptyB').mkdir()
   (root / 'emptyB' / 'notes.txt').write_text('no images here')
   config.data.dir_b = 'emptyB'
   with pytest.raises(FileNotFoundError, match=r'no image files in .*emptyB .*\.png'):
-    input_pipeline.domain_sizes(config)
+    input_pipeline.open(config).sizes
   config.data.path = str(tmp_path / 'absent.zip')
   with pytest.raises(FileNotFoundError, match='absent.zip does not exist'):
-    input_pipeline.domain_sizes(config)
+    input_pipeline.open(config).sizes
 
 
 def test_decode_modes():
@@ -198,26 +198,26 @@ def test_sixteen_bit_scaling_end_to_end(config, tmp_path):
   _save(tmp_path / 'testA' / 'white16.png', np.full((CROP, CROP), 65535, np.uint16))
   _save(tmp_path / 'testA' / 'mid16.png', np.full((CROP, CROP), 32896, np.uint16))  # 128·257
   config.data.source, config.data.path = 'folders', str(tmp_path)
-  images = input_pipeline.load_eval_images(config, 'a', -1)
+  images = input_pipeline.open(config).eval_images('a', -1)
   assert images.shape == (2, CROP, CROP, 3)
   np.testing.assert_allclose(images[0], 128 / 127.5 - 1, atol=1e-6)  # mid16.png sorts first.
   np.testing.assert_array_equal(images[1], 1.0)
 
 
 def test_eval_images_are_deterministic_and_fall_back(folders_config, caplog):
-  first = input_pipeline.load_eval_images(folders_config, 'a', 2)
-  np.testing.assert_array_equal(first, input_pipeline.load_eval_images(folders_config, 'a', 2))
+  first = input_pipeline.open(folders_config).eval_images('a', 2)
+  np.testing.assert_array_equal(first, input_pipeline.open(folders_config).eval_images('a', 2))
   folders_config.data.test_dir_a = 'testC'
   caplog.set_level(logging.INFO, logger='absl')
-  fallback = input_pipeline.load_eval_images(folders_config, 'a', 7)
+  fallback = input_pipeline.open(folders_config).eval_images('a', 7)
   assert fallback.shape == (7, CROP, CROP, 3)
   assert any('eval images come from the train split' in r.getMessage() for r in caplog.records)
   with pytest.raises(ValueError, match='asked for 8 images'):
-    input_pipeline.load_eval_images(folders_config, 'a', 8, split='train')
+    input_pipeline.open(folders_config).eval_images('a', 8, split='train')
 
 
 def test_worker_errors_name_the_file(config, tmp_path):
-  iterator = input_pipeline.create_train_iterator(_folders_config(config, tmp_path, 'dir'))
+  iterator = input_pipeline.open(_folders_config(config, tmp_path, 'dir')).train_iterator()
   broken = tmp_path / 'mydata' / 'trainA' / 'good.png'
   broken.write_bytes(b'garbage')
   with pytest.raises(image_files.BadImageError, match=f'{broken}: not an image'):
@@ -227,24 +227,24 @@ def test_worker_errors_name_the_file(config, tmp_path):
 @pytest.mark.parametrize('source', ['demo', 'folders'])
 def test_same_seed_same_batches_and_resume(config, folders_config, source):
   config = folders_config if source == 'folders' else config
-  run = _take(input_pipeline.create_train_iterator(config), 4)  # Crosses epoch boundaries.
-  _assert_same(run, _take(input_pipeline.create_train_iterator(config), 4))
-  _assert_same(run[3:], _take(input_pipeline.create_train_iterator(config, start_step=3), 1))
+  run = _take(input_pipeline.open(config).train_iterator(), 4)  # Crosses epoch boundaries.
+  _assert_same(run, _take(input_pipeline.open(config).train_iterator(), 4))
+  _assert_same(run[3:], _take(input_pipeline.open(config).train_iterator(start_step=3), 1))
   config.seed = 1
-  other = _take(input_pipeline.create_train_iterator(config), 1)[0]
+  other = _take(input_pipeline.open(config).train_iterator(), 1)[0]
   assert not np.array_equal(run[0]['a'], other['a'])
 
 
 def test_domain_a_alone_is_the_same_stream_of_a(config):
   """DCGAN reads A only: the pipeline then prepares no B, and A's images are unchanged (the demo
   crops and flips at random, so a changed rng would show)."""
-  both = _take(input_pipeline.create_train_iterator(config, start_step=2), 3)
-  alone = _take(input_pipeline.create_train_iterator(config, start_step=2, domains='a'), 3)
+  both = _take(input_pipeline.open(config).train_iterator(start_step=2), 3)
+  alone = _take(input_pipeline.open(config).train_iterator(start_step=2, domains='a'), 3)
   assert [set(batch) for batch in alone] == [{'a'}] * 3
   for x, y in zip(both, alone):
     np.testing.assert_array_equal(x['a'], y['a'])
   with pytest.raises(ValueError, match="domains must be 'ab' or 'a', got 'b'"):
-    input_pipeline.create_train_iterator(config, domains='b')
+    input_pipeline.open(config).train_iterator(domains='b')
 
 
 def test_sample_plans_follow_the_unaligned_reference():
@@ -262,13 +262,13 @@ def test_sample_plans_follow_the_unaligned_reference():
 @pytest.mark.parametrize('source', ['demo', 'folders'])
 def test_hosts_get_disjoint_shards_that_cover_everything(config, folders_config, source):
   config = folders_config if source == 'folders' else config
-  full = input_pipeline.host_domains(config, process_index=0, process_count=1)
-  shards = [input_pipeline.host_domains(config, process_index=p, process_count=2) for p in (0, 1)]
+  full = input_pipeline.open(config).host_domains(process_index=0, process_count=1)
+  shards = [input_pipeline.open(config).host_domains(process_index=p, process_count=2) for p in (0, 1)]
   for d in range(2):
     items = [{s[d].describe(i) for i in range(s[d].size)} for s in shards]
     assert not items[0] & items[1]
     assert items[0] | items[1] == {full[d].describe(i) for i in range(full[d].size)}
-  host0, host1 = (next(input_pipeline.create_train_iterator(config, process_index=p,
+  host0, host1 = (next(input_pipeline.open(config).train_iterator(process_index=p,
                                                             process_count=2)) for p in (0, 1))
   assert host0['a'].shape == host1['a'].shape and not np.array_equal(host0['a'], host1['a'])
 
@@ -300,17 +300,17 @@ def test_size_limits_and_bad_settings(config):
   assert preprocess.size_problem(30, 40, config.data) is None
   config.data.preprocess = 'resize'
   with pytest.raises(ValueError, match="data.preprocess='resize'; expected one of"):
-    input_pipeline.domain_sizes(config)
+    input_pipeline.check_config(config)
   config.data.preprocess, config.data.load_size = 'resize_and_crop', 30
   with pytest.raises(ValueError, match='load_size=30 is smaller than data.crop_size=32'):
-    input_pipeline.domain_sizes(config)
+    input_pipeline.check_config(config)
 
 
 def test_dropped_iterator_ends_its_threads(config):
   def workers():
     return [t for t in threading.enumerate() if t.name.startswith('input_pipeline')]
 
-  iterator = input_pipeline.create_train_iterator(config)
+  iterator = input_pipeline.open(config).train_iterator()
   next(iterator)
   assert workers()
   del iterator
@@ -324,7 +324,7 @@ def test_dropped_iterator_ends_its_threads(config):
 def test_batch_must_split_over_devices(config):
   config.batch_size = 3
   with pytest.raises(ValueError, match='multiple of the 8 devices'):
-    input_pipeline.create_train_iterator(config)
+    input_pipeline.open(config).train_iterator()
 
 
 def test_tfds_source_with_mock_data(config):
@@ -332,12 +332,12 @@ def test_tfds_source_with_mock_data(config):
   config.data.source = 'tfds'
   config.data.name = 'cycle_gan/vangogh2photo'
   with tfds.testing.mock_data(num_examples=6):
-    assert input_pipeline.domain_sizes(config) == (6, 6)
-    batches = _take(input_pipeline.create_train_iterator(config), 2)
-    _assert_same(batches[1:], _take(input_pipeline.create_train_iterator(config, 1), 1))
-    shard = input_pipeline.host_domains(config, process_index=1, process_count=2)[0]
+    assert input_pipeline.open(config).sizes == (6, 6)
+    batches = _take(input_pipeline.open(config).train_iterator(), 2)
+    _assert_same(batches[1:], _take(input_pipeline.open(config).train_iterator(1), 1))
+    shard = input_pipeline.open(config).host_domains(process_index=1, process_count=2)[0]
     assert shard.size == 3
-    test_images = input_pipeline.load_eval_images(config, 'b', 2)
+    test_images = input_pipeline.open(config).eval_images('b', 2)
   assert batches[0]['a'].shape == (8, 1, CROP, CROP, 3)
   assert -1 <= batches[0]['b'].min() and batches[0]['b'].max() <= 1
   assert test_images.shape == (2, CROP, CROP, 3)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from cyclegan_jax import discriminators, generators, layers
+from cyclegan_jax.models import discriminators, generators, layers
 
 # Threefry keys make XLA:CPU compile every initialiser slowly (seconds per model); the tests
 # use the 'rbg' implementation, and numpy-drawn variables where the initialiser is not the point.

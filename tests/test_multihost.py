@@ -24,9 +24,12 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from cyclegan_jax import benchmark, parallel, train_state, train_step
+from cyclegan_jax import parallel
+from cyclegan_jax.benchmarks import step as benchmark_step
+from cyclegan_jax.families import cyclegan
 from tests.helpers import complete_steps, read_loss_csv, restore
 
+pytestmark = pytest.mark.slow  # Real 2-process runs: minutes on 2 cores.
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 400  # Per run; each takes well under a minute on 2 idle cores.
 FLAGS = ('--config=configs/test.py', '--config.batch_size=4', '--config.log_every_steps=1',
@@ -80,7 +83,7 @@ def run(command, log_path, env, while_running=None) -> str:
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp('multihost')
   workdir = root / 'workdir'
-  env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': str(root / 'cache'), 'JAX_PLATFORMS': 'cpu',
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
          'CUDA_VISIBLE_DEVICES': '', 'TF_CPP_MIN_LOG_LEVEL': '2', 'PYTHON': sys.executable}
   env.pop('XLA_FLAGS', None)  # conftest's 8 devices must not reach the subprocesses.
 
@@ -178,15 +181,15 @@ def test_a_step_all_reduces_the_gradients_and_the_metrics():
   """What a step sends between hosts: every gradient (float32, one per parameter) and every
   metric, counted from the lowered program by the benchmark's allreduce_bytes."""
   config = test_config.get_config()
-  models = train_state.create_models(config, steps_per_epoch=1)
+  models = cyclegan.create_models(config, steps_per_epoch=1)
   state = jax.eval_shape(
-      lambda: train_state.create_train_state(config, models, jax.random.key(0)))
+      lambda: cyclegan.create_train_state(config, models, jax.random.key(0)))
   n = jax.local_device_count()
   per_device = lambda x: jax.ShapeDtypeStruct((n,) + x.shape, x.dtype)
   batch = {d: jax.ShapeDtypeStruct((n, 1, 32, 32, 3), np.float32) for d in 'ab'}
-  step = parallel.pmap_step(functools.partial(train_step.train_step, models=models,
+  step = parallel.pmap_step(functools.partial(cyclegan.train_step, models=models,
                                               config=config))
   lowered = step.lower(jax.tree.map(per_device, state), batch)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   _, metrics = jax.eval_shape(step, jax.tree.map(per_device, state), batch)
-  assert benchmark.allreduce_bytes(lowered.as_text()) == 4 * (num_params + len(metrics))
+  assert benchmark_step.allreduce_bytes(lowered.as_text()) == 4 * (num_params + len(metrics))

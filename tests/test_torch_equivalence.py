@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cyclegan_jax import convert, discriminators, generators, layers
+from cyclegan_jax import convert
+from cyclegan_jax.models import discriminators, generators, layers
 
 torch = pytest.importorskip('torch')
 from tests.torch_reference import (  # noqa: E402

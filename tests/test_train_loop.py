@@ -2,8 +2,8 @@
 cyclegan_jax.main --config=configs/test.py`): outputs on disk, bit-exact resume, recovery from
 kill -9 and SIGTERM, the non-finite-loss stop, resuming on another device count, config typos.
 
-Every run is a subprocess with its own forced CPU device count. All of them share one
-compilation cache, and runs that do not depend on each other go concurrently (a run spends
+Every run is a subprocess with its own forced CPU device count. All of them share the
+session's compilation cache, and runs that do not depend on each other go concurrently (a run spends
 much of its time importing TensorFlow and compiling), which keeps the module in minutes.
 """
 
@@ -35,7 +35,7 @@ TILE, PAD = 32, 2  # configs/test.py crops; visualize.image_grid's padding.
 NUM_SAMPLE_IMAGES = 2  # configs/test.py
 SCALARS = ('g_total', 'd_a', 'cycle_a', 'lr_g')
 TIMEOUT_S = 400  # Per run; a healthy one takes well under a minute even on 2 busy cores.
-KILLS = 5
+KILLS = 2  # Victims, each killed at its own random moment (0-2 s after its first checkpoint).
 # Long enough to kill mid-run: checkpoints every 4 steps, no sample grids until the end.
 LONG_RUN = ('--config.num_train_steps=40', '--config.checkpoint_every_steps=4',
             '--config.log_every_steps=2', '--config.sample_every_steps=1000')
@@ -123,9 +123,9 @@ def _stop_leftover_runs():
 
 
 @pytest.fixture(scope='session')
-def cache(tmp_path_factory):
-  """One compilation cache for every subprocess: compiles after the first are fast."""
-  return tmp_path_factory.mktemp('jax_compilation_cache')
+def cache():
+  """The session's compilation cache (conftest): compiles after the first are fast."""
+  return os.environ['JAX_COMPILATION_CACHE_DIR']
 
 
 @pytest.fixture(scope='module')
@@ -168,6 +168,7 @@ def sigterm(tmp_path_factory, cache):
                                saved_state=saved_state, finished=finished)
 
 
+@pytest.mark.slow
 def test_end_to_end_writes_checkpoints(runs):
   six = runs['six']
   assert complete_steps(six.workdir) == [3, 6]
@@ -179,6 +180,7 @@ def test_end_to_end_writes_checkpoints(runs):
   assert json.loads((six.workdir / 'config.json').read_text())['num_train_steps'] == 6
 
 
+@pytest.mark.slow
 def test_end_to_end_writes_tensorboard_events(runs):
   from tensorboard.backend.event_processing import event_accumulator
   from tensorboard.util import tensor_util
@@ -197,6 +199,7 @@ def test_end_to_end_writes_tensorboard_events(runs):
   assert (int(width), int(height)) == Image.open(io.BytesIO(png)).size == (104, 138)
 
 
+@pytest.mark.slow
 def test_end_to_end_writes_sample_grids(runs):
   """3 columns (real, translated, reconstructed) × 2·num_sample_images rows of 32² tiles."""
   samples = runs['six'].workdir / 'samples'
@@ -215,6 +218,7 @@ def test_end_to_end_writes_sample_grids(runs):
     assert all(tile.std() > 0 for tile in tiles)  # Pictures, not blank tiles.
 
 
+@pytest.mark.slow
 def test_end_to_end_writes_loss_table_and_curves(runs):
   workdir = runs['six'].workdir
   rows = read_loss_csv(workdir)
@@ -225,6 +229,7 @@ def test_end_to_end_writes_loss_table_and_curves(runs):
     assert curves.width > 0 and curves.height > 0
 
 
+@pytest.mark.slow
 def test_resume_is_bit_exact(runs):
   """12 steps straight == 6 steps, then a second invocation to 12: parameters, optimizer
   states, rng and every device's image pool, and the logged losses too."""
@@ -235,6 +240,7 @@ def test_resume_is_bit_exact(runs):
   assert read_loss_csv(resumed.workdir) == read_loss_csv(straight.workdir)
 
 
+@pytest.mark.slow
 def test_resume_on_one_device_after_eight(runs):
   """The checkpoint holds host arrays; device 0's pools go to the single device."""
   run = runs['to_one'].succeeded()
@@ -247,6 +253,7 @@ def test_resume_on_one_device_after_eight(runs):
   assert [int(r['step']) for r in read_loss_csv(run.workdir)] == list(range(2, 13, 2))
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_a_named_error(runs):
   run = runs['nan']
   assert run.rc == 1
@@ -260,6 +267,7 @@ def test_non_finite_loss_stops_with_a_named_error(runs):
     assert_finite(restore(run.workdir, step))
 
 
+@pytest.mark.slow
 def test_mistyped_config_key_is_named(tmp_path, cache):
   run = Run(tmp_path / 'typo', '--config.modle.ngf=4', cache=cache).wait()
   assert run.rc != 0
@@ -267,6 +275,7 @@ def test_mistyped_config_key_is_named(tmp_path, cache):
   assert not (tmp_path / 'typo' / 'checkpoints').exists()
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_current_step(sigterm):
   """Exit 0 with a checkpoint of the step it was at, in general off the every-4 schedule."""
   match = re.search(r'SIGTERM received: saved step (\d+)', sigterm.stopped.stderr)
@@ -278,6 +287,7 @@ def test_sigterm_saves_the_current_step(sigterm):
   assert int(sigterm.saved_state['step']) == step
 
 
+@pytest.mark.slow
 def test_resume_after_sigterm_on_eight_devices_after_one(sigterm):
   """The same command finishes the run, from the signal's step, on 8 devices: the one saved
   pool per domain is dealt out to all of them."""
@@ -367,6 +377,7 @@ def test_a_kill_while_the_table_is_rewritten_keeps_every_earlier_row(tmp_path, m
     assert visualize.read_csv(path)['step'].tolist() == [2, 4]
 
 
+@pytest.mark.slow
 def test_end_to_end_writes_seed_s0_loss_table(runs):
   workdir = pathlib.Path(runs['six'].workdir)
   with open(workdir / 'loss_table.csv') as f:

@@ -19,7 +19,8 @@ import optax
 import pytest
 
 from configs import default
-from cyclegan_jax import parallel, train_state, train_step
+from cyclegan_jax import families, optim, parallel
+from cyclegan_jax.families import cyclegan
 from tests.helpers import host_tree
 
 GLOBAL_BATCH = 8
@@ -29,7 +30,7 @@ STEPS_PER_EPOCH = 10
 LOSS_TERMS = ('g_adv_a', 'g_adv_b', 'cycle_a', 'cycle_b', 'idt_a', 'idt_b', 'd_a', 'd_b',
               'd_a_real', 'd_a_fake', 'd_b_real', 'd_b_fake')
 METRICS = LOSS_TERMS + ('g_grad_norm', 'd_grad_norm', 'lr_g', 'lr_d')
-NETWORKS = train_state.GENERATORS + train_state.DISCRIMINATORS
+NETWORKS = cyclegan.GENERATORS + cyclegan.DISCRIMINATORS
 UPDATE_GOLDEN = 'CYCLEGAN_UPDATE_GOLDEN'
 BACKEND_COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
 
@@ -152,9 +153,9 @@ def tiny():
   """The tiny config, its models, a seed-0 state and the compiled 8-device step."""
   assert jax.local_device_count() == 8, 'tests/conftest.py forces 8 CPU devices'
   c = tiny_config()
-  models = train_state.create_models(c, steps_per_epoch=STEPS_PER_EPOCH)
-  state = train_state.create_train_state(c, models, jax.random.key(c.seed))
-  step = parallel.pmap_step(functools.partial(train_step.train_step, models=models, config=c))
+  models = cyclegan.create_models(c, steps_per_epoch=STEPS_PER_EPOCH)
+  state = cyclegan.create_train_state(c, models, jax.random.key(c.seed))
+  step = parallel.pmap_step(functools.partial(cyclegan.train_step, models=models, config=c))
   return c, models, state, step
 
 
@@ -179,8 +180,8 @@ def test_one_step_updates_all_networks_and_both_optimizers(run):
     assert any(flags.values()), f'{name} did not change'
     kernels = {path: flag for path, flag in flags.items() if 'kernel' in path}
     assert kernels and all(kernels.values()), f'{name}: unchanged kernels {kernels}'
-  for name, names in (('opt_state_g', train_state.GENERATORS),
-                      ('opt_state_d', train_state.DISCRIMINATORS)):
+  for name, names in (('opt_state_g', cyclegan.GENERATORS),
+                      ('opt_state_d', cyclegan.DISCRIMINATORS)):
     adam_before, adam_after = getattr(before, name)[0], getattr(after, name)[0]
     assert isinstance(adam_after, optax.ScaleByAdamState)
     assert int(adam_before.count) == 0 and int(adam_after.count) == 1
@@ -224,12 +225,12 @@ def test_separate_discriminator_lr_in_metrics(tiny, run):
 def test_zero_lr_changes_no_parameters(tiny):
   _, _, state, _ = tiny
   c = tiny_config(lr=0.0, lr_d=None)
-  models = train_state.create_models(c, steps_per_epoch=STEPS_PER_EPOCH)
+  models = cyclegan.create_models(c, steps_per_epoch=STEPS_PER_EPOCH)
   params = state.params
   state = state.replace(
-      opt_state_g=models.tx_g.init({k: params[k] for k in train_state.GENERATORS}),
-      opt_state_d=models.tx_d.init({k: params[k] for k in train_state.DISCRIMINATORS}))
-  step = parallel.pmap_step(functools.partial(train_step.train_step, models=models, config=c))
+      opt_state_g=models.tx_g.init({k: params[k] for k in cyclegan.GENERATORS}),
+      opt_state_d=models.tx_d.init({k: params[k] for k in cyclegan.DISCRIMINATORS}))
+  step = parallel.pmap_step(functools.partial(cyclegan.train_step, models=models, config=c))
   before = host_tree(state)
   states, metrics, _ = run_steps(step, state, input_batches(1))
   after = device_copy(states[0], 0)
@@ -248,17 +249,16 @@ def test_zero_lr_changes_no_parameters(tiny):
 def test_crop_too_small_for_the_discriminator_is_named():
   config = tiny_config()
   config.data.crop_size = 16  # basic PatchGAN: 16 -> 8 -> 4 -> 2 -> 1 -> 0.
-  models = train_state.create_models(config, steps_per_epoch=10)
   with pytest.raises(ValueError, match=r"crop_size=16 is too small for discriminator 'basic'"):
-    train_state.create_train_state(config, models, jax.random.key(0))
+    families.check_config(config)
 
 
 def test_bfloat16_compute_keeps_float32_state():
   config = tiny_config()
   config.model.dtype = 'bfloat16'
-  models = train_state.create_models(config, steps_per_epoch=10)
-  state = parallel.replicate(train_state.create_train_state(config, models, jax.random.key(0)))
-  step = parallel.pmap_step(functools.partial(train_step.train_step, models=models,
+  models = cyclegan.create_models(config, steps_per_epoch=10)
+  state = parallel.replicate(cyclegan.create_train_state(config, models, jax.random.key(0)))
+  step = parallel.pmap_step(functools.partial(cyclegan.train_step, models=models,
                                               config=config))
   state, metrics = step(state, parallel.shard_batch(input_batches(1)[0]))
   float_leaves = [x for x in jax.tree.leaves((state.params, state.opt_state_g, state.opt_state_d))
@@ -316,7 +316,7 @@ def test_golden_losses(run):
 def _sgd_setup():
   c = tiny_config()
   c.model.dtype = 'float64'
-  models = train_state.create_models(c, steps_per_epoch=STEPS_PER_EPOCH)
+  models = cyclegan.create_models(c, steps_per_epoch=STEPS_PER_EPOCH)
   return c, dataclasses.replace(models, tx_g=optax.sgd(1.0), tx_d=optax.sgd(1.0))
 
 
@@ -329,10 +329,10 @@ def gradients_on(n, state):
     params = to_f64(state.params)
     state = state.replace(
         params=params, pools=to_f64(state.pools),
-        opt_state_g=models.tx_g.init({k: params[k] for k in train_state.GENERATORS}),
-        opt_state_d=models.tx_d.init({k: params[k] for k in train_state.DISCRIMINATORS}))
+        opt_state_g=models.tx_g.init({k: params[k] for k in cyclegan.GENERATORS}),
+        opt_state_d=models.tx_d.init({k: params[k] for k in cyclegan.DISCRIMINATORS}))
     devices = jax.local_devices()[:n]
-    step = jax.pmap(functools.partial(train_step.train_step, models=models, config=c),
+    step = jax.pmap(functools.partial(cyclegan.train_step, models=models, config=c),
                     axis_name=parallel.AXIS_NAME, devices=devices)
     rstate = flax.jax_utils.replicate(state, devices=devices, axis_name=parallel.AXIS_NAME)
     batch = jax.tree.map(
@@ -356,8 +356,8 @@ def test_sgd_update_is_the_gradient(one_device_gradients):
   grads, metrics = one_device_gradients
   norm = lambda names: np.sqrt(sum(np.sum(np.square(x)) for x in
                                    jax.tree.leaves([grads[n] for n in names])))
-  np.testing.assert_allclose(norm(train_state.GENERATORS), metrics['g_grad_norm'][0], rtol=1e-6)
-  np.testing.assert_allclose(norm(train_state.DISCRIMINATORS), metrics['d_grad_norm'][0],
+  np.testing.assert_allclose(norm(cyclegan.GENERATORS), metrics['g_grad_norm'][0], rtol=1e-6)
+  np.testing.assert_allclose(norm(cyclegan.DISCRIMINATORS), metrics['d_grad_norm'][0],
                              rtol=1e-6)
   for name in NETWORKS:
     kernels = [g for path, g in zip(leaf_paths(grads[name]), jax.tree.leaves(grads[name]))
@@ -365,8 +365,10 @@ def test_sgd_update_is_the_gradient(one_device_gradients):
     assert kernels and all(np.any(g != 0) for g in kernels), name
 
 
-@pytest.mark.parametrize('n', [2, 4, 8])
-def test_pmap_gradients_match_single_device(tiny, one_device_gradients, n):
+@pytest.mark.slow
+def test_pmap_gradients_on_eight_devices_match_one_device(tiny, one_device_gradients):
+  """The global batch split over 8 devices gives one device's gradients (multihost tests 2×2)."""
+  n = 8
   ref_grads, ref_metrics = one_device_gradients
   grads, metrics = gradients_on(n, tiny[2])
   for name in NETWORKS:
@@ -400,12 +402,12 @@ def test_replicas_stay_identical_but_pools_differ(run):
 def test_seeded_runs_are_bit_identical(tiny, run):
   c, models, _, step = tiny
   _, states, _, _ = run
-  fresh = train_state.create_train_state(c, models, jax.random.key(c.seed))
+  fresh = cyclegan.create_train_state(c, models, jax.random.key(c.seed))
   again, _, compiles = run_steps(step, fresh, input_batches())
   assert compiles == [0] * STEPS, 'a fresh state of the same config must reuse the compiled step'
   for path, flag in changed(states[-1].params, again[-1].params).items():
     assert not flag, f'{path} differs between two seed-{c.seed} runs'
-  other = train_state.create_train_state(c, models, jax.random.key(c.seed + 1))
+  other = cyclegan.create_train_state(c, models, jax.random.key(c.seed + 1))
   other_states, _, _ = run_steps(step, other, input_batches())
   for name in NETWORKS:
     flags = changed(states[-1].params[name], other_states[-1].params[name])
@@ -419,10 +421,10 @@ def test_seeded_runs_are_bit_identical(tiny, run):
 N_EPOCHS, N_DECAY, E, LR = 3, 2, 10, 2e-4
 
 
-def schedule_for(policy, **optim):
+def schedule_for(policy, **settings):
   c = tiny_config(lr_policy=policy, n_epochs=N_EPOCHS, n_epochs_decay=N_DECAY,
-                  lr_decay_epochs=2, **optim)
-  sched = train_state.create_schedule(c.optim, LR, E)
+                  lr_decay_epochs=2, **settings)
+  sched = optim.create_schedule(c.optim, LR, E)
   return lambda s: float(sched(jnp.asarray(s, jnp.int32)))
 
 
@@ -467,23 +469,23 @@ def test_unknown_lr_policy_is_rejected():
   with pytest.raises(ValueError, match=r"unknown lr_policy 'plateau'.*linear, step, cosine"):
     schedule_for('plateau')
   with pytest.raises(ValueError, match='steps_per_epoch must be positive'):
-    train_state.create_schedule(tiny_config().optim, LR, 0)
+    optim.create_schedule(tiny_config().optim, LR, 0)
 
 
 def test_separate_lr_d_schedule():
-  models = train_state.create_models(tiny_config(lr_d=1e-4), steps_per_epoch=E)
+  models = cyclegan.create_models(tiny_config(lr_d=1e-4), steps_per_epoch=E)
   assert float(models.lr_g(0)) == pytest.approx(2e-4)
   assert float(models.lr_d(0)) == pytest.approx(1e-4)
-  models = train_state.create_models(tiny_config(lr_d=None), steps_per_epoch=E)
+  models = cyclegan.create_models(tiny_config(lr_d=None), steps_per_epoch=E)
   assert float(models.lr_d(0)) == pytest.approx(2e-4)
 
 
 def test_total_train_steps():
   c = tiny_config(n_epochs=N_EPOCHS, n_epochs_decay=N_DECAY)
   assert c.num_train_steps == -1
-  assert train_state.total_train_steps(c, E) == (N_EPOCHS + N_DECAY) * E
+  assert optim.total_train_steps(c, E) == (N_EPOCHS + N_DECAY) * E
   c.num_train_steps = 7
-  assert train_state.total_train_steps(c, E) == 7
+  assert optim.total_train_steps(c, E) == 7
 
 
 # ----------------------------------------------------------------------------------------------
@@ -506,3 +508,22 @@ def test_shard_batch_shapes():
   assert sharded['b'].shape == (8, 2, SIZE, SIZE, 1)
   with pytest.raises(ValueError, match='host batch of 12 does not split over 8'):
     parallel.shard_batch({'a': np.zeros((12, 2))})
+
+
+def test_config_problems_are_named_together_before_any_work():
+  """main checks a config once: every bad setting found is in the one message."""
+  config = tiny_config()
+  config.data.preprocess = 'resize'
+  config.optim.lr_policy = 'plateau'
+  config.eval_every_steps = 100  # Digit metrics, on the demo data.
+  with pytest.raises(ValueError) as error:
+    families.check_config(config)
+  lines = str(error.value).splitlines()
+  assert lines[0] == '3 problems in the config:'
+  assert lines[1].startswith("  data.preprocess='resize'; expected one of resize_and_crop")
+  assert lines[2] == "  unknown lr_policy 'plateau'; expected one of linear, step, cosine, constant"
+  assert lines[3] == ("  eval_every_steps=100 scores digits during training: it needs data.source "
+                      "digits (not 'demo'), or 0 for off.")
+  config.family = 'cut'
+  with pytest.raises(ValueError, match=r"config.family='cut'; expected one of cyclegan, dcgan."):
+    families.check_config(config)

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from configs import default
-from cyclegan_jax import losses, parallel, train_state, train_step
-from cyclegan_jax.evaluate import vgg, weights
+from cyclegan_jax import losses, parallel
+from cyclegan_jax.families import cyclegan
+from cyclegan_jax.models import vgg
+from cyclegan_jax.models import weights
 from tests import reference_data
 
 needs_weights = pytest.mark.skipif(
@@ -50,7 +52,7 @@ def test_every_layer_matches_torch(params):
 def test_semantic_loss_is_zero_for_a_perfect_cycle_only():
   c = default.get_config().loss
   c.lambda_semantic = 2.0
-  loss = jax.jit(vgg.make_semantic_loss(c))
+  loss = jax.jit(cyclegan.make_semantic_loss(c))
   rng = np.random.default_rng(0)
   a, b = (rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32) for _ in 'ab')
   assert float(loss(a, a, b, b)) == 0.0
@@ -72,11 +74,11 @@ def test_semantic_cycle_loss_on_hand_made_features():
 
 def test_semantic_loss_is_off_by_default_and_checks_layers():
   c = default.get_config().loss
-  assert c.lambda_semantic == 0 and vgg.make_semantic_loss(c) is None
+  assert c.lambda_semantic == 0 and cyclegan.make_semantic_loss(c) is None
   c.lambda_semantic = 1.0
   c.semantic_layers = 'relu3_3, conv9'
   with pytest.raises(ValueError, match=r"\('relu3_3', 'conv9'\).*relu1_1"):
-    vgg.make_semantic_loss(c)
+    cyclegan.make_semantic_loss(c)
 
 
 def test_missing_weights_say_how_to_get_them(tmp_path):
@@ -84,6 +86,7 @@ def test_missing_weights_say_how_to_get_them(tmp_path):
     vgg.load_params(str(tmp_path / 'vgg16.ckpt'))
 
 
+@pytest.mark.slow
 @needs_weights
 def test_train_step_adds_the_semantic_term():
   """The pmapped step reports `semantic` and counts it in g_total (one VGG layer keeps the
@@ -95,11 +98,10 @@ def test_train_step_adds_the_semantic_term():
   c.data.crop_size = 32
   c.loss.lambda_semantic = 0.5
   c.loss.semantic_layers = 'relu1_1'
-  models = train_state.create_models(c, steps_per_epoch=10)
-  state = train_state.create_train_state(c, models, jax.random.key(0))
-  step = parallel.pmap_step(functools.partial(
-      train_step.train_step, models=models, config=c,
-      semantic_loss=vgg.make_semantic_loss(c.loss)))
+  models = cyclegan.create_models(c, steps_per_epoch=10)
+  state = cyclegan.create_train_state(c, models, jax.random.key(0))
+  assert models.semantic_loss is not None  # Built (its weights read) with the models.
+  step = parallel.pmap_step(functools.partial(cyclegan.train_step, models=models, config=c))
   rng = np.random.default_rng(0)
   batch = {d: rng.uniform(-1, 1, (c.batch_size, 32, 32, 3)).astype(np.float32) for d in 'ab'}
   _, metrics = step(parallel.replicate(state), parallel.shard_batch(batch))

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cyclegan_jax import convolution, layers
+from cyclegan_jax.models import layers
 
 
 class _Critic(nn.Module):
@@ -21,13 +21,12 @@ class _Critic(nn.Module):
   init_type: str = 'normal'
   init_gain: float = 0.02
   dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
 
   def conv(self, features, kernel_size, stride, padding, use_bias=None):
     use_bias = layers.norm_uses_conv_bias(self.norm) if use_bias is None else use_bias
     return layers.Conv(features, kernel_size, stride=stride, padding=padding, use_bias=use_bias,
                        kernel_init=layers.kernel_init(self.init_type, self.init_gain),
-                       dtype=self.dtype, impl=self.conv_impl)
+                       dtype=self.dtype)
 
   def norm_act(self, x: jax.Array, train: bool) -> jax.Array:
     x = layers.Norm(self.norm, gain=self.init_gain, dtype=self.dtype)(x, train)
@@ -103,8 +102,7 @@ def create_discriminator(model_config: ml_collections.ConfigDict) -> nn.Module:
   """Builds the discriminator named by `model_config.discriminator`."""
   name = model_config.discriminator
   common = dict(ndf=model_config.ndf, norm=model_config.norm, init_type=model_config.init_type,
-                init_gain=model_config.init_gain, dtype=jnp.dtype(model_config.dtype),
-                conv_impl=convolution.impl_for(model_config))
+                init_gain=model_config.init_gain, dtype=jnp.dtype(model_config.dtype))
   if name == 'basic':
     return PatchDiscriminator(n_layers=3, **common)
   if name == 'n_layers':

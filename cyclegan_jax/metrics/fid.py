@@ -7,6 +7,7 @@ set of images.
 """
 
 from collections.abc import Callable
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cyclegan_jax.evaluate import inception
+from cyclegan_jax.models import inception
 
 
 def _check_statistics(mu1, sigma1, mu2, sigma2) -> None:
@@ -148,3 +149,27 @@ def cached_features(path: Path, key: str, compute: Callable[[], np.ndarray]) -> 
   np.savez(tmp, key=key, features=features, mu=mu, sigma=sigma)
   tmp.replace(path)
   return features
+
+
+class Scorer:
+  """FID and KID of generated images against real ones, with one feature network built once and
+  the real images' features cached under `cache_dir` (keyed by their pixels and the weights)."""
+
+  def __init__(self, inception_params: dict[str, Any], weights_key: str, cache_dir: Path,
+               batch_size: int, kid_subsets: int, kid_subset_size: int, seed: int):
+    self._features = make_feature_fn(inception_params, batch_size)
+    self._weights_key, self._cache_dir = weights_key, Path(cache_dir)
+    self._kid = dict(num_subsets=kid_subsets, max_subset_size=kid_subset_size, seed=seed)
+
+  def _real_features(self, images: np.ndarray, domain: str) -> np.ndarray:
+    key = hashlib.sha256(images.tobytes() + str(images.shape).encode()).hexdigest()
+    return cached_features(self._cache_dir / f'real_{domain}.npz', f'{key}|{self._weights_key}',
+                           lambda: self._features(images))
+
+  def score(self, fake: np.ndarray, real: np.ndarray, domain: str) -> dict[str, float]:
+    """{'fid', 'kid', 'kid_std'} of `fake` against `real` (the images of `domain`)."""
+    real_features = self._real_features(real, domain)
+    fake_features = self._features(fake)
+    kid, kid_std = kernel_inception_distance(fake_features, real_features, **self._kid)
+    return {'fid': fid_from_features(fake_features, real_features), 'kid': kid,
+            'kid_std': kid_std}

@@ -1,9 +1,10 @@
 """2-D convolutions in the forms XLA's CPU backend runs fastest, with the same results.
 
-Every conv the models use goes through `conv_general_dilated(..., impl=)`:
+Every conv the models use goes through `conv_general_dilated`, computed by the impl this process
+chose (`set_impl`, the `--conv_impl` flag; 'auto' picks by backend) or a `using` block:
 - `xla`: `lax.conv_general_dilated` and its automatic derivative, the right choice on GPU/TPU.
 - `cpu`: the same function, arranged for XLA's CPU backend (jaxlib 0.10.2). Per-layer timings
-  on a 2-core AVX-512 machine (`python -m cyclegan_jax.benchmark_layers`) showed:
+  on a 2-core AVX-512 machine (`python -m cyclegan_jax.benchmarks.layers`) showed:
   1. An unpadded (VALID) stride-1 conv, which is what a reflect-padded conv is, runs 3–29×
      slower than the same conv given a zero padding of 1 to (k − 1)/2; larger paddings are
      slow again (7×7 64→3 at 262²: 185 ms VALID, 6.4 ms padded). So VALID convs run with one
@@ -19,15 +20,17 @@ Every conv the models use goes through `conv_general_dilated(..., impl=)`:
   multiplied by the kernel as one matmul. Slower for a plain step, but every derivative of every
   order is again slices, pads and matmuls. Differentiating a strided conv twice (the R1
   penalty) gives XLA's CPU backend dilated convs, which it fuses with their inputs and runs as
-  naive loops: the DCGAN MNIST step with R1 took 0.177 s with either impl above (0.038 s
-  without R1, 0.057 s with R1 through `patches`). `for_second_derivatives` picks it on CPU.
+  naive loops (README, DCGAN: the R1 step was 3× slower). `for_second_derivatives` picks it on
+  CPU.
 
 Both take NHWC inputs and HWIO kernels. `conv_transpose` is the stride-s transposed conv as a
 sub-pixel convolution, for either impl.
 """
 
+import contextlib
+import contextvars
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +46,9 @@ _MIN_MATMUL_GRAD_PIXELS = 2048
 
 Padding = Sequence[tuple[int, int]]
 
+_process_impl = 'auto'  # set_impl; read at trace time through current_impl.
+_override: contextvars.ContextVar[str | None] = contextvars.ContextVar('conv_impl', default=None)
+
 
 def resolve_impl(impl: str) -> str:
   """'auto' → 'cpu' on the CPU backend, 'xla' on GPU and TPU."""
@@ -53,16 +59,35 @@ def resolve_impl(impl: str) -> str:
   return impl
 
 
-def impl_for(model_config) -> str:
-  """The resolved impl a model config asks for. Configs stored with checkpoints written before
-  `model.conv_impl` existed lack it, and mean 'auto'."""
-  return resolve_impl(model_config.get('conv_impl', 'auto'))
+def set_impl(impl: str) -> None:
+  """Sets this process's conv impl (`--conv_impl`): how this machine computes convs is not part
+  of a model, so it lives in no config, layer or checkpoint."""
+  global _process_impl
+  if impl not in IMPLS:  # Refused now, not at the first trace; 'auto' resolves then (the
+    raise ValueError(f'unknown conv_impl {impl!r}; expected one of {", ".join(IMPLS)}')
+  _process_impl = impl  # backend may not exist yet: jax.distributed starts first).
 
 
-def for_second_derivatives(impl: str) -> str:
+def current_impl() -> str:
+  """The resolved impl convs traced now use: the innermost `using`, else the process's."""
+  return resolve_impl(_override.get() or _process_impl)
+
+
+@contextlib.contextmanager
+def using(impl: str) -> Iterator[None]:
+  """Traces the convs inside the block with `impl`. It is read at trace time, so a function
+  jitted once keeps the impl it was first traced with."""
+  token = _override.set(resolve_impl(impl))
+  try:
+    yield
+  finally:
+    _override.reset(token)
+
+
+def for_second_derivatives() -> str:
   """The impl to differentiate twice through: `patches` on the CPU backend, whichever impl the
-  model runs with, else `impl`."""
-  return 'patches' if jax.default_backend() == 'cpu' else resolve_impl(impl)
+  model runs with, else the current one."""
+  return 'patches' if jax.default_backend() == 'cpu' else current_impl()
 
 
 def patches_conv(x: jax.Array, w: jax.Array, stride: tuple[int, int],
@@ -206,13 +231,14 @@ def cpu_conv(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding: Paddi
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None,
-                         preferred_element_type=None, *, impl: str):
-  """`lax.conv_general_dilated`'s signature (so flax's `nn.Conv` can take it) for `impl`.
+                         preferred_element_type=None, *, impl: str | None = None):
+  """`lax.conv_general_dilated`'s signature (so flax's `nn.Conv` can take it) for `impl`
+  (default: `current_impl()`).
 
   The `cpu` and `patches` impls cover what the models use: NHWC, no dilation, one feature
   group, default precision; anything else raises.
   """
-  impl = resolve_impl(impl)
+  impl = current_impl() if impl is None else resolve_impl(impl)
   if impl == 'xla':
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, precision=precision,
@@ -248,7 +274,7 @@ def _subpixel_taps(kernel_size: int, stride: int, padding: int):
 
 
 def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int, padding: int,
-                   output_padding: int, impl: str = 'xla') -> jax.Array:
+                   output_padding: int, impl: str | None = None) -> jax.Array:
   """torch ConvTranspose2d(k, stride, padding, output_padding) with a flipped HWIO kernel.
 
   Computed as a sub-pixel convolution: one stride-1 conv yields all stride² output phases as

@@ -1,4 +1,4 @@
-"""`python -m cyclegan_jax.benchmark_input`: how fast the input pipeline feeds, and at what memory.
+"""`python -m cyclegan_jax.benchmarks.input`: how fast the input pipeline feeds, and at what memory.
 
 Writes --num_files synthetic jpgs per domain into a temporary folder (or reads --path), runs the
 train iterator and prints one JSON line: images/s (A and B images counted separately), start-up
@@ -17,9 +17,9 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from cyclegan_jax import input_pipeline
+from cyclegan_jax.data import input_pipeline
 
-_DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / 'configs' / 'default.py'
+_DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / 'configs' / 'default.py'
 
 
 def _memory_mib() -> dict[str, float]:
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace, path: str) -> dict[str, float]:
                      num_workers=args.num_workers, prefetch=args.prefetch)
   before = _memory_mib()['VmRSS']
   start = time.perf_counter()
-  iterator = input_pipeline.create_train_iterator(config)
+  iterator = input_pipeline.open(config).train_iterator()
   startup = time.perf_counter() - start
   for _ in range(args.warmup_steps):
     next(iterator)
@@ -103,11 +103,11 @@ def _run_in_tmp(args: argparse.Namespace) -> dict[str, float]:
 
 def measure(config_path: str = str(_DEFAULT_CONFIG), **overrides) -> dict[str, float]:
   """The record `main` prints, for the command-line defaults updated by `overrides`
-  (e.g. crop_size=128); what `python -m cyclegan_jax.benchmark` reports beside the step."""
+  (e.g. crop_size=128); what `python -m cyclegan_jax.benchmarks.step` reports beside the step."""
   args = _parser().parse_args([])
   unknown = set(overrides) - set(vars(args))
   if unknown:
-    raise ValueError(f'unknown benchmark_input settings: {", ".join(sorted(unknown))}')
+    raise ValueError(f'unknown benchmarks.input settings: {", ".join(sorted(unknown))}')
   vars(args).update(overrides, config=config_path)
   return _run_in_tmp(args)
 

@@ -17,7 +17,7 @@ import pickle
 import numpy as np
 from PIL import Image
 
-from cyclegan_jax import demo_data, image_files
+from cyclegan_jax.data import demo_data, image_files
 
 DOMAINS = ('mnist', 'svhn', 'mnistm')
 SPLITS = ('train', 'test')

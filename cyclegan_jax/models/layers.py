@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cyclegan_jax import convolution
+from cyclegan_jax.models import convolution
 
 Initializer = Callable[..., jax.Array]
 
@@ -84,7 +84,8 @@ def torch_padding(pad: int) -> tuple[tuple[int, int], tuple[int, int]]:
 class Conv(nn.Module):
   """A 2-D convolution with symmetric zero or reflect padding, as torch's Conv2d / ReflectionPad2d.
 
-  `impl` picks how it is computed (`convolution.IMPLS`); parameters are the same for all.
+  It is computed by the process's conv impl (`convolution.current_impl`); the parameters are the
+  same for every impl.
   """
   features: int
   kernel_size: int
@@ -95,7 +96,6 @@ class Conv(nn.Module):
   # Not named `init`, which would shadow `Module.init`.
   kernel_init: Initializer = nn.initializers.normal(stddev=0.02)
   dtype: Any = jnp.float32
-  impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -107,9 +107,7 @@ class Conv(nn.Module):
     return nn.Conv(self.features, (self.kernel_size, self.kernel_size),
                    strides=(self.stride, self.stride), padding=padding, use_bias=self.use_bias,
                    kernel_init=self.kernel_init, bias_init=nn.initializers.zeros,
-                   dtype=self.dtype,
-                   conv_general_dilated=functools.partial(convolution.conv_general_dilated,
-                                                          impl=self.impl))(x)
+                   dtype=self.dtype, conv_general_dilated=convolution.conv_general_dilated)(x)
 
 
 class ConvTranspose(nn.Module):
@@ -123,14 +121,13 @@ class ConvTranspose(nn.Module):
   use_bias: bool = True
   kernel_init: Initializer = nn.initializers.normal(stddev=0.02)
   dtype: Any = jnp.float32
-  impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param('kernel', self.kernel_init,
                         (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
     y = convolution.conv_transpose(x.astype(self.dtype), kernel, self.stride, self.padding,
-                                   self.output_padding, self.impl)
+                                   self.output_padding)
     if self.use_bias:
       y = y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(self.dtype)
     return y

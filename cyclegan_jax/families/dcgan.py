@@ -1,4 +1,5 @@
-"""DCGAN on the CycleGAN machinery: its models, state and pure per-device step.
+"""DCGAN: unconditional generation on the same machinery; its models, state, pure per-device
+step, samples and scores.
 
 The state is the same `TrainState` with two trees ('g', 'd') and no image pools, so `parallel`,
 `checkpointing` and the train loop serve both families unchanged.
@@ -9,7 +10,7 @@ of the step, so every replica keeps the same ones. A pmapped step over n devices
 n independent per-device BN batches with one averaged gradient, not one big synced batch.
 """
 
-import functools
+import math
 from typing import Any
 
 import jax
@@ -18,9 +19,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from cyclegan_jax import convolution, discriminators, generators, losses
+from cyclegan_jax import losses, optim, visualize
+from cyclegan_jax.data import input_pipeline
+from cyclegan_jax.families import base
+from cyclegan_jax.families.base import Models, TrainState
+from cyclegan_jax.metrics import digits, fid
+from cyclegan_jax.models import convolution, discriminators, generators
 from cyclegan_jax.parallel import AXIS_NAME
-from cyclegan_jax.train_state import Models, TrainState, create_optimizers, _init_key
 
 SAMPLE_STREAM = 1  # fold_in tag of the fixed z behind every sample grid.
 
@@ -28,13 +33,18 @@ SAMPLE_STREAM = 1  # fold_in tag of the fixed z behind every sample grid.
 def create_models(config: ml_collections.ConfigDict, steps_per_epoch: int,
                   lr_scale: float = 1.0) -> Models:
   """G ('dcgan' generator by default) → data.crop_size² images; D judges them."""
+  return Models(generators={'g': generators.create_generator(config.model)},
+                discriminator=discriminators.create_discriminator(config.model),
+                **optim.create_optimizers(config, steps_per_epoch, lr_scale))
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
   loss = config.loss
   if loss.r1_gamma < 0 or loss.r1_every < 1:
     raise ValueError(f'loss.r1_gamma={loss.r1_gamma} must be >= 0 and loss.r1_every='
                      f'{loss.r1_every} >= 1.')
-  return Models(generators={'g': generators.create_generator(config.model)},
-                discriminator=discriminators.create_discriminator(config.model),
-                **create_optimizers(config, steps_per_epoch, lr_scale))
+  generators.create_generator(config.model)
+  discriminators.create_discriminator(config.model)
 
 
 def create_train_state(config: ml_collections.ConfigDict, models: Models,
@@ -45,7 +55,7 @@ def create_train_state(config: ml_collections.ConfigDict, models: Models,
 
   @jax.jit
   def init(init_key):
-    g_key, d_key = jax.random.split(_init_key(init_key))
+    g_key, d_key = jax.random.split(base.init_key(init_key))
     g_vars = models.generators['g'].init(g_key, jnp.zeros((1, model.nz)), train=False)
     d_vars = models.discriminator.init(d_key, jnp.zeros((1, size, size, model.output_nc)),
                                        train=False)
@@ -57,18 +67,6 @@ def create_train_state(config: ml_collections.ConfigDict, models: Models,
   params, batch_stats, opt_state_g, opt_state_d = init(init_key)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                     opt_state_g=opt_state_g, opt_state_d=opt_state_d, pools={}, rng=step_key)
-
-
-def _apply(module, params, batch_stats, x):
-  """One training-mode forward; returns (output, updated batch statistics)."""
-  variables = {'params': params, **({'batch_stats': batch_stats} if batch_stats else {})}
-  y, mutated = module.apply(variables, x, train=True, mutable=['batch_stats'])
-  return y, mutated.get('batch_stats', batch_stats)
-
-
-def _update(tx: optax.GradientTransformation, grads, opt_state, params):
-  updates, opt_state = tx.update(grads, opt_state, params)
-  return optax.apply_updates(params, updates), opt_state
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, models: Models,
@@ -89,27 +87,30 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, models: Models
   g_module, d_module = models.generators['g'], models.discriminator
 
   fake, g_vjp, g_stats = jax.vjp(
-      lambda g: _apply(g_module, g, state.batch_stats['g'], z), state.params['g'], has_aux=True)
+      lambda g: base.apply_train(g_module, g, state.batch_stats['g'], z), state.params['g'],
+      has_aux=True)
 
   def discriminator_loss(d_params):
-    pred_real, stats = _apply(d_module, d_params, state.batch_stats['d'], real)
-    pred_fake, stats = _apply(d_module, d_params, stats, jax.lax.stop_gradient(fake))
+    pred_real, stats = base.apply_train(d_module, d_params, state.batch_stats['d'], real)
+    pred_fake, stats = base.apply_train(d_module, d_params, stats, jax.lax.stop_gradient(fake))
     terms = {'d_real_loss': losses.gan_loss(pred_real, True, mode),
              'd_fake_loss': losses.gan_loss(pred_fake, False, mode),
              'd_real': jnp.mean(pred_real), 'd_fake': jnp.mean(pred_fake)}
     total = terms['d_real_loss'] + terms['d_fake_loss']
     if mode == 'wgangp':
       terms['d_gp'] = losses.gradient_penalty(
-          lambda x: _apply(d_module, d_params, stats, x)[0],
+          lambda x: base.apply_train(d_module, d_params, stats, x)[0],
           real, jax.lax.stop_gradient(fake), gp_key, config.loss.lambda_gp)
       total += terms['d_gp']
     if config.loss.r1_gamma:
       every = config.loss.r1_every
-      r1_module = d_module.clone(
-          conv_impl=convolution.for_second_derivatives(d_module.conv_impl))
-      penalty = functools.partial(
-          losses.r1_penalty, lambda x: _apply(r1_module, d_params, state.batch_stats['d'], x)[0],
-          real, config.loss.r1_gamma * every)
+
+      def penalty():
+        with convolution.using(convolution.for_second_derivatives()):
+          return losses.r1_penalty(
+              lambda x: base.apply_train(d_module, d_params, state.batch_stats['d'], x)[0],
+              real, config.loss.r1_gamma * every)
+
       terms['d_r1'] = jax.lax.cond(state.step % every == 0, penalty, lambda: jnp.zeros(()))
       total += terms['d_r1']
     return total, (terms, stats)
@@ -117,16 +118,16 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, models: Models
   (d_total, (d_terms, d_stats)), d_grads = jax.value_and_grad(
       discriminator_loss, has_aux=True)(state.params['d'])
   d_grads = jax.lax.pmean(d_grads, AXIS_NAME)
-  d_params, opt_state_d = _update(models.tx_d, {'d': d_grads}, state.opt_state_d,
+  d_params, opt_state_d = base.optimizer_update(models.tx_d, {'d': d_grads}, state.opt_state_d,
                                   {'d': state.params['d']})
 
   def generator_loss(fake):
-    pred, stats = _apply(d_module, d_params['d'], d_stats, fake)
+    pred, stats = base.apply_train(d_module, d_params['d'], d_stats, fake)
     return losses.generator_gan_loss(pred, mode), stats
 
   (g_total, d_stats), fake_grads = jax.value_and_grad(generator_loss, has_aux=True)(fake)
   g_grads = jax.lax.pmean(g_vjp(fake_grads)[0], AXIS_NAME)
-  g_params, opt_state_g = _update(models.tx_g, {'g': g_grads}, state.opt_state_g,
+  g_params, opt_state_g = base.optimizer_update(models.tx_g, {'g': g_grads}, state.opt_state_g,
                                   {'g': state.params['g']})
 
   metrics = {**d_terms, 'd_total': d_total, 'g_total': g_total,
@@ -149,24 +150,63 @@ def sample_z(config: ml_collections.ConfigDict, num: int | None = None) -> jax.A
       jnp.arange(num))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _generate(generator, g_params: Any, g_batch_stats: Any, z: jax.Array) -> jax.Array:
-  return _apply(generator, g_params, g_batch_stats, z)[0]
-
-
-def generate(models: Models, params: dict[str, Any], batch_stats: dict[str, Any],
-             z: jax.Array) -> jax.Array:
-  """G(z), with batch norm on z's own batch statistics, as the DCGAN reference draws its samples
-  (its G stays in train mode); nothing is updated. Compiled once per generator and z shape."""
-  return _generate(models.generators['g'], params['g'], batch_stats['g'], z)
-
-
 def generate_samples(config: ml_collections.ConfigDict, models: Models, params: dict[str, Any],
                      batch_stats: dict[str, Any], num: int) -> np.ndarray:
   """G(sample_z(config, num)) as [num, H, W, C] in [-1, 1], drawn in batches of
   num_sample_images (batch norm sees batches of the grid's size), so the first batch is the
-  sample grid's images."""
+  sample grid's images. Batch norm uses each batch's own statistics, as the DCGAN reference
+  draws its samples (its G stays in train mode); nothing is updated."""
   batch = config.num_sample_images
   z = sample_z(config, -(-num // batch) * batch)
-  return np.concatenate([np.asarray(generate(models, params, batch_stats, z[i:i + batch]))
+  g = models.generators['g']
+  return np.concatenate([np.asarray(base.apply(g, params['g'], batch_stats['g'], z[i:i + batch],
+                                               True))
                          for i in range(0, len(z), batch)])[:num]
+
+
+def make_sampler(config: ml_collections.ConfigDict, models: Models,
+                 data: input_pipeline.Data) -> base.Sampler:
+  """A square-ish grid of G(z) for the same z at every step, so grids show progress."""
+  del data  # Samples need no data.
+  columns = math.ceil(math.sqrt(config.num_sample_images))
+
+  def sample(params, batch_stats):
+    images = generate_samples(config, models, params, batch_stats, config.num_sample_images)
+    return visualize.image_grid([list(images[i:i + columns])
+                                 for i in range(0, len(images), columns)])
+
+  return sample
+
+
+def digit_metrics(config: ml_collections.ConfigDict, models: Models, data: input_pipeline.Data,
+                  params: dict[str, Any], batch_stats: dict[str, Any]) -> dict[str, float]:
+  """How clear and varied num_digit_eval_images samples are (their first batch: the grid)."""
+  del data
+  return digits.sample_scores(config, generate_samples(
+      config, models, params, batch_stats, config.num_digit_eval_images))
+
+
+def evaluate(config: ml_collections.ConfigDict, models: Models, data: input_pipeline.Data,
+             params: dict[str, Any], batch_stats: dict[str, Any],
+             scorer: fid.Scorer) -> tuple[dict[str, int], dict[str, float]]:
+  """fid, kid, kid_std of as many samples as test images of A, against them; on digits also
+  digit_confident and digit_score, over all samples and over the first num_sample_images
+  (`_grid`: the images of the sample grid)."""
+  real = data.eval_images('a', config.eval.num_images)
+  samples = generate_samples(config, models, params, batch_stats, len(real))
+  metrics = base.fid_and_kid(scorer, samples, real, 'a', '')
+  if config.data.source == 'digits':
+    metrics.update(digits.sample_scores(config, samples))
+    grid = digits.sample_scores(config, samples[:config.num_sample_images])
+    metrics.update({f'{k}_grid': v for k, v in grid.items()})
+  return {'a': len(real)}, metrics
+
+
+FAMILY = base.Family(
+    check_config=check_config, create_models=create_models,
+    create_train_state=create_train_state, train_step=train_step, domains='a',
+    make_sampler=make_sampler, digit_metrics=digit_metrics, evaluate=evaluate, translators={},
+    loss_groups={'losses': ['g_total', 'd_total', 'd_real_loss', 'd_fake_loss', 'd_gp', 'd_r1'],
+                 'discriminator logits': ['d_real', 'd_fake']},
+    log_columns=lambda s: {'Loss_D': s['d_total'], 'Loss_G': s['g_total'],
+                           'D_real': s['d_real'], 'D_fake': s['d_fake']})

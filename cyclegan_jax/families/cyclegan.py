@@ -1,0 +1,271 @@
+"""CycleGAN: two generators (G_AB: A → B, G_BA: B → A), two discriminators (D_A judges domain
+A, D_B domain B), image pools, and the pure per-device step.
+
+The step is written with explicit collectives over `parallel.AXIS_NAME` only (pmean of
+gradients, batch statistics and metrics), so `parallel` may wrap it with pmap or shard_map
+unchanged. Only the image pools differ between devices; everything else stays bit-identical.
+"""
+
+from collections.abc import Callable
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from cyclegan_jax import image_pool, losses, optim, visualize
+from cyclegan_jax.data import input_pipeline
+from cyclegan_jax.families import base
+from cyclegan_jax.metrics import digits, fid
+from cyclegan_jax.models import discriminators, generators, vgg
+from cyclegan_jax.parallel import AXIS_NAME
+
+GENERATORS = ('g_ab', 'g_ba')  # G_AB: A → B, G_BA: B → A.
+DISCRIMINATORS = ('d_a', 'd_b')  # D_A judges domain A, D_B judges domain B.
+
+# semantic_loss(real_a, rec_a, real_b, rec_b) -> weighted scalar, added to the generator loss.
+SemanticLoss = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Models(base.Models):
+  """G_AB maps input_nc → output_nc channels and G_BA maps back, so they are separate modules;
+  one discriminator module serves both domains. `semantic_loss` holds the VGG16 weights, read
+  when the models are built, never inside the step's trace."""
+  semantic_loss: SemanticLoss | None = None
+
+
+def make_semantic_loss(loss_config: ml_collections.ConfigDict) -> SemanticLoss | None:
+  """The VGG16 semantic cycle loss from config.loss, or None when lambda_semantic is 0. Its
+  parameters are closed over, so they enter the jitted step as constants."""
+  if loss_config.lambda_semantic <= 0:
+    return None
+  layers = tuple(name.strip() for name in loss_config.semantic_layers.split(','))
+  vgg.check_layers(layers)
+  params = vgg.load_params(loss_config.vgg_path or None)
+  net = vgg.VGG16(layers)
+  return functools.partial(losses.semantic_cycle_loss,
+                           lambda x: net.apply({'params': params}, x),
+                           weight=loss_config.lambda_semantic)
+
+
+def create_models(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                  lr_scale: float = 1.0) -> Models:
+  to_a = config.model.copy_and_resolve_references()
+  to_a.output_nc = config.model.input_nc
+  return Models(generators={'g_ab': generators.create_generator(config.model),
+                            'g_ba': generators.create_generator(to_a)},
+                discriminator=discriminators.create_discriminator(config.model),
+                semantic_loss=make_semantic_loss(config.loss),
+                **optim.create_optimizers(config, steps_per_epoch, lr_scale))
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  if config.loss.get('r1_gamma'):
+    raise ValueError('loss.r1_gamma is a DCGAN option; the CycleGAN step has no R1 penalty.')
+  if config.loss.lambda_semantic > 0:
+    vgg.check_layers(tuple(n.strip() for n in config.loss.semantic_layers.split(',')))
+  to_a = config.model.copy_and_resolve_references()
+  to_a.output_nc = config.model.input_nc
+  generators.create_generator(config.model), generators.create_generator(to_a)
+  base.check_discriminator_output(config, discriminators.create_discriminator(config.model),
+                                  config.model.output_nc)
+
+
+def create_train_state(config: ml_collections.ConfigDict, models: Models,
+                       key: jax.Array) -> base.TrainState:
+  """Fresh parameters for all four networks, optimizer states, empty pools, step 0.
+
+  Built in one jitted function: eager init compiles every op separately (seconds per model).
+  """
+  model = config.model
+  size = config.data.crop_size
+  init_key, step_key = jax.random.split(key)
+  channels = {'a': model.input_nc, 'b': model.output_nc}
+  modules_and_inputs = {'g_ab': (models.generators['g_ab'], 'a'),
+                        'g_ba': (models.generators['g_ba'], 'b'),
+                        'd_a': (models.discriminator, 'a'), 'd_b': (models.discriminator, 'b')}
+
+  @jax.jit
+  def init(init_key):
+    keys = jax.random.split(base.init_key(init_key), len(modules_and_inputs))
+    params, batch_stats = {}, {}
+    for k, (name, (module, domain)) in zip(keys, modules_and_inputs.items()):
+      params[name], batch_stats[name] = base.init_variables(module, k,
+                                                            (size, size, channels[domain]))
+    return (params, batch_stats, models.tx_g.init(_subset(params, GENERATORS)),
+            models.tx_d.init(_subset(params, DISCRIMINATORS)))
+
+  params, batch_stats, opt_state_g, opt_state_d = init(init_key)
+  pools = {d: image_pool.init(config.loss.pool_size, (size, size, channels[d]))
+           for d in ('a', 'b')}
+  return base.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                         opt_state_g=opt_state_g, opt_state_d=opt_state_d, pools=pools,
+                         rng=step_key)
+
+
+class _Networks:
+  """Runs the four networks in training mode for one loss evaluation.
+
+  It threads batch-norm statistics from call to call as successive PyTorch forwards would,
+  and gives every call its own dropout key. One instance lives inside one traced function.
+  """
+
+  def __init__(self, models: Models, params: dict[str, Any], batch_stats: dict[str, Any],
+               key: jax.Array):
+    self.models, self.params, self.batch_stats = models, params, dict(batch_stats)
+    self.key, self.calls = key, 0
+
+  def __call__(self, name: str, x: jax.Array) -> jax.Array:
+    module = self.models.generators.get(name, self.models.discriminator)
+    self.calls += 1
+    y, self.batch_stats[name] = base.apply_train(
+        module, self.params[name], self.batch_stats[name], x,
+        rngs={'dropout': jax.random.fold_in(self.key, self.calls)})
+    return y
+
+
+def _subset(tree: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+  return {name: tree[name] for name in names}
+
+
+def train_step(state: base.TrainState, batch: dict[str, jax.Array], *, models: Models,
+               config: ml_collections.ConfigDict) -> tuple[base.TrainState, dict[str, jax.Array]]:
+  """One CycleGAN update on this device's share of the batch ({'a': [b,H,W,C], 'b': ...}):
+  the generators, then the discriminators on pooled fakes, as the reference."""
+  loss = config.loss
+  mode = loss.gan_mode
+  real_a, real_b = batch['a'], batch['b']
+  key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
+                           jax.lax.axis_index(AXIS_NAME))
+  g_key, d_key, pool_a_key, pool_b_key, gp_key = jax.random.split(key, 5)
+
+  def generator_loss(g_params):
+    net = _Networks(models, {**state.params, **g_params}, state.batch_stats, g_key)
+    fake_b = net('g_ab', real_a)
+    fake_a = net('g_ba', real_b)
+    rec_a, rec_b = net('g_ba', fake_b), net('g_ab', fake_a)
+    terms = {'g_adv_a': losses.generator_gan_loss(net('d_a', fake_a), mode),
+             'g_adv_b': losses.generator_gan_loss(net('d_b', fake_b), mode)}
+    terms['cycle_a'], terms['cycle_b'] = losses.cycle_consistency_loss(
+        real_a, rec_a, real_b, rec_b, loss.lambda_a, loss.lambda_b)
+    if loss.lambda_identity > 0:
+      terms['idt_a'], terms['idt_b'] = losses.identity_loss(
+          real_a, net('g_ba', real_a), real_b, net('g_ab', real_b),
+          loss.lambda_a, loss.lambda_b, loss.lambda_identity)
+    if models.semantic_loss is not None:
+      terms['semantic'] = models.semantic_loss(real_a, rec_a, real_b, rec_b)
+    return sum(terms.values()), (terms, fake_a, fake_b, net.batch_stats)
+
+  g_params = _subset(state.params, GENERATORS)
+  (g_total, (g_terms, fake_a, fake_b, batch_stats)), g_grads = jax.value_and_grad(
+      generator_loss, has_aux=True)(g_params)
+  g_grads = jax.lax.pmean(g_grads, AXIS_NAME)
+  g_params, opt_state_g = base.optimizer_update(models.tx_g, g_grads, state.opt_state_g, g_params)
+
+  pool_a, pooled_a = image_pool.query(state.pools['a'], jax.lax.stop_gradient(fake_a),
+                                      pool_a_key)
+  pool_b, pooled_b = image_pool.query(state.pools['b'], jax.lax.stop_gradient(fake_b),
+                                      pool_b_key)
+
+  def discriminator_loss(d_params):
+    net = _Networks(models, {**state.params, **d_params}, batch_stats, d_key)
+    terms, total = {}, 0.0
+    for domain, real, fake, gp_k in (('a', real_a, pooled_a, gp_key),
+                                     ('b', real_b, pooled_b, jax.random.fold_in(gp_key, 1))):
+      name = f'd_{domain}'
+      pred_real, pred_fake = net(name, real), net(name, fake)
+      terms[name] = losses.discriminator_loss(pred_real, pred_fake, mode)
+      if mode == 'wgangp':
+        terms[f'{name}_gp'] = losses.gradient_penalty(
+            lambda x, name=name: net(name, x), real, fake, gp_k, loss.lambda_gp)
+      terms[f'{name}_real'] = jnp.mean(pred_real)
+      terms[f'{name}_fake'] = jnp.mean(pred_fake)
+      total += terms[name] + terms.get(f'{name}_gp', 0.0)
+    return total, (terms, net.batch_stats)
+
+  d_params = _subset(state.params, DISCRIMINATORS)
+  (d_total, (d_terms, batch_stats)), d_grads = jax.value_and_grad(
+      discriminator_loss, has_aux=True)(d_params)
+  d_grads = jax.lax.pmean(d_grads, AXIS_NAME)
+  d_params, opt_state_d = base.optimizer_update(models.tx_d, d_grads, state.opt_state_d, d_params)
+
+  metrics = {**g_terms, **d_terms, 'g_total': g_total, 'd_total': d_total,
+             'g_grad_norm': optax.tree.norm(g_grads), 'd_grad_norm': optax.tree.norm(d_grads),
+             'lr_g': models.lr_g(state.step), 'lr_d': models.lr_d(state.step)}
+  new_state = state.replace(
+      step=state.step + 1, params={**g_params, **d_params},
+      batch_stats=jax.lax.pmean(batch_stats, AXIS_NAME),
+      opt_state_g=opt_state_g, opt_state_d=opt_state_d, pools={'a': pool_a, 'b': pool_b})
+  return new_state, jax.lax.pmean(metrics, AXIS_NAME)
+
+
+def translate(models: Models, params: dict[str, Any], batch_stats: dict[str, Any], name: str,
+              images: np.ndarray, batch_size: int) -> np.ndarray:
+  """Generator `name` ('g_ab' or 'g_ba') in eval mode over `images`."""
+  return base.apply_in_batches(models.generators[name], params[name], batch_stats[name], images,
+                               batch_size)
+
+
+def make_sampler(config: ml_collections.ConfigDict, models: Models,
+                 data: input_pipeline.Data) -> base.Sampler:
+  """Rows of real | translated | reconstructed for fixed test images of both domains."""
+  real_a, real_b = (data.eval_images(d, config.num_sample_images) for d in 'ab')
+
+  def sample(params, batch_stats):
+    g = lambda name, x: translate(models, params, batch_stats, name, x, len(x))
+    fake_b, fake_a = g('g_ab', real_a), g('g_ba', real_b)
+    return visualize.cycle_grid(real_a, fake_b, g('g_ba', fake_b), real_b, fake_a,
+                                g('g_ab', fake_a))
+
+  return sample
+
+
+def digit_metrics(config: ml_collections.ConfigDict, models: Models, data: input_pipeline.Data,
+                  params: dict[str, Any], batch_stats: dict[str, Any]) -> dict[str, float]:
+  """How well G_BA (or G_AB) keeps the digit of num_digit_eval_images test images."""
+  real, translated = {}, {}
+  for source, _ in digits.translations_into_mnist(config.data):
+    real[source] = data.eval_images(source, config.num_digit_eval_images)
+    translated[source] = translate(models, params, batch_stats,
+                                   {'a': 'g_ab', 'b': 'g_ba'}[source], real[source],
+                                   digits.EVAL_BATCH)
+  return digits.accuracy_of_translations(config, real, translated)
+
+
+def evaluate(config: ml_collections.ConfigDict, models: Models, data: input_pipeline.Data,
+             params: dict[str, Any], batch_stats: dict[str, Any],
+             scorer: fid.Scorer) -> tuple[dict[str, int], dict[str, float]]:
+  """Both directions against the real test images of their target domain: G_AB(test A) against
+  test B, G_BA(test B) against test A; on digits also the digit accuracy of the translations."""
+  real = {d: data.eval_images(d, config.eval.num_images) for d in 'ab'}
+  fake = {'b': translate(models, params, batch_stats, 'g_ab', real['a'], config.eval.batch_size),
+          'a': translate(models, params, batch_stats, 'g_ba', real['b'], config.eval.batch_size)}
+  metrics = {**base.fid_and_kid(scorer, fake['b'], real['b'], 'b', '_a_to_b'),
+             **base.fid_and_kid(scorer, fake['a'], real['a'], 'a', '_b_to_a')}
+  if config.data.source == 'digits':
+    metrics.update(digits.accuracy_of_translations(config, real, {'a': fake['b'], 'b': fake['a']}))
+  return {d: len(real[d]) for d in 'ab'}, metrics
+
+
+def log_columns(scalars: dict[str, float]) -> dict[str, float]:
+  """Seed S0's log columns: Loss_D (both critics), Loss_G (both adversarial terms), Loss_C (both
+  weighted cycle terms)."""
+  return {'Loss_D': scalars['d_total'], 'Loss_G': scalars['g_adv_a'] + scalars['g_adv_b'],
+          'Loss_C': scalars['cycle_a'] + scalars['cycle_b']}
+
+
+FAMILY = base.Family(
+    check_config=check_config, create_models=create_models,
+    create_train_state=create_train_state, train_step=train_step, domains='ab',
+    make_sampler=make_sampler, digit_metrics=digit_metrics, evaluate=evaluate,
+    translators={'AtoB': ('g_ab', 'a'), 'BtoA': ('g_ba', 'b')},
+    loss_groups={
+        'generator': ['g_adv_a', 'g_adv_b', 'cycle_a', 'cycle_b', 'idt_a', 'idt_b', 'semantic'],
+        'discriminator': ['d_a', 'd_b', 'd_a_gp', 'd_b_gp'],
+        'totals': ['g_total', 'd_total']},
+    log_columns=log_columns)
