@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up .venv with the test extras and runs the whole test suite, one test file per worker
-# (TEST_WORKERS, default 2: the suite takes 6.5-17.5 min on 2 cores). Extra arguments go to pytest.
+# (TEST_WORKERS, default 2). Extra arguments go to pytest: -m "not slow" is the fast tier.
 set -euo pipefail
 if [[ "${1:-}" == "--help" ]]; then
   sed -n '2,3p' "$0"; exit 0

@@ -35,7 +35,7 @@ TILE, PAD = 32, 2  # configs/test.py crops; visualize.image_grid's padding.
 NUM_SAMPLE_IMAGES = 2  # configs/test.py
 SCALARS = ('g_total', 'd_a', 'cycle_a', 'lr_g')
 TIMEOUT_S = 400  # Per run; a healthy one takes well under a minute even on 2 busy cores.
-KILLS = 2  # Victims, each killed at its own random moment (0-2 s after its first checkpoint).
+KILLS = 1  # Killed at a random moment 0-2 s after its first checkpoint (perhaps mid-save).
 # Long enough to kill mid-run: checkpoints every 4 steps, no sample grids until the end.
 LONG_RUN = ('--config.num_train_steps=40', '--config.checkpoint_every_steps=4',
             '--config.log_every_steps=2', '--config.sample_every_steps=1000')
