@@ -40,9 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
   model.activation = 'relu'  # Generator activation: relu | leaky_relu.
   model.leaky_slope = 0.2  # Slope when activation is leaky_relu (seed S3 used 0.01).
   model.dtype = 'float32'  # Compute dtype (bfloat16 on TPU); parameters stay float32.
-  # How convs are computed: xla (XLA's own) | cpu (the forms XLA's CPU backend runs fastest,
-  # same results; see cyclegan_jax/convolution.py) | auto (cpu on CPU, xla on GPU/TPU) |
-  # patches (im2col matmuls; what the R1 penalty differentiates twice through on CPU).
+  # ResNet generators: blur-pool downsampling and blur upsampling (Zhang 2019, as CUT's
+  # generator) in place of strided and transposed convs; the same parameters.
+  model.antialias = False
   model.nz = 100  # DCGAN: size of the generator's input noise z.
   model.grey_output = False  # DCGAN: G outputs the mean of its channels (grey data as RGB).
 

@@ -112,3 +112,21 @@ def semantic_cycle_loss(features: Callable[[jax.Array], dict[str, jax.Array]], r
     total += (l1_loss(jax.lax.stop_gradient(f_real_a), f_rec_a)
               + l1_loss(jax.lax.stop_gradient(f_real_b), f_rec_b))
   return weight * total / len(outputs)
+
+
+def patch_nce_loss(feat_q: jax.Array, feat_k: jax.Array, temperature: float = 0.07) -> jax.Array:
+  """PatchNCE (Park et al., "Contrastive Learning for Unpaired Image-to-Image Translation",
+  2020): each query patch of G(x) must pick its own location's key patch of x out of the keys
+  of every location of the same image.
+
+  feat_q, feat_k: [B, P, C], L2-normalised; the keys get no gradient. A query's logits are its
+  positive (its own key) followed by its P negatives (all keys of its image, its own key set to
+  -10 as the reference does), divided by `temperature`. Returns the mean cross-entropy over
+  the B·P queries with the positive as the target.
+  """
+  feat_k = jax.lax.stop_gradient(feat_k)
+  positive = jnp.sum(feat_q * feat_k, -1, keepdims=True)
+  negatives = jnp.einsum('bpc,bqc->bpq', feat_q, feat_k)
+  negatives = jnp.where(jnp.eye(feat_q.shape[1], dtype=bool), -10.0, negatives)
+  logits = jnp.concatenate([positive, negatives], -1) / temperature
+  return -jnp.mean(jax.nn.log_softmax(logits, -1)[..., 0])

@@ -199,3 +199,29 @@ def test_gradient_penalty_evaluates_between_real_and_fake():
   zeros, ones = jnp.zeros((64, 2, 2, 2)), jnp.ones((64, 2, 2, 2))
   penalty = float(losses.gradient_penalty(d, zeros, ones, KEY, lambda_gp=1.0))
   assert 0.0 < penalty < (math.sqrt(8) - 1) ** 2
+
+
+def test_patch_nce_on_hand_made_features():
+  """Two patches of unit vectors e0 and (0.93, sin): q = k, so each positive logit is 1, the
+  other key's is 0.93 and the query's own key among the negatives is set to -10. At τ = 0.07
+  each patch's loss is log(1 + e^((0.93 - 1)/τ) + e^((-10 - 1)/τ)) = log(1 + e^-1 + e^-157)."""
+  q = jnp.array([[[1.0, 0.0], [0.93, math.sqrt(1 - 0.93**2)]]])
+  expected = math.log(1 + math.exp(-1) + math.exp(-11 / 0.07))
+  assert float(losses.patch_nce_loss(q, q)) == pytest.approx(expected, rel=1e-5)
+  assert float(losses.patch_nce_loss(q, q, temperature=1.0)) == pytest.approx(
+      math.log(1 + math.exp(-0.07) + math.exp(-11)), rel=1e-5)
+
+
+def test_patch_nce_means_over_images_and_patches_and_keys_get_no_gradient():
+  """Image 2's query equals its key but for patch order, so every positive is 0 and one negative
+  is 1: loss log(1 + e^(1/τ) + e^(-10/τ)); the mean over the 4 patches of 2 images."""
+  tau = 0.5
+  aligned = jnp.eye(2)[None]
+  swapped = jnp.eye(2)[::-1][None]
+  q, k = jnp.concatenate([aligned, swapped]), jnp.concatenate([aligned, aligned])
+  good = math.log(1 + math.exp(-11 / tau) + math.exp(-1 / tau))
+  bad = math.log(1 + math.exp(1 / tau) + math.exp(-10 / tau))
+  assert float(losses.patch_nce_loss(q, k, tau)) == pytest.approx((good + bad) / 2, rel=1e-5)
+  grad_k = jax.grad(lambda k: losses.patch_nce_loss(q, k, tau))(k)
+  np.testing.assert_array_equal(grad_k, np.zeros_like(k))
+  assert float(jnp.abs(jax.grad(lambda q: losses.patch_nce_loss(q, k, tau))(q)).max()) > 0

@@ -79,6 +79,50 @@ def test_generator_param_counts(name, size, expected):
   assert layers.count_params(abstract_init(model, 1, size, size, 3)['params']) == expected
 
 
+@pytest.mark.parametrize('name, size, expected', [
+    ('resnet_9blocks', 256, 11_378_179), ('resnet_6blocks', 128, 7_837_699)])
+def test_antialiased_resnets_keep_the_reference_param_counts(name, size, expected):
+  """The blurs have no parameters and each replaced conv keeps its kernel shape."""
+  model = generators.create_generator(model_config(generator=name, antialias=True))
+  variables = abstract_init(model, 1, size, size, 3)
+  assert layers.count_params(variables['params']) == expected
+  plain = abstract_init(generators.create_generator(model_config(generator=name)), 1, size, size, 3)
+  shapes = lambda tree: sorted(x.shape for x in jax.tree.leaves(tree))
+  assert shapes(variables) == shapes(plain)  # Each transposed conv's kernel, now a conv's.
+
+
+def test_antialiased_resnet_keeps_the_image_size():
+  model = generators.create_generator(model_config(generator='resnet_2blocks', ngf=8,
+                                                   antialias=True))
+  y, _ = model.init_with_output(KEY, random_images(1, 36, 28, 3))
+  assert y.shape == (1, 36, 28, 3) and float(jnp.abs(y).max()) <= 1 and float(y.std()) > 0
+
+
+def test_blur_downsample_on_a_ramp():
+  """Along W, [0, 4, 8, 12] reflect-padded is [4, 0, 4, 8, 12, 8]; [1, 2, 1] / 4 at stride 2
+  gives (4 + 0 + 4) / 4 = 2 and (4 + 16 + 12) / 4 = 8. Along H the image is constant."""
+  x = jnp.tile(jnp.array([0.0, 4.0, 8.0, 12.0])[None, None, :, None], (1, 4, 1, 2))
+  np.testing.assert_allclose(layers.blur_downsample(x),
+                             np.tile(np.array([2.0, 8.0])[None, None, :, None], (1, 2, 1, 2)))
+  odd = jnp.ones((1, 5, 7, 3))  # Odd sides halve up: 5 → 3, 7 → 4; a constant stays.
+  np.testing.assert_allclose(layers.blur_downsample(odd), np.ones((1, 3, 4, 3)))
+
+
+def test_blur_upsample_on_a_ramp():
+  """Along W, [0, 4] becomes [(0 + 0) / 4, (0 + 4) / 4, (0 + 12) / 4, (12 + 4) / 4] =
+  [0, 1, 3, 4] (edges repeated); along H the constant rows stay constant."""
+  x = jnp.tile(jnp.array([0.0, 4.0])[None, None, :, None], (1, 2, 1, 1))
+  np.testing.assert_allclose(layers.blur_upsample(x),
+                             np.tile(np.array([0.0, 1.0, 3.0, 4.0])[None, None, :, None],
+                                     (1, 4, 1, 1)))
+
+
+def test_antialias_is_for_resnets_only():
+  for name in ('unet_128', 'dcgan'):
+    with pytest.raises(ValueError, match=f"model.antialias is for ResNet generators .*'{name}'"):
+      generators.create_generator(model_config(generator=name, antialias=True))
+
+
 def test_basic_discriminator_param_count():
   model = discriminators.create_discriminator(model_config())
   assert layers.count_params(abstract_init(model, 1, 256, 256, 3)['params']) == 2_764_737

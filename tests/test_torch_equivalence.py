@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cyclegan_jax import convert
+from cyclegan_jax import convert, losses
 from cyclegan_jax.models import discriminators, generators, layers
 
 torch = pytest.importorskip('torch')
@@ -218,3 +218,46 @@ def test_unet_128_matches_torch():
            + [f'ConvTranspose_{i}' for i in range(num_downs)])
   err = compare('unet_128 ngf 8, 128²', ours, t, paths, normal((1, 128, 128, 3)))
   assert err <= TOL
+
+
+# ----------------------------------------------------------------------------------------------
+# CUT's antialiased sampling and PatchNCE, restated in torch from the CUT paper's reference
+# code (taesungp/contrastive-unpaired-translation: Downsample, Upsample, PatchNCELoss).
+
+
+def _torch_blur_filter(taps, channels):
+  a = torch.tensor(taps, dtype=torch.float32)
+  filt = a[:, None] * a[None, :]
+  return (filt / filt.sum())[None, None].repeat(channels, 1, 1, 1)
+
+
+@pytest.mark.parametrize('height, width', [(8, 6), (7, 5)])
+def test_blur_downsample_matches_torch(height, width):
+  x = normal((2, height, width, 3))
+  padded = torch.nn.ReflectionPad2d(1)(to_torch(x))
+  expected = torch.nn.functional.conv2d(padded, _torch_blur_filter([1., 2., 1.], 3), stride=2,
+                                        groups=3)
+  np.testing.assert_allclose(layers.blur_downsample(x), from_torch(expected), atol=TOL)
+
+
+def test_blur_upsample_matches_torch():
+  x = normal((2, 5, 4, 3))
+  padded = torch.nn.ReplicationPad2d(1)(to_torch(x))
+  full = torch.nn.functional.conv_transpose2d(padded, 4 * _torch_blur_filter([1., 3., 3., 1.], 3),
+                                              stride=2, padding=2, groups=3)
+  expected = full[:, :, 1:, 1:][:, :, :-1, :-1]
+  np.testing.assert_allclose(layers.blur_upsample(x), from_torch(expected), atol=TOL)
+
+
+def test_patch_nce_matches_torch():
+  rng = np.random.default_rng(0)
+  q, k = (rng.normal(size=(2, 16, 8)).astype(np.float32) for _ in range(2))
+  q, k = (x / np.linalg.norm(x, axis=-1, keepdims=True) for x in (q, k))
+  tq, tk = torch.from_numpy(q).reshape(-1, 8), torch.from_numpy(k).reshape(-1, 8)
+  positive = (tq * tk).sum(-1, keepdim=True)
+  negative = torch.bmm(tq.view(2, -1, 8), tk.view(2, -1, 8).transpose(2, 1))
+  negative = negative.masked_fill(torch.eye(16, dtype=torch.bool)[None], -10.0).view(-1, 16)
+  logits = torch.cat([positive, negative], 1) / 0.07
+  expected = torch.nn.functional.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long))
+  assert float(losses.patch_nce_loss(jnp.asarray(q), jnp.asarray(k))) == pytest.approx(
+      float(expected), rel=1e-5)

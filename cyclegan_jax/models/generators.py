@@ -68,8 +68,14 @@ class ResnetBlock(_ModelOptions):
 
 
 class ResnetGenerator(_ModelOptions):
-  """Encoder (c7s1-ngf, d2ngf, d4ngf), `n_blocks` residual blocks, decoder (u2ngf, ungf, c7s1-3)."""
+  """Encoder (c7s1-ngf, d2ngf, d4ngf), `n_blocks` residual blocks, decoder (u2ngf, ungf, c7s1-3).
+
+  With `antialias` (CUT's generator), each stride-2 conv becomes a stride-1 conv, norm, act and a
+  blur-pool, and each transposed conv a blur upsampling, then a 3×3 conv, norm and act: the
+  same parameters, without the checkerboard that strided transposed convs leave.
+  """
   n_blocks: int = 9
+  antialias: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -77,12 +83,17 @@ class ResnetGenerator(_ModelOptions):
     x = self.conv(self.ngf, 7, padding=3, pad_mode='reflect')(x)
     x = self.act()(self.norm_layer()(x, train))
     for mult in (2, 4):
-      x = self.conv(self.ngf * mult, 3, stride=2, padding=1)(x)
+      x = self.conv(self.ngf * mult, 3, stride=1 if self.antialias else 2, padding=1)(x)
       x = self.act()(self.norm_layer()(x, train))
+      if self.antialias:
+        x = layers.blur_downsample(x)
     for _ in range(self.n_blocks):
       x = ResnetBlock(features=self.ngf * 4, **self.shared_options())(x, train)
     for mult in (2, 1):
-      x = self.conv_transpose(self.ngf * mult)(x)
+      if self.antialias:
+        x = self.conv(self.ngf * mult, 3, padding=1)(layers.blur_upsample(x))
+      else:
+        x = self.conv_transpose(self.ngf * mult)(x)
       x = self.act()(self.norm_layer()(x, train))
     x = self.conv(self.output_nc, 7, padding=3, pad_mode='reflect', use_bias=True)(x)
     return jnp.tanh(x).astype(jnp.float32)
@@ -184,14 +195,16 @@ def create_generator(model_config: ml_collections.ConfigDict) -> nn.Module:
   name = model_config.generator
   n_blocks = name[len('resnet_'):-len('blocks')]
   if name.startswith('resnet_') and name.endswith('blocks') and n_blocks.isdigit():
-    cls, extra = ResnetGenerator, {'n_blocks': int(n_blocks)}
-  elif name in GENERATORS:
+    cls, extra = ResnetGenerator, {'n_blocks': int(n_blocks), 'antialias': model_config.antialias}
+  elif name not in GENERATORS:
+    raise ValueError(f'unknown generator {name!r}; expected one of {", ".join(GENERATORS)} '
+                     'or resnet_<n>blocks')
+  elif model_config.antialias:
+    raise ValueError(f'model.antialias is for ResNet generators (resnet_<n>blocks), not {name!r}.')
+  else:
     cls, extra = GENERATORS[name]
     if name == 'dcgan':
       extra = {'image_size': model_config.image_size, 'grey': model_config.grey_output}
-  else:
-    raise ValueError(f'unknown generator {name!r}; expected one of {", ".join(GENERATORS)} '
-                     'or resnet_<n>blocks')
   return cls(output_nc=model_config.output_nc, ngf=model_config.ngf, norm=model_config.norm,
              init_type=model_config.init_type, init_gain=model_config.init_gain,
              dropout=model_config.dropout, activation=model_config.activation,

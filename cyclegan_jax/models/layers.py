@@ -133,5 +133,42 @@ class ConvTranspose(nn.Module):
     return y
 
 
+def _blur_down_1d(x: jax.Array, axis: int) -> jax.Array:
+  """[1, 2, 1] / 4 at stride 2 along `axis`, after a reflect pad of 1."""
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (1, 1)
+  x = jnp.pad(x, pad, mode='reflect')
+  n = (x.shape[axis] - 3) // 2 + 1
+  tap = lambda k: jax.lax.slice_in_dim(x, k, k + 2 * n - 1, 2, axis)
+  return (tap(0) + 2 * tap(1) + tap(2)) / 4
+
+
+def blur_downsample(x: jax.Array) -> jax.Array:
+  """CUT's antialiased `Downsample` (Zhang, "Making Convolutional Networks Shift-Invariant
+  Again", 2019): NHWC x reflect-padded by 1, blurred by [1,2,1]⊗[1,2,1]/16 per channel, taken at
+  stride 2. The filter is separable, so it runs as two 1-D passes with no conv and no
+  parameters."""
+  return _blur_down_1d(_blur_down_1d(x, 1), 2)
+
+
+def _blur_up_1d(x: jax.Array, axis: int) -> jax.Array:
+  """Doubles `axis`: output 2i is (x[i-1] + 3 x[i]) / 4 and 2i+1 is (3 x[i] + x[i+1]) / 4, with
+  the edge items repeated: CUT's [1, 3, 3, 1] transposed blur after a replicate pad."""
+  first = jax.lax.slice_in_dim(x, 0, 1, axis=axis)
+  last = jax.lax.slice_in_dim(x, x.shape[axis] - 1, x.shape[axis], axis=axis)
+  before = jnp.concatenate([first, jax.lax.slice_in_dim(x, 0, x.shape[axis] - 1, axis=axis)], axis)
+  after = jnp.concatenate([jax.lax.slice_in_dim(x, 1, x.shape[axis], axis=axis), last], axis)
+  even, odd = (before + 3 * x) / 4, (3 * x + after) / 4
+  stacked = jnp.stack([even, odd], axis + 1)
+  return stacked.reshape(x.shape[:axis] + (2 * x.shape[axis],) + x.shape[axis + 1:])
+
+
+def blur_upsample(x: jax.Array) -> jax.Array:
+  """CUT's antialiased `Upsample`: NHWC x at twice the height and width, the stride-2
+  transposed blur [1,3,3,1]⊗[1,3,3,1]/16 per channel of the replicate-padded input, as two
+  separable 1-D passes (no parameters)."""
+  return _blur_up_1d(_blur_up_1d(x, 1), 2)
+
+
 def count_params(params: Any) -> int:
   return sum(x.size for x in jax.tree.leaves(params))
