@@ -50,22 +50,25 @@ _process_impl = 'auto'  # set_impl; read at trace time through current_impl.
 _override: contextvars.ContextVar[str | None] = contextvars.ContextVar('conv_impl', default=None)
 
 
-def resolve_impl(impl: str) -> str:
-  """'auto' → 'cpu' on the CPU backend, 'xla' on GPU and TPU."""
+def _known(impl: str) -> str:
   if impl not in IMPLS:
     raise ValueError(f'unknown conv_impl {impl!r}; expected one of {", ".join(IMPLS)}')
-  if impl == 'auto':
+  return impl
+
+
+def resolve_impl(impl: str) -> str:
+  """'auto' → 'cpu' on the CPU backend, 'xla' on GPU and TPU."""
+  if _known(impl) == 'auto':
     return 'cpu' if jax.default_backend() == 'cpu' else 'xla'
   return impl
 
 
 def set_impl(impl: str) -> None:
   """Sets this process's conv impl (`--conv_impl`): how this machine computes convs is not part
-  of a model, so it lives in no config, layer or checkpoint."""
+  of a model, so it lives in no config, layer or checkpoint. 'auto' resolves at the first
+  trace: the backend may not exist yet (jax.distributed starts first)."""
   global _process_impl
-  if impl not in IMPLS:  # Refused now, not at the first trace; 'auto' resolves then (the
-    raise ValueError(f'unknown conv_impl {impl!r}; expected one of {", ".join(IMPLS)}')
-  _process_impl = impl  # backend may not exist yet: jax.distributed starts first).
+  _process_impl = _known(impl)
 
 
 def current_impl() -> str:
