@@ -3,28 +3,23 @@
 Every conv the models use goes through `conv_general_dilated`, computed by the impl this process
 chose (`set_impl`, the `--conv_impl` flag; 'auto' picks by backend) or a `using` block:
 - `xla`: `lax.conv_general_dilated` and its automatic derivative, the right choice on GPU/TPU.
-- `cpu`: the same function, arranged for XLA's CPU backend (jaxlib 0.10.2). Per-layer timings
-  on a 2-core AVX-512 machine (`python -m cyclegan_jax.benchmarks.layers`) showed:
-  1. An unpadded (VALID) stride-1 conv, which is what a reflect-padded conv is, runs 3–29×
-     slower than the same conv given a zero padding of 1 to (k − 1)/2; larger paddings are
-     slow again (7×7 64→3 at 262²: 185 ms VALID, 6.4 ms padded). So VALID convs run with one
+- `cpu`: the same function, arranged for XLA's CPU backend (per-layer timings:
+  `python -m cyclegan_jax.benchmarks.layers`; figures in the README's Speed section):
+  1. An unpadded (VALID) stride-1 conv, which is what a reflect-padded conv is, runs several
+     times slower than one with a zero padding of 1 to (k − 1)/2, so VALID convs run with one
      extra zero row and column, cropped away, and wide paddings are applied beforehand.
-  2. The kernel gradient, which XLA computes as a conv of x with dy, runs at 10–100 GFLOP/s at
-     64² and above, where a matmul runs at about 350. There it is computed as matmuls over the
-     kernel taps (3×3 256→256 at 64²: 29 ms vs 96 ms); below about 48² output pixels XLA's own
-     gradients are as fast, and are kept.
+  2. From about 48² output pixels, the kernel gradient (a conv of x with dy in XLA) is computed
+     as matmuls over the kernel taps, which run near the matmul rate; below, XLA's is as fast.
   3. Strided convs take their gradients as stride-1 convs of a space-to-depth input, so the
      two rules above cover them too.
   Results match `xla` to float32 rounding (tests/test_convolution.py); parameters are the same.
 - `patches`: im2col, the kernel taps' strided slices of the padded input concatenated and
   multiplied by the kernel as one matmul. Slower for a plain step, but every derivative of every
   order is again slices, pads and matmuls. Differentiating a strided conv twice (the R1
-  penalty) gives XLA's CPU backend dilated convs, which it fuses with their inputs and runs as
-  naive loops (README, DCGAN: the R1 step was 3× slower). `for_second_derivatives` picks it on
-  CPU.
+  penalty) gives XLA's CPU backend dilated convs that it runs as naive loops (README, DCGAN):
+  `for_second_derivatives` picks `patches` on CPU.
 
-Both take NHWC inputs and HWIO kernels. `conv_transpose` is the stride-s transposed conv as a
-sub-pixel convolution, for either impl.
+All take NHWC inputs and HWIO kernels; `conv_transpose` is a sub-pixel convolution in any impl.
 """
 
 import contextlib
