@@ -12,12 +12,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.batch_size = 1  # Global batch: per-device batch × number of devices.
   config.num_train_steps = -1  # -1: (n_epochs + n_epochs_decay) epochs.
+  # Also stop (with a checkpoint) at the first log step after this many minutes of training in
+  # one session; 0: no limit. For comparisons at equal wall time (configs/methods_demo.py).
+  config.max_train_minutes = 0.0
   config.log_every_steps = 100
   config.checkpoint_every_steps = 1000
   config.sample_every_steps = 1000
   config.keep_checkpoints = 3
   config.num_sample_images = 4  # Images per domain in each sample grid.
-  config.family = 'cyclegan'  # cyclegan | dcgan (unconditional generation from domain A)
+  config.family = 'cyclegan'  # cyclegan | cut (CUT/FastCUT, A → B) | dcgan (generation of A)
   # Start a new run (no checkpoint yet) from reference PyTorch .pth files: G_A → g_ab, G_B →
   # g_ba, D_A → d_b (the reference's D_A judges domain B), D_B → d_a. Empty: fresh init.
   config.init_from_pth = ml_collections.ConfigDict({'g_ab': '', 'g_ba': '', 'd_a': '', 'd_b': ''})
@@ -43,6 +46,9 @@ def get_config() -> ml_collections.ConfigDict:
   # ResNet generators: blur-pool downsampling and blur upsampling (Zhang 2019, as CUT's
   # generator) in place of strided and transposed convs; the same parameters.
   model.antialias = False
+  model.antialias_d = False  # PatchGAN D: the same blur-pool downsampling (CUT's D has it).
+  model.nce_layers = '0,4,8,12,16'  # CUT: G's Sequential entries whose features PatchNCE uses.
+  model.projection_features = 256  # CUT: hidden and output units of F's MLP per NCE layer.
   model.nz = 100  # DCGAN: size of the generator's input noise z.
   model.grey_output = False  # DCGAN: G outputs the mean of its channels (grey data as RGB).
 
@@ -55,6 +61,12 @@ def get_config() -> ml_collections.ConfigDict:
   loss.r1_gamma = 0.0  # DCGAN: weight γ of the R1 penalty γ/2·E‖∇D(real)‖² (0: off).
   loss.r1_every = 1  # Lazy R1: apply it every this many steps, weighted by as many.
   loss.pool_size = 50
+  loss.lambda_gan = 1.0  # CUT: weight of G's adversarial loss.
+  loss.lambda_nce = 1.0  # CUT: weight of PatchNCE(G(x), x).
+  loss.nce_idt = True  # CUT: also PatchNCE(G(y), y), averaged with the first (off in FastCUT).
+  loss.nce_temperature = 0.07  # CUT: τ of PatchNCE.
+  loss.num_patches = 256  # CUT: locations sampled per NCE layer.
+  loss.flip_equivariance = False  # CUT: mirror the input half of the steps (FastCUT).
   # Seed S3's semantic cycle loss: L1 between VGG16 features of x and F(G(x)); 0 turns it off.
   loss.lambda_semantic = 0.0
   loss.semantic_layers = 'relu2_2,relu3_3,relu4_3'  # Mean over these VGG16 layers.
@@ -87,6 +99,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.serial_batches = False  # Pair A and B in order instead of drawing B at random.
   data.strict = False  # Stop on unreadable or too-small files instead of skipping them.
   data.demo_size = 1000  # Images per domain and epoch drawn from the embedded demo set.
+  data.demo_test_size = 200  # Held-out demo crops per domain (the test split).
   data.domain_a = 'mnist'  # Source 'digits': mnist | svhn | mnistm; data.path is their directory.
   data.domain_b = 'svhn'
   data.mnistm_seed = 0  # Which MNIST-M set gets built (its own seed: the data stay fixed).

@@ -1,80 +1,157 @@
-"""Seed S3's ablation: one command trains and evaluates its four variants, then writes a table.
+"""`--mode=ablation`: one command trains and evaluates every variant of a config, then writes a
+table.
 
-    python -m cyclegan_jax.main --mode=ablation --config=configs/ablation_s3.py \
-        --workdir=workdirs/ablation_s3 --config.data.path=/path/to/vangogh2photo.zip
+    python -m cyclegan_jax.main --mode=ablation --config=configs/methods_demo.py \
+        --workdir=workdirs/methods_demo
 
-Each variant trains in workdir/<variant> from the same config (same seed, steps and data) with
-only the generator activation and the semantic loss changed; a finished variant is not
-retrained (its checkpoint is at the last step). The table goes to workdir/ablation_s3.md.
+`config.ablation.variants` maps a variant's name to the settings it changes in the base config
+(nested dicts, merged key by key; e.g. {'model': {'antialias': True}}); everything else, seed
+and data included, is shared. Each variant trains in workdir/<variant>, in a process of its own,
+so its peak memory is its own; then it is scored. A variant that already has its result
+(workdir/<variant>/ablation.json) is not run again. The table goes to
+workdir/<config.ablation.table>.
 """
 
+import json
+import multiprocessing
 from pathlib import Path
+import resource
+import time
+from typing import Any
 
 import ml_collections
 from absl import logging
 
-from cyclegan_jax import evaluation, train
+from cyclegan_jax import evaluation, families, train
 
-# Variant -> (generator activation, semantic cycle loss on), as in seed S3.
-VARIANTS = {'original': ('relu', False), 'leaky_relu': ('leaky_relu', False),
-            'semantic': ('relu', True), 'hybrid': ('leaky_relu', True)}
-# FID that S3 reported for photo -> Van Gogh after its own full training, for reference only.
-S3_REPORTED_FID = {'original': 199.29, 'leaky_relu': 201.94, 'semantic': 192.47,
-                   'hybrid': 189.71}
+RESULT_FILE = 'ablation.json'
+_DIRECTIONS = ('a_to_b', 'b_to_a')
 
 
 def variant_config(config: ml_collections.ConfigDict, name: str,
                    workdir: Path) -> ml_collections.ConfigDict:
-  """The base config with variant `name`'s activation and semantic weight; all variants share
-  one cache of real-image Inception features."""
-  activation, semantic = VARIANTS[name]
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.model.activation = activation
-  config.model.leaky_slope = config.ablation.leaky_slope
-  config.loss.lambda_semantic = config.ablation.lambda_semantic if semantic else 0.0
-  config.eval.stats_dir = config.eval.stats_dir or str(workdir / 'stats')
-  return config
+  """The base config with variant `name`'s settings; all variants share one cache of real-image
+  Inception features."""
+  variant = ml_collections.ConfigDict(config.to_dict())
+  del variant['ablation']
+  variant.update(config.ablation.variants[name].to_dict())
+  variant.eval.stats_dir = config.eval.stats_dir or str(workdir / 'stats')
+  return variant
 
 
-def markdown_table(config: ml_collections.ConfigDict,
-                   results: dict[str, dict[str, float]]) -> str:
-  """S3's table (variant and FID of its direction), with KID and the other direction added."""
+def _changes(overrides: dict[str, Any], base: ml_collections.ConfigDict,
+             prefix: str = '') -> list[str]:
+  """The overrides that differ from `base`: {'model': {'antialias': True}} →
+  ['model.antialias=True']."""
+  out = []
+  for key, value in overrides.items():
+    if isinstance(value, dict):
+      out += _changes(value, base.get(key, ml_collections.ConfigDict()), f'{prefix}{key}.')
+    elif base.get(key) != value:
+      out.append(f'{prefix}{key}={value}')
+  return out
+
+
+def variant_names(config: ml_collections.ConfigDict) -> list[str]:
+  """config.ablation.order (comma-separated) if given, else the variants' names."""
+  order = config.ablation.get('order')
+  names = [n.strip() for n in order.split(',')] if order else list(config.ablation.variants)
+  unknown = sorted(set(names) - set(config.ablation.variants))
+  if unknown or not names:
+    raise ValueError(f'ablation.order names {unknown or "no"} variants; the variants are '
+                     f'{", ".join(config.ablation.variants) or "none"}.')
+  return names
+
+
+def markdown_table(config: ml_collections.ConfigDict, results: dict[str, dict[str, Any]]) -> str:
+  """Per variant: what it changes (its description, or the settings that differ), FID and KID (± its standard deviation over subsets) of the
+  main direction (and of the other where the variant has it), steps trained, s/step and peak
+  memory; and the `reported` note, if the config gives one."""
   main = config.ablation.direction
-  other = 'b_to_a' if main == 'a_to_b' else 'a_to_b'
+  other = [d for d in _DIRECTIONS if d != main][0]
   arrow = lambda d: d.replace('_to_', '→').upper()
-  lines = [f'| Variant | Activation | Semantic loss | FID {arrow(main)} | KID×10³ {arrow(main)} '
-           f'| FID {arrow(other)} | KID×10³ {arrow(other)} | S3 reported FID (not this run) |',
-           '|---|---|---|---|---|---|---|---|']
-  for name, m in results.items():
-    activation, semantic = VARIANTS[name]
-    if activation == 'leaky_relu':
-      activation = f'LeakyReLU {config.ablation.leaky_slope:g}'
-    weight = f'λ={config.ablation.lambda_semantic:g}' if semantic else 'off'
-    lines.append(f'| {name} | {activation} | {weight} | {m[f"fid_{main}"]:.2f} | '
-                 f'{1e3 * m[f"kid_{main}"]:.2f} ± {1e3 * m[f"kid_{main}_std"]:.2f} | '
-                 f'{m[f"fid_{other}"]:.2f} | {1e3 * m[f"kid_{other}"]:.2f} ± '
-                 f'{1e3 * m[f"kid_{other}_std"]:.2f} | {S3_REPORTED_FID[name]} |')
+  has_other = any(f'fid_{other}' in r for r in results.values())
+  reported = config.ablation.get('reported')
+  header = ['Variant', 'Changes', f'FID {arrow(main)}', f'KID×10³ {arrow(main)}']
+  if has_other:
+    header += [f'FID {arrow(other)}', f'KID×10³ {arrow(other)}']
+  header += ['Steps', 's/step', 'Peak memory']
+  if reported:
+    header.append(config.ablation.reported_title)
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  score = lambda r, d: ([f'{r[f"fid_{d}"]:.2f}', f'{1e3 * r[f"kid_{d}"]:.2f} ± '
+                         f'{1e3 * r[f"kid_{d}_std"]:.2f}'] if f'fid_{d}' in r else ['—', '—'])
+  descriptions = config.ablation.get('descriptions') or {}
+  for name, r in results.items():
+    changes = ', '.join(f'`{c}`' for c in _changes(config.ablation.variants[name].to_dict(),
+                                                   config))
+    row = [name, descriptions.get(name) or changes or 'none', *score(r, main)]
+    if has_other:
+      row += score(r, other)
+    row += [str(r['steps']), f'{r["seconds_per_step"]:.3f}', f'{r["peak_rss_mb"] / 1024:.2f} GiB']
+    if reported:
+      row.append(str(reported.get(name, '')))
+    lines.append('| ' + ' | '.join(row) + ' |')
   return '\n'.join(lines) + '\n'
 
 
+def _train_in_child(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Trains one variant (in a fresh process) and writes its steps, s/step and peak RSS."""
+  logging.use_absl_handler()
+  logging.set_verbosity(logging.INFO)
+  run = train.Run(config, workdir)
+  try:
+    start = run.initial_state()
+    first = int(start.step[0])
+    began = time.monotonic()
+    state = run.train(start)
+  finally:
+    run.close()
+  steps = int(state.step[0]) - first
+  stats = {'steps': int(state.step[0]),
+           'seconds_per_step': (time.monotonic() - began) / max(steps, 1),
+           'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+  (Path(workdir) / 'train_stats.json').write_text(json.dumps(stats) + '\n')
+
+
+def _run_variant(variant: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
+  process = multiprocessing.get_context('spawn').Process(target=_train_in_child,
+                                                         args=(variant, str(workdir)))
+  process.start()
+  process.join()
+  if process.exitcode != 0:
+    raise RuntimeError(f'ablation variant in {workdir} failed (exit code {process.exitcode}); '
+                       'its log is above.')
+  stats = json.loads((workdir / 'train_stats.json').read_text())
+  return {**stats, **evaluation.evaluate(variant, str(workdir))}
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Trains and evaluates every variant in config.ablation.variants; returns the table."""
+  """Trains and evaluates every variant of config.ablation.variants; returns the table."""
   if 'ablation' not in config:
     raise ValueError('--mode=ablation needs a config with an `ablation` section, e.g. '
-                     'configs/ablation_s3.py.')
-  names = [n.strip() for n in config.ablation.variants.split(',')]
-  unknown = [n for n in names if n not in VARIANTS]
-  if unknown or config.ablation.direction not in ('a_to_b', 'b_to_a'):
-    raise ValueError(f'ablation.variants {unknown} / direction {config.ablation.direction!r}: '
-                     f'expected variants from {", ".join(VARIANTS)} and a_to_b or b_to_a.')
+                     'configs/ablation_s3.py or configs/methods_demo.py.')
+  if config.ablation.direction not in _DIRECTIONS:
+    raise ValueError(f'ablation.direction={config.ablation.direction!r}: expected a_to_b or '
+                     'b_to_a.')
   workdir = Path(workdir)
+  variants = {name: variant_config(config, name, workdir) for name in variant_names(config)}
+  for name, variant in variants.items():
+    try:
+      families.check_config(variant)
+    except ValueError as e:
+      raise ValueError(f'ablation variant {name!r}: {e}') from None
   results = {}
-  for name in names:
-    variant = variant_config(config, name, workdir)
-    logging.info('ablation variant %s: training in %s', name, workdir / name)
-    train.train_and_evaluate(variant, str(workdir / name))
-    results[name] = evaluation.evaluate(variant, str(workdir / name))
+  for name, variant in variants.items():
+    result_file = workdir / name / RESULT_FILE
+    if result_file.exists():
+      logging.info('ablation variant %s: done before (%s)', name, result_file)
+    else:
+      logging.info('ablation variant %s: training in %s', name, workdir / name)
+      result_file.parent.mkdir(parents=True, exist_ok=True)
+      result_file.write_text(json.dumps(_run_variant(variant, workdir / name), indent=2) + '\n')
+    results[name] = json.loads(result_file.read_text())
   table = markdown_table(config, results)
-  (workdir / 'ablation_s3.md').write_text(table)
-  logging.info('ablation table (%s):\n%s', workdir / 'ablation_s3.md', table)
+  (workdir / config.ablation.table).write_text(table)
+  logging.info('ablation table (%s):\n%s', workdir / config.ablation.table, table)
   return table

@@ -9,6 +9,7 @@ config.family picks the models, step, sample grids and scores (families/); the l
 import functools
 import os
 import signal
+import time
 import threading
 from typing import Any
 
@@ -207,14 +208,17 @@ class Run:
     progress = lambda: periodic_actions.ReportProgress(  # It counts steps forwards only.
         num_train_steps=self.num_steps, writer=self.writer, every_steps=config.log_every_steps)
     report = progress()
+    deadline = time.monotonic() + 60 * config.max_train_minutes
+    out_of_time = False
     with StopRequest() as stop:
-      while step < self.num_steps and not stop.stopping:
+      while step < self.num_steps and not stop.stopping and not out_of_time:
         state, step_metrics = p_step(state, next(batches))
         step += 1
         stop.check(step)
         self.metrics.add(step, step_metrics)
         report(step)
-        last = step == self.num_steps
+        out_of_time = step % config.log_every_steps == 0 and _past(deadline, config)
+        last = step == self.num_steps or out_of_time
         if step % config.log_every_steps == 0 or last:
           if self.guard.check(step, self.log(step)) == 'rollback':
             state = self.roll_back()
@@ -232,11 +236,25 @@ class Run:
       if stop.stopping:
         logging.warning('%s received: saved step %d; run the same command to resume.',
                         stop.received, step)
+      if out_of_time:
+        logging.info('max_train_minutes=%g reached: stopped and saved at step %d.',
+                     config.max_train_minutes, step)
     if self.is_chief and (self.workdir / 'loss_history.csv').exists():
       visualize.plot_loss_curves(visualize.read_csv(self.workdir / 'loss_history.csv'),
                                  self.workdir / 'loss_curves.png', self.family.loss_groups)
     self.writer.flush()
     return state
+
+
+def _past(deadline: float, config: ml_collections.ConfigDict) -> bool:
+  """Whether config.max_train_minutes (if set) have passed; with several processes, process 0's
+  clock decides for all, so they stop at the same step."""
+  if config.max_train_minutes <= 0:
+    return False
+  late = time.monotonic() > deadline
+  if jax.process_count() > 1:
+    late = bool(multihost_utils.broadcast_one_to_all(np.asarray(late)))
+  return late
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:

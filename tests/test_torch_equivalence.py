@@ -261,3 +261,43 @@ def test_patch_nce_matches_torch():
   expected = torch.nn.functional.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long))
   assert float(losses.patch_nce_loss(jnp.asarray(q), jnp.asarray(k))) == pytest.approx(
       float(expected), rel=1e-5)
+
+
+def test_patch_sampling_projection_and_nce_match_torch():
+  """CUT's calculate_NCE_loss from given feature maps: PatchSampleF (the same locations for
+  query and key, an MLP per layer, L2 norm) then PatchNCE per layer, λ·mean over layers."""
+  from cyclegan_jax.families import cut
+  from cyclegan_jax.models import projection
+  rng = np.random.default_rng(0)
+  channels, lambda_nce = (3, 8, 16), 2.0
+  feats_q = [rng.normal(size=(2, 6, 5, c)).astype(np.float32) for c in channels]
+  feats_k = [rng.normal(size=(2, 6, 5, c)).astype(np.float32) for c in channels]
+  ids = [rng.permutation(30)[:12] for _ in channels]
+  head = projection.PatchProjection(features=32)
+  params = head.init(jax.random.key(0), [jnp.zeros((1, 1, c)) for c in channels])['params']
+  q = head.apply({'params': params}, cut._patches([jnp.asarray(f) for f in feats_q], ids))
+  k = head.apply({'params': params}, cut._patches([jnp.asarray(f) for f in feats_k], ids))
+  ours = lambda_nce * sum(losses.patch_nce_loss(a, b) for a, b in zip(q, k)) / len(channels)
+
+  def torch_mlp(layer, x):
+    dense = lambda i: (torch.from_numpy(np.asarray(params[f'Dense_{2 * layer + i}']['kernel']).T),
+                       torch.from_numpy(np.asarray(params[f'Dense_{2 * layer + i}']['bias'])))
+    (w0, b0), (w1, b1) = dense(0), dense(1)
+    y = torch.nn.functional.linear(torch.relu(torch.nn.functional.linear(x, w0, b0)), w1, b1)
+    return y / (y.pow(2).sum(1, keepdim=True).pow(0.5) + 1e-7)
+
+  def sample(layer, feat):  # PatchSampleF: NCHW → [B·P, C] at the given locations.
+    flat = to_torch(feat).permute(0, 2, 3, 1).flatten(1, 2)
+    return torch_mlp(layer, flat[:, torch.from_numpy(ids[layer])].flatten(0, 1))
+
+  total = 0.0
+  for layer in range(len(channels)):
+    tq, tk = sample(layer, feats_q[layer]), sample(layer, feats_k[layer]).detach()
+    positive = (tq * tk).sum(1, keepdim=True)
+    dim = tq.shape[1]
+    negative = torch.bmm(tq.view(2, -1, dim), tk.view(2, -1, dim).transpose(2, 1))
+    negative = negative.masked_fill(torch.eye(12, dtype=torch.bool)[None], -10.0).view(-1, 12)
+    logits = torch.cat([positive, negative], 1) / 0.07
+    total += (torch.nn.functional.cross_entropy(
+        logits, torch.zeros(len(logits), dtype=torch.long), reduction='none') * lambda_nce).mean()
+  assert float(ours) == pytest.approx(float(total / len(channels)), rel=1e-5)

@@ -524,6 +524,7 @@ def test_config_problems_are_named_together_before_any_work():
   assert lines[2] == "  unknown lr_policy 'plateau'; expected one of linear, step, cosine, constant"
   assert lines[3] == ("  eval_every_steps=100 scores digits during training: it needs data.source "
                       "digits (not 'demo'), or 0 for off.")
-  config.family = 'cut'
-  with pytest.raises(ValueError, match=r"config.family='cut'; expected one of cyclegan, dcgan."):
+  config.family = 'cutgan'
+  with pytest.raises(ValueError,
+                     match=r"config.family='cutgan'; expected one of cyclegan, cut, dcgan."):
     families.check_config(config)

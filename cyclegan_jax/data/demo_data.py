@@ -57,18 +57,21 @@ def _shrunk(image: Image.Image, short_side: int) -> np.ndarray:
   return np.asarray(image)
 
 
-def demo_domain(domain: str, size: int, crop_size: int, seed: int) -> image_files.Domain:
-  """`size` square crops of the pictures, resized to crop_size; item i is fixed by (seed, i).
+def demo_domain(domain: str, size: int, crop_size: int, seed: int,
+                split: str = 'train') -> image_files.Domain:
+  """`size` square crops of the pictures, resized to crop_size; item i is fixed by (seed, split,
+  i). The test split's crops are drawn apart from the train split's: held-out crops of the
+  same pictures.
 
   Photos take turns (item i comes from photo i mod count); crop size and place are random.
   The pictures are decoded once and held in memory (a few MB); crops are cut on demand.
   """
   files = bundled_files(domain)
   pictures = [_shrunk(image_files.decode(f.read_bytes()), 2 * crop_size) for f in files]
-  tag = 'ab'.index(domain)
+  stream = [seed, _DEMO_STREAM, 'ab'.index(domain)] + ([] if split == 'train' else [1])
 
   def load(i: int) -> Image.Image:
-    rng = np.random.default_rng([seed, _DEMO_STREAM, tag, i])
+    rng = np.random.default_rng(stream + [i])
     picture = pictures[i % len(pictures)]
     h, w = picture.shape[:2]
     side = int(min(h, w) * rng.uniform(_MIN_CROP_FRACTION, 1.0))
@@ -77,7 +80,8 @@ def demo_domain(domain: str, size: int, crop_size: int, seed: int) -> image_file
     return crop.resize((crop_size, crop_size), Image.Resampling.BICUBIC)
 
   def describe(i: int) -> str:
-    return f'demo {domain.upper()} item {i} (a crop of {files[i % len(files)].name})'
+    return f'demo {split} {domain.upper()} item {i} (a crop of {files[i % len(files)].name})'
 
   names = ', '.join(f.name for f in files)
-  return image_files.Domain(f'demo domain {domain.upper()} ({names})', size, load, describe)
+  return image_files.Domain(f'demo {split} domain {domain.upper()} ({names})', size, load,
+                            describe)

@@ -74,9 +74,8 @@ def _domain(config, domain: str, split: str) -> image_files.Domain | None:
   folder = {('a', 'train'): data.dir_a, ('b', 'train'): data.dir_b,
             ('a', 'test'): data.test_dir_a, ('b', 'test'): data.test_dir_b}[domain, split]
   if data.source == 'demo':
-    if split == 'test':
-      return None
-    result = demo_data.demo_domain(domain, data.demo_size, data.crop_size, config.seed)
+    result = demo_data.demo_domain(domain, data.demo_size if split == 'train' else
+                                   data.demo_test_size, data.crop_size, config.seed, split)
   elif data.source == 'folders':
     store = image_files.open_store(data.path)
     if split == 'test' and image_files.find_folder(store, folder) is None:
@@ -218,7 +217,7 @@ class Data:
     """The first `num` usable images of a split (-1: all), [num, crop, crop, 3] float32 in [-1, 1].
 
     Deterministic (centre crop, no flip) and the same on every host. Without a test split (the
-    demo, a folder without testA) it logs that and uses the train split.
+    folder without testA) it logs that and uses the train split.
     """
     if domain not in ('a', 'b') or split not in ('train', 'test'):
       raise ValueError(f"domain must be 'a' or 'b' and split 'train' or 'test', got {domain!r}, "

@@ -8,9 +8,9 @@ import ml_collections
 
 from cyclegan_jax import optim, parallel
 from cyclegan_jax.data import input_pipeline
-from cyclegan_jax.families import base, cyclegan, dcgan
+from cyclegan_jax.families import base, cut, cyclegan, dcgan
 
-FAMILIES = {'cyclegan': cyclegan.FAMILY, 'dcgan': dcgan.FAMILY}
+FAMILIES = {'cyclegan': cyclegan.FAMILY, 'cut': cut.FAMILY, 'dcgan': dcgan.FAMILY}
 
 
 def get(config: ml_collections.ConfigDict) -> base.Family:

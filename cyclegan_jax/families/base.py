@@ -103,11 +103,32 @@ def variables(params: Any, batch_stats: Any) -> dict[str, Any]:
 
 
 def apply_train(module: nn.Module, params: Any, batch_stats: Any, x: jax.Array,
-                rngs: dict[str, jax.Array] | None = None) -> tuple[jax.Array, Any]:
+                rngs: dict[str, jax.Array] | None = None, **kwargs) -> tuple[Any, Any]:
   """One training-mode forward: (output, updated batch statistics)."""
   y, mutated = module.apply(variables(params, batch_stats), x, train=True,
-                            mutable=['batch_stats'], rngs=rngs)
+                            mutable=['batch_stats'], rngs=rngs, **kwargs)
   return y, mutated.get('batch_stats', batch_stats)
+
+
+class Networks:
+  """Runs a family's networks in training mode for one loss evaluation.
+
+  It threads batch-norm statistics from call to call as successive PyTorch forwards would,
+  and gives every call its own dropout key. One instance lives inside one traced function.
+  """
+
+  def __init__(self, modules: Mapping[str, nn.Module], params: dict[str, Any],
+               batch_stats: dict[str, Any], key: jax.Array):
+    self.modules, self.params, self.batch_stats = modules, params, dict(batch_stats)
+    self.key, self.calls = key, 0
+
+  def __call__(self, name: str, x: jax.Array, **kwargs) -> Any:
+    """Tree `name`'s module on x (kwargs go to the module, e.g. feature_layers)."""
+    self.calls += 1
+    y, self.batch_stats[name] = apply_train(
+        self.modules[name], self.params[name], self.batch_stats[name], x,
+        rngs={'dropout': jax.random.fold_in(self.key, self.calls)}, **kwargs)
+    return y
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))

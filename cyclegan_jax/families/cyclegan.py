@@ -11,6 +11,7 @@ import dataclasses
 import functools
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -108,25 +109,9 @@ def create_train_state(config: ml_collections.ConfigDict, models: Models,
                          rng=step_key)
 
 
-class _Networks:
-  """Runs the four networks in training mode for one loss evaluation.
-
-  It threads batch-norm statistics from call to call as successive PyTorch forwards would,
-  and gives every call its own dropout key. One instance lives inside one traced function.
-  """
-
-  def __init__(self, models: Models, params: dict[str, Any], batch_stats: dict[str, Any],
-               key: jax.Array):
-    self.models, self.params, self.batch_stats = models, params, dict(batch_stats)
-    self.key, self.calls = key, 0
-
-  def __call__(self, name: str, x: jax.Array) -> jax.Array:
-    module = self.models.generators.get(name, self.models.discriminator)
-    self.calls += 1
-    y, self.batch_stats[name] = base.apply_train(
-        module, self.params[name], self.batch_stats[name], x,
-        rngs={'dropout': jax.random.fold_in(self.key, self.calls)})
-    return y
+def _modules(models: Models) -> dict[str, nn.Module]:
+  """Each tree's module: one discriminator module judges both domains."""
+  return {**models.generators, 'd_a': models.discriminator, 'd_b': models.discriminator}
 
 
 def _subset(tree: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
@@ -145,7 +130,8 @@ def train_step(state: base.TrainState, batch: dict[str, jax.Array], *, models: M
   g_key, d_key, pool_a_key, pool_b_key, gp_key = jax.random.split(key, 5)
 
   def generator_loss(g_params):
-    net = _Networks(models, {**state.params, **g_params}, state.batch_stats, g_key)
+    net = base.Networks(_modules(models), {**state.params, **g_params}, state.batch_stats,
+                        g_key)
     fake_b = net('g_ab', real_a)
     fake_a = net('g_ba', real_b)
     rec_a, rec_b = net('g_ba', fake_b), net('g_ab', fake_a)
@@ -173,7 +159,7 @@ def train_step(state: base.TrainState, batch: dict[str, jax.Array], *, models: M
                                       pool_b_key)
 
   def discriminator_loss(d_params):
-    net = _Networks(models, {**state.params, **d_params}, batch_stats, d_key)
+    net = base.Networks(_modules(models), {**state.params, **d_params}, batch_stats, d_key)
     terms, total = {}, 0.0
     for domain, real, fake, gp_k in (('a', real_a, pooled_a, gp_key),
                                      ('b', real_b, pooled_b, jax.random.fold_in(gp_key, 1))):

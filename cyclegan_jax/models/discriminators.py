@@ -34,15 +34,22 @@ class _Critic(nn.Module):
 
 
 class PatchDiscriminator(_Critic):
-  """The PatchGAN: n_layers=3 is the 70×70 `basic` D (256² → 30×30 logits)."""
+  """The PatchGAN: n_layers=3 is the 70×70 `basic` D (256² → 30×30 logits).
+
+  With `antialias` (CUT's D) each stride-2 conv runs at stride 1 and is followed, after its
+  norm and activation, by a blur-pool of stride 2: the same parameters (256² → 29×29 logits).
+  """
   n_layers: int = 3
+  antialias: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    stride = 1 if self.antialias else 2
+    blur = layers.blur_downsample if self.antialias else lambda y: y
     x = x.astype(self.dtype)
-    x = nn.leaky_relu(self.conv(self.ndf, 4, 2, 1, use_bias=True)(x), 0.2)
+    x = blur(nn.leaky_relu(self.conv(self.ndf, 4, stride, 1, use_bias=True)(x), 0.2))
     for n in range(1, self.n_layers):
-      x = self.norm_act(self.conv(self.ndf * min(2**n, 8), 4, 2, 1)(x), train)
+      x = blur(self.norm_act(self.conv(self.ndf * min(2**n, 8), 4, stride, 1)(x), train))
     x = self.norm_act(self.conv(self.ndf * min(2**self.n_layers, 8), 4, 1, 1)(x), train)
     return self.conv(1, 4, 1, 1, use_bias=True)(x).astype(jnp.float32)
 
@@ -103,10 +110,12 @@ def create_discriminator(model_config: ml_collections.ConfigDict) -> nn.Module:
   name = model_config.discriminator
   common = dict(ndf=model_config.ndf, norm=model_config.norm, init_type=model_config.init_type,
                 init_gain=model_config.init_gain, dtype=jnp.dtype(model_config.dtype))
-  if name == 'basic':
-    return PatchDiscriminator(n_layers=3, **common)
-  if name == 'n_layers':
-    return PatchDiscriminator(n_layers=model_config.n_layers_d, **common)
+  if name in ('basic', 'n_layers'):
+    return PatchDiscriminator(n_layers=3 if name == 'basic' else model_config.n_layers_d,
+                              antialias=model_config.antialias_d, **common)
+  if model_config.antialias_d:
+    raise ValueError(f'model.antialias_d is for PatchGAN discriminators (basic, n_layers), not '
+                     f'{name!r}.')
   if name == 'pixel':
     return PixelDiscriminator(**common)
   if name == 'conv4':

@@ -3,7 +3,9 @@
 Flax modules used only through `init`/`apply`; they know nothing of devices, data or files.
 """
 
+from collections.abc import Callable
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -73,30 +75,49 @@ class ResnetGenerator(_ModelOptions):
   With `antialias` (CUT's generator), each stride-2 conv becomes a stride-1 conv, norm, act and a
   blur-pool, and each transposed conv a blur upsampling, then a 3×3 conv, norm and act: the
   same parameters, without the checkerboard that strided transposed convs leave.
+
+  The layers run as the entries of the reference's `nn.Sequential`, so `feature_layers` (CUT's
+  nce_layers) index the same tensors as there: 0 is the reflect-padded input, 4 the first
+  down conv's output, 12 the first residual block's (with antialias).
   """
   n_blocks: int = 9
   antialias: bool = False
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-    x = x.astype(self.dtype)
-    x = self.conv(self.ngf, 7, padding=3, pad_mode='reflect')(x)
-    x = self.act()(self.norm_layer()(x, train))
+  def _sequential(self, train: bool) -> list[Callable[[jax.Array], jax.Array]]:
+    reflect = lambda x: jnp.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)), mode='reflect')
+    norm_act = lambda: [functools.partial(self.norm_layer(), train=train), self.act()]
+    entries = [reflect, self.conv(self.ngf, 7), *norm_act()]
     for mult in (2, 4):
-      x = self.conv(self.ngf * mult, 3, stride=1 if self.antialias else 2, padding=1)(x)
-      x = self.act()(self.norm_layer()(x, train))
-      if self.antialias:
-        x = layers.blur_downsample(x)
-    for _ in range(self.n_blocks):
-      x = ResnetBlock(features=self.ngf * 4, **self.shared_options())(x, train)
+      entries += [self.conv(self.ngf * mult, 3, stride=1 if self.antialias else 2, padding=1),
+                  *norm_act()] + ([layers.blur_downsample] if self.antialias else [])
+    entries += [functools.partial(ResnetBlock(features=self.ngf * 4, **self.shared_options()),
+                                  train=train) for _ in range(self.n_blocks)]
     for mult in (2, 1):
       if self.antialias:
-        x = self.conv(self.ngf * mult, 3, padding=1)(layers.blur_upsample(x))
+        entries += [layers.blur_upsample, self.conv(self.ngf * mult, 3, padding=1)]
       else:
-        x = self.conv_transpose(self.ngf * mult)(x)
-      x = self.act()(self.norm_layer()(x, train))
-    x = self.conv(self.output_nc, 7, padding=3, pad_mode='reflect', use_bias=True)(x)
-    return jnp.tanh(x).astype(jnp.float32)
+        entries += [self.conv_transpose(self.ngf * mult)]
+      entries += norm_act()
+    return entries + [reflect, self.conv(self.output_nc, 7, use_bias=True), jnp.tanh]
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True,
+               feature_layers: tuple[int, ...] = ()) -> jax.Array | list[jax.Array]:
+    """The translated image; with `feature_layers`, the outputs of those Sequential entries
+    instead, computed only as far as the last of them."""
+    entries = self._sequential(train)
+    if feature_layers and not all(0 <= i < len(entries) for i in feature_layers):
+      raise ValueError(f'feature layers {list(feature_layers)}: this generator has Sequential '
+                       f'entries 0..{len(entries) - 1}.')
+    x = x.astype(self.dtype)
+    features = []
+    for index, entry in enumerate(entries):
+      x = entry(x)
+      if index in feature_layers:
+        features.append(x)
+        if len(features) == len(feature_layers):
+          return features
+    return x.astype(jnp.float32)
 
 
 class UnetGenerator(_ModelOptions):
