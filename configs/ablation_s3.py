@@ -26,7 +26,7 @@ def get_config(base: str = 'vangogh2photo'):
   if base not in ('vangogh2photo', 'demo'):
     raise ValueError(f'ablation_s3 base {base!r}: expected vangogh2photo or demo.')
   if base == 'demo':
-    config = demo.get_config()
+    config = demo.get_config('cyclegan')
     config.num_train_steps = 200
     config.checkpoint_every_steps = 200
     config.sample_every_steps = 200

@@ -16,9 +16,9 @@ from configs import cut, demo
 
 
 def get_config():
-  config = demo.get_config()
+  config = demo.get_config('cyclegan')
   config.num_train_steps = 1_000_000  # The time limit ends each run.
-  config.max_train_minutes = 5.0
+  config.max_train_minutes = 8.0
   config.optim.lr_policy = 'constant'
   config.checkpoint_every_steps = 500
   config.sample_every_steps = 500
@@ -30,7 +30,7 @@ def get_config():
       'cut': cut.cut_overrides(), 'fastcut': cut.cut_overrides(fast=True)})
   config.ablation.order = 'cyclegan,cyclegan_antialias,cut,fastcut'
   config.ablation.descriptions = ml_collections.ConfigDict({
-      'cyclegan': 'CycleGAN (configs/demo.py)',
+      'cyclegan': 'CycleGAN (`configs/demo.py:cyclegan`)',
       'cyclegan_antialias': 'CycleGAN, `model.antialias=True`',
       'cut': 'CUT (`configs/cut.py` settings)',
       'fastcut': 'FastCUT (`configs/fastcut.py` settings)'})

@@ -26,7 +26,7 @@ _MODE = flags.DEFINE_enum(
     'samples, and on digits how clear they are); ablation: run a '
     'config\'s ablation (train + evaluate); translate: a workdir\'s generator on --input.')
 _DIRECTION = flags.DEFINE_enum('direction', 'AtoB', ['AtoB', 'BtoA'],
-                               'translate: G_AB (AtoB) or G_BA (BtoA).')
+                               'translate: CycleGAN G_AB (AtoB) or G_BA (BtoA); CUT: AtoB only.')
 _INPUT = flags.DEFINE_string('input', None, 'translate: an image, a folder or a zip.')
 _OUTPUT = flags.DEFINE_string('output', None, 'translate: folder for the PNGs.')
 _DISTRIBUTED = flags.DEFINE_bool(

@@ -45,7 +45,7 @@ class Report:
 
 def load_translator(workdir: str, direction: str, step: int | None = None) -> Translator:
   """The generator for `direction` of the latest (or given) checkpoint in `workdir`, in eval
-  mode, as its family names it (CycleGAN: AtoB is G_AB, BtoA is G_BA).
+  mode, as its family names it (CycleGAN: AtoB is G_AB, BtoA is G_BA; CUT: AtoB is G).
 
   The networks are built from the config stored with the checkpoint, so no config is needed.
   """

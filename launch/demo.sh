@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up .venv and trains the offline demo (photos ↔ The Starry Night) on this machine.
+# Sets up .venv and trains the offline demo (photos → The Starry Night, CUT) on this machine.
 # Extra arguments go to cyclegan_jax.main, e.g. --config.num_train_steps=200.
 # Settings: WORKDIR (default workdirs/demo).
 set -euo pipefail

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import ablation_s3, test as test_config
+from configs import ablation_s3, methods_demo, test as test_config
 from cyclegan_jax import ablation, evaluation
 from cyclegan_jax.data import input_pipeline
 from cyclegan_jax.families import cyclegan
@@ -59,36 +59,72 @@ def test_evaluate_without_checkpoint_says_so(tmp_path):
 
 def test_ablation_variants_differ_only_in_activation_and_semantic_loss(tmp_path):
   base = ablation_s3.get_config('demo')
-  configs = {name: ablation.variant_config(base, name, tmp_path) for name in ablation.VARIANTS}
+  configs = {name: ablation.variant_config(base, name, tmp_path)
+             for name in ablation.variant_names(base)}
+  assert list(configs) == ['original', 'leaky_relu', 'semantic', 'hybrid']
   assert {n: (c.model.activation, c.model.leaky_slope, c.loss.lambda_semantic)
           for n, c in configs.items()} == {
-              'original': ('relu', 0.01, 0.0), 'leaky_relu': ('leaky_relu', 0.01, 0.0),
-              'semantic': ('relu', 0.01, 1.0), 'hybrid': ('leaky_relu', 0.01, 1.0)}
+              'original': ('relu', 0.2, 0.0), 'leaky_relu': ('leaky_relu', 0.01, 0.0),
+              'semantic': ('relu', 0.2, 1.0), 'hybrid': ('leaky_relu', 0.01, 1.0)}
   for c in configs.values():
     assert (c.seed, c.num_train_steps) == (base.seed, base.num_train_steps)
     assert c.eval.stats_dir == str(tmp_path / 'stats')  # One cache of real features for all.
+    assert 'ablation' not in c
 
 
-def test_ablation_table_has_s3s_form():
+def test_method_variants_are_the_four_methods(tmp_path):
+  base = methods_demo.get_config()
+  configs = {name: ablation.variant_config(base, name, tmp_path)
+             for name in ablation.variant_names(base)}
+  assert {n: (c.family, c.model.antialias, c.loss.lambda_nce, c.loss.nce_idt,
+              c.loss.flip_equivariance) for n, c in configs.items()} == {
+                  'cyclegan': ('cyclegan', False, 1.0, True, False),
+                  'cyclegan_antialias': ('cyclegan', True, 1.0, True, False),
+                  'cut': ('cut', True, 1.0, True, False),
+                  'fastcut': ('cut', True, 10.0, False, True)}
+  assert all(c.max_train_minutes == base.max_train_minutes for c in configs.values())
+
+
+def _row(f, other=True):
+  row = {'fid_a_to_b': f, 'kid_a_to_b': 0.0123, 'kid_a_to_b_std': 0.0004, 'steps': 200,
+         'seconds_per_step': 0.25, 'peak_rss_mb': 2048.0}
+  if other:
+    row.update({'fid_b_to_a': 2 * f, 'kid_b_to_a': 0.5, 'kid_b_to_a_std': 0.01})
+  return row
+
+
+def test_ablation_table_names_the_changes_and_the_reported_figures():
   config = ablation_s3.get_config('demo')
-  row = lambda f: {'fid_a_to_b': f, 'kid_a_to_b': 0.0123, 'kid_a_to_b_std': 0.0004,
-                   'fid_b_to_a': 2 * f, 'kid_b_to_a': 0.5, 'kid_b_to_a_std': 0.01}
-  table = ablation.markdown_table(config, {'original': row(100.0), 'hybrid': row(90.5)})
+  table = ablation.markdown_table(config, {'original': _row(100.0), 'hybrid': _row(90.5)})
   assert table.splitlines() == [
-      '| Variant | Activation | Semantic loss | FID A→B | KID×10³ A→B | FID B→A | KID×10³ B→A '
-      '| S3 reported FID (not this run) |',
-      '|---|---|---|---|---|---|---|---|',
-      '| original | relu | off | 100.00 | 12.30 ± 0.40 | 200.00 | 500.00 ± 10.00 | 199.29 |',
-      '| hybrid | LeakyReLU 0.01 | λ=1 | 90.50 | 12.30 ± 0.40 | 181.00 | 500.00 ± 10.00 '
-      '| 189.71 |']
+      '| Variant | Changes | FID A→B | KID×10³ A→B | FID B→A | KID×10³ B→A | Steps | s/step '
+      '| Peak memory | S3 reported FID (not this run) |',
+      '|---|---|---|---|---|---|---|---|---|---|',
+      '| original | none | 100.00 | 12.30 ± 0.40 | 200.00 | 500.00 ± 10.00 | 200 | 0.250 '
+      '| 2.00 GiB | 199.29 |',
+      '| hybrid | `loss.lambda_semantic=1.0`, `model.activation=leaky_relu`, '
+      '`model.leaky_slope=0.01` | 90.50 | 12.30 ± 0.40 | 181.00 | 500.00 ± 10.00 | 200 | 0.250 '
+      '| 2.00 GiB | 189.71 |']
+
+
+def test_method_table_leaves_directions_a_variant_lacks_empty():
+  config = methods_demo.get_config()
+  table = ablation.markdown_table(config, {'cyclegan': _row(100.0), 'cut': _row(80.0, False)})
+  assert table.splitlines()[3] == ('| cut | CUT (`configs/cut.py` settings) | 80.00 | 12.30 ± 0.40 '
+                                   '| — | — | 200 | 0.250 | 2.00 GiB |')
 
 
 def test_ablation_rejects_bad_configs(tmp_path):
   with pytest.raises(ValueError, match='needs a config with an `ablation` section'):
     ablation.run(tiny_config(), str(tmp_path))
   config = ablation_s3.get_config('demo')
-  config.ablation.variants = 'original,swish'
-  with pytest.raises(ValueError, match=r"\['swish'\]"):
+  config.ablation.order = 'original,swish'
+  with pytest.raises(ValueError, match=r"ablation.order names \['swish'\] variants"):
+    ablation.run(config, str(tmp_path))
+  config = methods_demo.get_config()
+  config.batch_size = 8  # One image per forced test device.
+  config.ablation.variants.cut.loss.pool_size = 50
+  with pytest.raises(ValueError, match=r"variant 'cut': loss.pool_size=50 does not apply to CUT"):
     ablation.run(config, str(tmp_path))
   with pytest.raises(ValueError, match='expected vangogh2photo or demo'):
     ablation_s3.get_config('monet')

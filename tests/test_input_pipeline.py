@@ -122,6 +122,21 @@ def test_demo_batches_without_network(config, monkeypatch):
   assert eval_images.shape == (3, CROP, CROP, 3)
 
 
+def test_demo_test_split_holds_other_crops(config):
+  """The demo's test split: data.demo_test_size crops drawn apart from the train split's (the
+  same for every run of a seed), so scores use crops that training never saw."""
+  config.data.demo_test_size = 5
+  data = input_pipeline.open(config)
+  test, train = (data.eval_images(d, -1) for d in 'ba'), (data.eval_images(d, 5, 'train')
+                                                         for d in 'ba')
+  for held_out, trained in zip(test, train):
+    assert held_out.shape == (5, CROP, CROP, 3)
+    for image in held_out:
+      assert not any(np.array_equal(image, t) for t in trained)
+  np.testing.assert_array_equal(data.eval_images('b', 5), input_pipeline.open(config).eval_images(
+      'b', 5))
+
+
 def test_folders_skip_bad_files(folders_config, caplog):
   caplog.set_level(logging.INFO, logger='absl')
   data = input_pipeline.open(folders_config)

@@ -280,8 +280,8 @@ def test_patch_sampling_projection_and_nce_match_torch():
   ours = lambda_nce * sum(losses.patch_nce_loss(a, b) for a, b in zip(q, k)) / len(channels)
 
   def torch_mlp(layer, x):
-    dense = lambda i: (torch.from_numpy(np.asarray(params[f'Dense_{2 * layer + i}']['kernel']).T),
-                       torch.from_numpy(np.asarray(params[f'Dense_{2 * layer + i}']['bias'])))
+    dense = lambda i: (torch.tensor(np.asarray(params[f'Dense_{2 * layer + i}']['kernel']).T),
+                       torch.tensor(np.asarray(params[f'Dense_{2 * layer + i}']['bias'])))
     (w0, b0), (w1, b1) = dense(0), dense(1)
     y = torch.nn.functional.linear(torch.relu(torch.nn.functional.linear(x, w0, b0)), w1, b1)
     return y / (y.pow(2).sum(1, keepdim=True).pow(0.5) + 1e-7)

@@ -134,14 +134,15 @@ def runs(tmp_path_factory, cache):
 
   six: 6 steps on 8 devices (the issue's end-to-end command); twelve: 12 straight; resumed:
   a copy of six continued to 12; to_one: another copy continued on 1 device; nan: an lr
-  that overflows the parameters.
+  that overflows the parameters; timed: 12 steps with a time limit already past at step 1.
   """
   root = tmp_path_factory.mktemp('runs')
   start = lambda name, *flags, devices=8: Run(root / name, *flags, cache=cache, devices=devices)
   six = start('six', '--config.num_train_steps=6')
   twelve = start('twelve', '--config.num_train_steps=12')
   nan = start('nan', '--config.optim.lr=1e30', '--config.checkpoint_every_steps=1')
-  done = {'six': six.wait().succeeded()}
+  timed = start('timed', '--config.num_train_steps=12', '--config.max_train_minutes=1e-6')
+  done = {'six': six.wait().succeeded(), 'timed': timed.wait().succeeded()}
   for name in ('resumed', 'to_one'):
     shutil.copytree(six.workdir, root / name)
   resumed = start('resumed', '--config.num_train_steps=12')
@@ -251,6 +252,14 @@ def test_resume_on_one_device_after_eight(runs):
   assert pools['a']['images'].shape[0] == pools['b']['count'].shape[0] == 1
   assert_finite((state, pools))
   assert [int(r['step']) for r in read_loss_csv(run.workdir)] == list(range(2, 13, 2))
+
+
+@pytest.mark.slow
+def test_time_limit_stops_at_the_first_log_step_with_a_checkpoint(runs):
+  run = runs['timed']
+  assert 'max_train_minutes=1e-06 reached: stopped and saved at step 2.' in run.stderr
+  assert complete_steps(run.workdir) == [2]  # log_every_steps is 2; checkpoints every 3.
+  assert [row['step'] for row in read_loss_csv(run.workdir)] == ['2']
 
 
 @pytest.mark.slow

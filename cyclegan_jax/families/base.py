@@ -3,7 +3,7 @@ and apply helpers.
 
 The state is plain data (arrays in dicts and dataclasses), so it replicates, donates and
 checkpoints as a whole. Modules and optax transformations are static and live beside it in
-`Models`. A family (cyclegan.py, dcgan.py) fills in a `Family`; the loop, checkpointing,
+`Models`. A family (cyclegan.py, cut.py, dcgan.py) fills in a `Family`; the loop, checkpointing,
 evaluation and translation go through it and never ask which family they serve.
 """
 

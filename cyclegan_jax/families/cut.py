@@ -102,8 +102,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                     f'>= 0; nce_temperature={loss.nce_temperature}, num_patches='
                     f'{loss.num_patches} and model.projection_features='
                     f'{config.model.projection_features} > 0.')
-  if config.data.source == 'digits' and config.data.domain_b != 'mnist' and (
-      config.eval_every_steps):
+  if config.eval_every_steps and config.data.source == 'digits' and (
+      config.data.domain_b != 'mnist'):
     problems.append(f'eval_every_steps: CUT translates A → B only, and the digit classifier '
                     f"reads MNIST: data.domain_b must be 'mnist', not {config.data.domain_b!r}.")
   if problems:
@@ -249,12 +249,13 @@ def translate(models: Models, params: dict[str, Any], batch_stats: dict[str, Any
 
 def make_sampler(config: ml_collections.ConfigDict, models: Models,
                  data: input_pipeline.Data) -> base.Sampler:
-  """Two rows: fixed test images of A, and their translations G(a)."""
-  real_a = data.eval_images('a', config.num_sample_images)
+  """Rows of real | G(real) for fixed test images of A (the translation), then of B (G's
+  identity mapping, which the NCE identity term keeps close to its input)."""
+  real = np.concatenate([data.eval_images(d, config.num_sample_images) for d in 'ab'])
 
   def sample(params, batch_stats):
-    fake_b = translate(models, params, batch_stats, real_a, len(real_a))
-    return visualize.image_grid([list(real_a), list(fake_b)])
+    fake = translate(models, params, batch_stats, real, len(real))
+    return visualize.image_grid([[r, f] for r, f in zip(real, fake)])
 
   return sample
 
@@ -282,11 +283,8 @@ def evaluate(config: ml_collections.ConfigDict, models: Models, data: input_pipe
 
 def log_columns(scalars: dict[str, float]) -> dict[str, float]:
   """The reference's printed losses: D (D_real + D_fake halved), G_GAN and NCE (and NCE_Y)."""
-  columns = {'Loss_D': scalars['d_total'], 'Loss_G_GAN': scalars['g_gan'],
-             'Loss_NCE': scalars['nce']}
-  if 'nce_idt' in scalars:
-    columns['Loss_NCE_Y'] = scalars['nce_idt']
-  return columns
+  names = {'Loss_D': 'd_total', 'Loss_G_GAN': 'g_gan', 'Loss_NCE': 'nce', 'Loss_NCE_Y': 'nce_idt'}
+  return {column: scalars[key] for column, key in names.items() if key in scalars}
 
 
 FAMILY = base.Family(

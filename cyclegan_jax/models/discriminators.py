@@ -37,7 +37,8 @@ class PatchDiscriminator(_Critic):
   """The PatchGAN: n_layers=3 is the 70×70 `basic` D (256² → 30×30 logits).
 
   With `antialias` (CUT's D) each stride-2 conv runs at stride 1 and is followed, after its
-  norm and activation, by a blur-pool of stride 2: the same parameters (256² → 29×29 logits).
+  norm and activation, by a blur-pool of stride 2: the same parameters and the same 30×30
+  logits at 256².
   """
   n_layers: int = 3
   antialias: bool = False
