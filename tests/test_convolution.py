@@ -65,7 +65,7 @@ def _value_and_grads(spec, impl, x, w, dy):
 
 def test_shapes_cover_what_the_issue_names():
   kinds = {(s['kernel'][0], s['stride'], s.get('pad_mode'), s['transpose']) for s in SHAPES}
-  assert (7, 1, 'reflect', False) in kinds  # ResNet's first and last convs.
+  assert (7, 1, 'zeros', False) in kinds  # ResNet's first and last convs (reflect pad before).
   assert (3, 1, 'reflect', False) in kinds  # Residual blocks.
   assert (3, 2, 'zeros', False) in kinds  # ResNet downsampling.
   assert (3, 2, None, True) in kinds and (4, 2, None, True) in kinds  # Transposed convs.
