@@ -29,7 +29,7 @@ jax.config.update('jax_platforms', 'cpu')
 # The files with subprocess runs or many compiles, longest first (measured on 2 cores); the
 # rest follow in their usual order.
 LONGEST_FIRST = ('test_train_loop.py', 'test_convolution.py', 'test_train_step.py',
-                 'test_multihost.py', 'test_dcgan.py')
+                 'test_cut.py', 'test_multihost.py', 'test_dcgan.py')
 
 
 def pytest_collection_modifyitems(items):
