@@ -10,8 +10,11 @@ Multi-host: every process calls `save` and `restore` (orbax coordinates them; th
 process writes the replicated arrays). The pools, which differ per device, are all-gathered
 first, so no process's pools are lost. A state without pools (DCGAN) saves no pools item.
 
-This is the one save/restore path: training resumes with `restore`; evaluation, translation
-and conversion read a workdir with `load`, which builds the models from the stored config.
+This is the one save/restore path: training resumes with `restore_latest_readable`;
+evaluation, translation and conversion read a workdir with `load`, which builds the models from
+the stored config. A checkpoint that cannot be read (disk damage, a partial copy) is moved aside
+as `<step>.corrupt` and the one before it is used; a save that cannot be written (a full disk)
+ends the run with one line naming it (faults.WriteError).
 """
 
 import dataclasses
@@ -22,12 +25,13 @@ from typing import Any
 from absl import logging
 import flax.serialization
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from cyclegan_jax import families, parallel
+from cyclegan_jax import faults, families, parallel
 from cyclegan_jax.families.base import Family, Models, TrainState
 
 
@@ -35,15 +39,55 @@ class CheckpointMismatchError(ValueError):
   """The checkpoint's arrays do not fit the state the config builds."""
 
 
-def create_manager(workdir: str, keep: int, reader: bool = False) -> ocp.CheckpointManager:
+class NoReadableCheckpointError(RuntimeError):
+  """Every checkpoint of the workdir failed to read."""
+
+
+class Manager(ocp.CheckpointManager):
+  """orbax's manager, whose failed saves raise one faults.WriteError naming the step.
+
+  Saves are asynchronous, so a failure surfaces at the next save or wait; the step it belongs
+  to and the bytes it needed are kept here until then. It is reported once: closing after it
+  does not raise it again.
+  """
+
+  def __init__(self, workdir: epath.Path, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.workdir = workdir
+    self._in_flight: tuple[int, int] | None = None  # (step, bytes) of the save in progress.
+    self._reported = False
+
+  def _write_error(self, error: Exception) -> faults.WriteError:
+    self._reported = True
+    step, size = self._in_flight or (None, None)
+    return faults.write_error(f'checkpoint {step}', error, self.workdir, size)
+
+  def save(self, step: int, *args, size_bytes: int | None = None, **kwargs) -> bool:
+    self.wait_until_finished()
+    self._in_flight = (step, size_bytes)
+    try:
+      return super().save(step, *args, **kwargs)
+    except Exception as e:
+      raise self._write_error(e) from e
+
+  def wait_until_finished(self) -> None:
+    try:
+      super().wait_until_finished()
+    except Exception as e:
+      if not self._reported:
+        raise self._write_error(e) from e
+
+
+def create_manager(workdir: str | Path, keep: int, reader: bool = False) -> Manager:
   """`reader`: for a process that only restores, maybe beside a training that is saving; it
-  creates and cleans up nothing (a cleanup would delete that training's save in progress)."""
+  creates and cleans up nothing (a cleanup would delete that training's save in progress).
+  Otherwise the temporary folders of saves that a crash or a full disk cut short are removed."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
                                          cleanup_tmp_directories=not reader, create=not reader)
-  path = epath.Path(workdir) / 'checkpoints'
-  if not path.is_absolute():  # orbax refuses relative paths (at its first save).
-    path = path.absolute()
-  return ocp.CheckpointManager(path, options=options)
+  workdir = epath.Path(workdir)
+  if not workdir.is_absolute():  # orbax refuses relative paths (at its first save).
+    workdir = workdir.absolute()
+  return Manager(workdir, workdir / 'checkpoints', options=options)
 
 
 def _to_host(replicated: TrainState) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -75,7 +119,8 @@ def save(manager: ocp.CheckpointManager, replicated: TrainState,
            'config': ocp.args.JsonSave(config.to_dict())}
   if pools:  # orbax refuses an empty tree.
     items['pools'] = ocp.args.StandardSave(pools)
-  manager.save(step, args=ocp.args.Composite(**items), force=True)
+  size = sum(np.asarray(x).nbytes for x in jax.tree.leaves((state_dict, pools)))
+  manager.save(step, args=ocp.args.Composite(**items), force=True, size_bytes=size)
   return step
 
 
@@ -129,6 +174,56 @@ def restore(manager: ocp.CheckpointManager, template: TrainState,
   return replicated.replace(pools=parallel.device_put_sharded(pools))
 
 
+def _readable_everywhere(readable: bool) -> bool:
+  """Whether every process could read the checkpoint (they must all take the same one)."""
+  if jax.process_count() == 1:
+    return readable
+  return bool(np.all(multihost_utils.process_allgather(np.array([readable]))))
+
+
+def _set_aside(manager: Manager, step: int) -> epath.Path:
+  """Renames checkpoint `step` to `<step>.corrupt` (never deleted: it may be recoverable)."""
+  path = epath.Path(manager.directory) / str(step)
+  target = path.with_name(f'{step}.corrupt')
+  n = 1
+  while target.exists():
+    target, n = path.with_name(f'{step}.corrupt.{n}'), n + 1
+  if jax.process_index() == 0:
+    path.rename(target)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'set aside checkpoint {step}')
+  manager.reload()
+  return target
+
+
+def restore_latest_readable(manager: Manager, template: TrainState) -> TrainState | None:
+  """The newest checkpoint that can be read, restored onto `template` (see `restore`), or None
+  if there is none. Each unreadable one is logged and set aside as `<step>.corrupt`; if all
+  are, the run stops with their list. A checkpoint that reads but does not fit the config is
+  the user's mistake, not damage: that raises CheckpointMismatchError at once."""
+  steps = sorted(manager.all_steps(), reverse=True)
+  set_aside = []
+  for step in steps:
+    try:
+      state, error = restore(manager, template, step), None
+    except CheckpointMismatchError:
+      raise
+    except Exception as e:  # Any failure to read: truncated files, bad metadata, lost blobs.
+      state, error = None, e
+    if _readable_everywhere(error is None):
+      return state
+    why = faults.reason(error) if error else 'unreadable on another process'
+    set_aside.append(f'{step} ({why})')
+    logging.warning('checkpoint %d cannot be read (%s); moved it aside to %s, trying the one '
+                    'before', step, why, _set_aside(manager, step))
+  if set_aside:
+    raise NoReadableCheckpointError(
+        f'none of the checkpoints in {manager.directory} can be read: {"; ".join(set_aside)}. '
+        f'They are kept as <step>.corrupt. To start fresh, use a new --workdir (or move '
+        f'{manager.directory} away).')
+  return None
+
+
 def restored_config(manager: ocp.CheckpointManager, step: int | None = None) -> dict[str, Any]:
   step = manager.latest_step() if step is None else step
   return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
@@ -158,10 +253,23 @@ def _with_model(config: ml_collections.ConfigDict,
   return config
 
 
+def _load_step(manager: Manager, config: ml_collections.ConfigDict | None,
+               step: int) -> Loaded:
+  saved = restored_config(manager, step)
+  config = ml_collections.ConfigDict(saved) if config is None else _with_model(config, saved)
+  family = families.get(config)
+  models = family.create_models(config, 1)  # Steps per epoch only shape the lr schedule.
+  template = family.create_train_state(config, models, jax.random.key(config.seed))
+  state = restore(manager, template, step)
+  params, batch_stats = parallel.unreplicate((state.params, state.batch_stats))
+  return Loaded(int(step), config, family, models, params, batch_stats)
+
+
 def load(workdir: str | Path, config: ml_collections.ConfigDict | None = None,
          step: int | None = None) -> Loaded:
   """The latest (or given) checkpoint of `workdir`, with models built from the config stored
-  with it (`config`, if given, supplies every other section)."""
+  with it (`config`, if given, supplies every other section). An unreadable latest one is
+  warned about and the one before it is used; a reader moves nothing aside."""
   workdir = Path(workdir)
   missing = FileNotFoundError(
       f'no checkpoint in {workdir / "checkpoints"}: train first, or make one from a reference '
@@ -169,18 +277,24 @@ def load(workdir: str | Path, config: ml_collections.ConfigDict | None = None,
   if not (workdir / 'checkpoints').is_dir():  # Checked first: orbax would create the folder.
     raise missing
   manager = create_manager(workdir, keep=1, reader=True)
+  steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
+  unreadable = []
   try:
-    step = manager.latest_step() if step is None else step
-    if step is None:
+    if not steps:
       raise missing
-    saved = restored_config(manager, step)
-    config = (ml_collections.ConfigDict(saved) if config is None
-              else _with_model(config, saved))
-    family = families.get(config)
-    models = family.create_models(config, 1)  # Steps per epoch only shape the lr schedule.
-    template = family.create_train_state(config, models, jax.random.key(config.seed))
-    state = restore(manager, template, step)
+    for candidate in steps:
+      try:
+        return _load_step(manager, config, candidate)
+      except CheckpointMismatchError:
+        raise
+      except Exception as e:  # Damage: try the one before (only when no step was asked for).
+        if step is not None:
+          raise
+        unreadable.append(f'{candidate} ({faults.reason(e)})')
+        logging.warning('checkpoint %d cannot be read (%s); using the one before', candidate,
+                        faults.reason(e))
   finally:
     manager.close()
-  params, batch_stats = parallel.unreplicate((state.params, state.batch_stats))
-  return Loaded(int(step), config, family, models, params, batch_stats)
+  raise NoReadableCheckpointError(
+      f'none of the checkpoints in {workdir / "checkpoints"} can be read: '
+      f'{"; ".join(unreadable)}.')

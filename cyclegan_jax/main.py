@@ -47,6 +47,12 @@ _CONV_IMPL = flags.DEFINE_enum(
     'How this process computes convolutions (env CYCLEGAN_CONV_IMPL): auto picks cpu on the CPU '
     'backend (the forms its XLA runs fastest) and xla on GPU/TPU. Results and parameters are the '
     'same; a machine setting, so it is stored in no config or checkpoint.')
+_PEER_TIMEOUT = flags.DEFINE_float(
+    'peer_timeout_s', float(os.environ.get('CYCLEGAN_PEER_TIMEOUT_S', 180)),
+    'Multi-process: when another process has been silent this long (killed, out of memory, a '
+    'lost VM), this one stops with a message naming it (env CYCLEGAN_PEER_TIMEOUT_S).')
+_VERBOSE = flags.DEFINE_bool(
+    'verbose', False, 'Show the tracebacks and library errors behind a one-line error.')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -64,18 +70,36 @@ def _enable_compilation_cache(workdir: str) -> None:
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 
 
-def _quiet_library_logs() -> None:
-  """orbax logs every step of every save at INFO; keep its warnings, drop its chatter."""
+def _quiet_library_logs(verbose: bool) -> None:
+  """orbax logs every step of every save at INFO; keep its warnings, drop its chatter. Its
+  errors come with tracebacks from its background threads; the run reports the failure itself
+  in one line (faults.py), so they show only with --verbose."""
   import logging as std_logging
+  from cyclegan_jax import faults
+  faults.silence_teardown_noise()
   noisy = ('/orbax/', '/absl/testing/')
-  std_logging.getLogger('absl').addFilter(
-      lambda r: r.levelno >= std_logging.WARNING or not any(n in r.pathname for n in noisy))
+  shown = std_logging.CRITICAL if not verbose else std_logging.WARNING
+  keep = lambda r: (not any(n in r.pathname for n in noisy) or
+                    std_logging.WARNING <= r.levelno < std_logging.ERROR or r.levelno >= shown)
+  std_logging.getLogger('absl').addFilter(keep)
+
+
+def _start_distributed(workdir: str):
+  """jax.distributed, with a watch that ends this process soon after a peer dies. jax's own
+  heartbeat check (which aborts with a C++ stack trace) is given a minute longer."""
+  import jax
+  from jax._src import distributed
+  from cyclegan_jax import faults
+  jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                             heartbeat_timeout_seconds=int(_PEER_TIMEOUT.value) + 60)
+  return faults.PeerWatch(distributed.global_state.client, jax.process_index(),
+                          jax.process_count(), _PEER_TIMEOUT.value, workdir).start()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  _quiet_library_logs()
+  _quiet_library_logs(_VERBOSE.value)
   from cyclegan_jax.models import convolution
   convolution.set_impl(_CONV_IMPL.value)
   if _MODE.value == 'translate':
@@ -87,21 +111,25 @@ def main(argv):
   if _CONFIG.value is None:
     raise app.UsageError(f'--config is required for --mode={_MODE.value}')
   import jax
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  peers = _start_distributed(_WORKDIR.value) if _DISTRIBUTED.value else None
   _hide_gpus_from_tensorflow()
   _enable_compilation_cache(_WORKDIR.value)
   logging.info('process %d of %d; %d local devices of %d: %s', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.local_devices())
-  from cyclegan_jax import ablation, checkpointing, evaluation, families, train
+  from cyclegan_jax import ablation, checkpointing, evaluation, faults, families, train
   run = {'train': train.train_and_evaluate, 'evaluate': evaluation.evaluate,
          'ablation': ablation.run}[_MODE.value]
   try:
     families.check_config(_CONFIG.value)
     run(_CONFIG.value, _WORKDIR.value)
-  except (FloatingPointError, checkpointing.CheckpointMismatchError, ValueError,
+    if peers:
+      peers.stop()
+  except (FloatingPointError, checkpointing.CheckpointMismatchError,
+          checkpointing.NoReadableCheckpointError, faults.WriteError, ValueError,
           FileNotFoundError) as e:
+    if _VERBOSE.value:
+      raise
     sys.exit(f'error: {e}')
 
 

@@ -6,6 +6,7 @@ collapse (divergence.py) is warned about, stops the run, or rolls it back, as co
 config.family picks the models, step, sample grids and scores (families/); the loop is shared.
 """
 
+import contextlib
 import functools
 import os
 import signal
@@ -13,6 +14,7 @@ import time
 import threading
 from typing import Any
 
+from flax import traverse_util
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
@@ -21,8 +23,8 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from etils import epath
 
-from cyclegan_jax import (checkpointing, convert, divergence, families, optim, parallel,
-                          visualize)
+from cyclegan_jax import (checkpointing, convert, divergence, faults, families, optim,
+                          parallel, visualize)
 from cyclegan_jax.data import input_pipeline
 from cyclegan_jax.families.base import TrainState
 
@@ -129,21 +131,42 @@ class Run:
     self.metrics = MetricsBuffer()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
-    self.writer.close()
+    """Finishes the save in flight, then closes the manager and the writers, in that order
+    and all of them even if the save failed (its error is raised after)."""
+    try:
+      self.manager.wait_until_finished()
+    finally:
+      self.manager.close()
+      with self.writing('TensorBoard events'):
+        self.writer.close()
+
+  @contextlib.contextmanager
+  def writing(self, what: str):
+    """Turns a failed write of `what` (OSError, or the TensorBoard writer's own errors) into a
+    one-line faults.WriteError."""
+    try:
+      yield
+    except faults.WriteError:
+      raise
+    except Exception as e:
+      raise faults.write_error(what, e, self.workdir) from e
 
   def initial_state(self) -> TrainState:
-    """The latest checkpoint's state, or a fresh one (with any reference weights), replicated."""
-    if self.manager.latest_step() is not None:
-      state = checkpointing.restore(self.manager, self.template)
+    """The newest readable checkpoint's state, or a fresh one (with any reference weights),
+    replicated."""
+    state = checkpointing.restore_latest_readable(self.manager, self.template)
+    if state is not None:
       logging.info('resumed from the checkpoint of step %d', self.manager.latest_step())
     else:
       state = parallel.replicate(self.template.replace(
           params=convert.init_params_from_pth(self.config, self.template.params)))
-      self.writer.write_hparams({k: str(v) for k, v in _flatten(self.config.to_dict()).items()})
+      hparams = traverse_util.flatten_dict(self.config.to_dict(), sep='.')
+      with self.writing('TensorBoard events'):
+        self.writer.write_hparams({k: str(v) for k, v in hparams.items()})
     if self.is_chief:
-      (self.workdir / 'config.json').write_text(self.config.to_json_best_effort(indent=2))
+      with self.writing('config.json'):
+        visualize.write_atomically(self.workdir / 'config.json',
+                                   self.config.to_json_best_effort(indent=2))
     return state
 
   def start(self, state: TrainState):
@@ -176,27 +199,32 @@ class Run:
 
   def log(self, step: int) -> dict[str, float]:
     scalars = self.metrics.mean_and_reset()
-    self.writer.write_scalars(step, scalars)
+    with self.writing('TensorBoard events'):
+      self.writer.write_scalars(step, scalars)
     if self.is_chief:
-      visualize.append_csv(self.workdir / 'loss_history.csv', step, scalars)
       columns = self.family.log_columns(scalars)
       logging.info('step %d: %s', step, ', '.join(f'{k} {v:.4f}' for k, v in columns.items()))
-      visualize.append_csv(self.workdir / 'loss_table.csv', step, columns)
+      with self.writing('the loss tables (loss_history.csv, loss_table.csv)'):
+        visualize.append_csv(self.workdir / 'loss_history.csv', step, scalars)
+        visualize.append_csv(self.workdir / 'loss_table.csv', step, columns)
     return scalars
 
   def write_samples(self, step: int, sampler, state: TrainState) -> None:
     grid = sampler(*parallel.unreplicate((state.params, state.batch_stats)))
-    (self.workdir / 'samples').mkdir(parents=True, exist_ok=True)
-    visualize.write_png(self.workdir / 'samples' / f'step_{step:07d}.png', grid)
-    self.writer.write_images(step, {'samples': grid[None]})
+    path = self.workdir / 'samples' / f'step_{step:07d}.png'
+    with self.writing(f'the sample grid {path.name}'):
+      path.parent.mkdir(parents=True, exist_ok=True)
+      visualize.write_png(path, grid)
+      self.writer.write_images(step, {'samples': grid[None]})
 
   def log_digit_metrics(self, step: int, state: TrainState) -> None:
     """The family's digit metrics (metrics/digits.py) as scalars and digit_metrics.csv."""
     params, batch_stats = parallel.unreplicate((state.params, state.batch_stats))
     metrics = self.family.digit_metrics(self.config, self.models, self.data, params, batch_stats)
-    self.writer.write_scalars(step, metrics)
-    if self.is_chief:
-      visualize.append_csv(self.workdir / 'digit_metrics.csv', step, metrics)
+    with self.writing('the digit metrics (digit_metrics.csv, TensorBoard events)'):
+      self.writer.write_scalars(step, metrics)
+      if self.is_chief:
+        visualize.append_csv(self.workdir / 'digit_metrics.csv', step, metrics)
 
   def train(self, state: TrainState) -> TrainState:
     config = self.config
@@ -240,9 +268,11 @@ class Run:
         logging.info('max_train_minutes=%g reached: stopped and saved at step %d.',
                      config.max_train_minutes, step)
     if self.is_chief and (self.workdir / 'loss_history.csv').exists():
-      visualize.plot_loss_curves(visualize.read_csv(self.workdir / 'loss_history.csv'),
-                                 self.workdir / 'loss_curves.png', self.family.loss_groups)
-    self.writer.flush()
+      with self.writing('loss_curves.png'):
+        visualize.plot_loss_curves(visualize.read_csv(self.workdir / 'loss_history.csv'),
+                                   self.workdir / 'loss_curves.png', self.family.loss_groups)
+    with self.writing('TensorBoard events'):
+      self.writer.flush()
     return state
 
 
@@ -267,12 +297,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   finally:
     run.close()
 
-
-def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
-  flat = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      flat.update(_flatten(v, f'{prefix}{k}.'))
-    else:
-      flat[f'{prefix}{k}'] = v
-  return flat

@@ -38,15 +38,24 @@ def cycle_grid(real_a, fake_b, rec_a, real_b, fake_a, rec_b) -> np.ndarray:
 def write_png(path: epath.PathLike, image: np.ndarray) -> None:
   buffer = io.BytesIO()
   Image.fromarray(image).save(buffer, format='PNG')
-  epath.Path(path).write_bytes(buffer.getvalue())
+  write_atomically(path, buffer.getvalue())
 
 
-def _write_atomically(path: epath.Path, text: str) -> None:
-  """Writes a sibling file, then renames it over `path`: a kill mid-write (SIGKILL, preemption)
-  leaves the old table whole instead of a truncated one."""
+def write_atomically(path: epath.PathLike, data: str | bytes) -> None:
+  """Writes a sibling file, then renames it over `path`: a kill or a full disk mid-write leaves
+  the old file whole instead of a truncated one (and no partial file behind)."""
+  path = epath.Path(path)
   partial = path.with_name(path.name + '.partial')
-  partial.write_text(text)
-  partial.replace(path)
+  try:
+    if isinstance(data, bytes):
+      partial.write_bytes(data)
+    else:
+      partial.write_text(data)
+    partial.replace(path)
+  except BaseException:
+    if partial.exists():
+      partial.unlink()
+    raise
 
 
 def append_csv(path: epath.PathLike, step: int, scalars: dict[str, float]) -> None:
@@ -61,7 +70,7 @@ def append_csv(path: epath.PathLike, step: int, scalars: dict[str, float]) -> No
   if not old:
     writer.writeheader()
   writer.writerow({'step': step, **scalars})
-  _write_atomically(path, old + row.getvalue())
+  write_atomically(path, old + row.getvalue())
 
 
 def truncate_csv(path: epath.PathLike, max_step: int) -> None:
@@ -75,7 +84,7 @@ def truncate_csv(path: epath.PathLike, max_step: int) -> None:
   if not kept:
     path.unlink()
   elif kept != lines:
-    _write_atomically(path, ''.join(kept))
+    write_atomically(path, ''.join(kept))
 
 
 def read_csv(path: epath.PathLike) -> dict[str, np.ndarray]:
@@ -103,4 +112,4 @@ def plot_loss_curves(table: dict[str, np.ndarray], path: epath.PathLike,
   buffer = io.BytesIO()
   fig.savefig(buffer, format='png', dpi=100)
   plt.close(fig)
-  epath.Path(path).write_bytes(buffer.getvalue())
+  write_atomically(path, buffer.getvalue())

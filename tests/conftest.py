@@ -21,6 +21,7 @@ os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update('jax_num_cpu_devices', 8)
 jax.config.update('jax_platforms', 'cpu')
@@ -30,6 +31,12 @@ jax.config.update('jax_platforms', 'cpu')
 # rest follow in their usual order.
 LONGEST_FIRST = ('test_train_loop.py', 'test_convolution.py', 'test_train_step.py',
                  'test_cut.py', 'test_multihost.py', 'test_dcgan.py')
+
+
+@pytest.fixture(scope='session')
+def cache():
+  """The session's compilation cache, for subprocess runs: compiles after the first are fast."""
+  return os.environ['JAX_COMPILATION_CACHE_DIR']
 
 
 def pytest_collection_modifyitems(items):

@@ -14,7 +14,6 @@ import pathlib
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from cyclegan_jax import parallel
 from cyclegan_jax.benchmarks import step as benchmark_step
 from cyclegan_jax.families import cyclegan
 from tests.helpers import complete_steps, read_loss_csv, restore
+from tests.runs import free_port
 
 pytestmark = pytest.mark.slow  # Real 2-process runs: minutes on 2 cores.
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -36,12 +36,6 @@ FLAGS = ('--config=configs/test.py', '--config.batch_size=4', '--config.log_ever
          '--config.checkpoint_every_steps=2', '--config.sample_every_steps=1000')
 LOSSES = ('g_total', 'd_total', 'g_adv_a', 'g_adv_b', 'cycle_a', 'cycle_b', 'idt_a', 'idt_b',
           'd_a', 'd_b', 'g_grad_norm', 'd_grad_norm')
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 def pid_of(*words: str) -> int | None:

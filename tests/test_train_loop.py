@@ -9,88 +9,31 @@ much of its time importing TensorFlow and compiling), which keeps the module in 
 
 import csv
 import io
-import itertools
 import json
-import os
 import pathlib
 import random
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 import types
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from cyclegan_jax import visualize
 from tests.helpers import complete_steps, read_loss_csv, restore
+from tests.runs import (TIMEOUT_S, Run, assert_bit_identical, flat, stop_leftover_runs,
+                        wait_for_checkpoint)
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 TILE, PAD = 32, 2  # configs/test.py crops; visualize.image_grid's padding.
 NUM_SAMPLE_IMAGES = 2  # configs/test.py
 SCALARS = ('g_total', 'd_a', 'cycle_a', 'lr_g')
-TIMEOUT_S = 400  # Per run; a healthy one takes well under a minute even on 2 busy cores.
 KILLS = 1  # Killed at a random moment 0-2 s after its first checkpoint (perhaps mid-save).
 # Long enough to kill mid-run: checkpoints every 4 steps, no sample grids until the end.
 LONG_RUN = ('--config.num_train_steps=40', '--config.checkpoint_every_steps=4',
             '--config.log_every_steps=2', '--config.sample_every_steps=1000')
-_log_numbers = itertools.count()
-
-
-class Run:
-  """One `python -m cyclegan_jax.main` subprocess on `devices` forced CPU devices."""
-
-  started: list['Run'] = []  # Every run of the session, so a failed test leaves none behind.
-
-  def __init__(self, workdir, *flags, cache, devices=8):
-    self.workdir = pathlib.Path(workdir)
-    name = f'{self.workdir.name}.{next(_log_numbers)}'
-    self.stdout_path = self.workdir.parent / f'{name}.stdout'
-    self.stderr_path = self.workdir.parent / f'{name}.stderr'
-    env = {**os.environ,
-           'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
-           'JAX_COMPILATION_CACHE_DIR': str(cache), 'JAX_PLATFORMS': 'cpu',
-           'CUDA_VISIBLE_DEVICES': '', 'TF_CPP_MIN_LOG_LEVEL': '2'}
-    with open(self.stdout_path, 'w') as out, open(self.stderr_path, 'w') as err:
-      self.proc = subprocess.Popen(
-          [sys.executable, '-m', 'cyclegan_jax.main', '--config=configs/test.py',
-           f'--workdir={self.workdir}', *flags], cwd=ROOT, env=env, stdout=out, stderr=err)
-    self.rc = self.stdout = self.stderr = None
-    Run.started.append(self)
-
-  def wait(self) -> 'Run':
-    if self.rc is not None:
-      return self
-    try:
-      self.rc = self.proc.wait(TIMEOUT_S)
-    finally:
-      if self.proc.poll() is None:
-        self.proc.kill()
-        self.proc.wait()
-    self.stdout = self.stdout_path.read_text()
-    self.stderr = self.stderr_path.read_text()
-    return self
-
-  def succeeded(self) -> 'Run':
-    assert self.rc == 0, f'{self.proc.args} exited {self.rc}:\n{self.stderr[-4000:]}'
-    return self
-
-
-def flat(tree):
-  return {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def assert_bit_identical(expected, actual):
-  expected, actual = flat(expected), flat(actual)
-  assert sorted(expected) == sorted(actual)
-  differ = [k for k in expected if expected[k].dtype != actual[k].dtype
-            or not np.array_equal(expected[k], actual[k])]
-  assert not differ, f'{len(differ)} of {len(expected)} leaves differ, e.g. {differ[:5]}'
 
 
 def assert_finite(tree):
@@ -99,33 +42,10 @@ def assert_finite(tree):
   assert not bad, bad
 
 
-def wait_for_checkpoint(run, after=-1, timeout_s=TIMEOUT_S) -> int:
-  """Polls until `run` has finished a checkpoint past step `after`; returns its step."""
-  deadline = time.monotonic() + timeout_s
-  while time.monotonic() < deadline:
-    steps = [s for s in complete_steps(run.workdir) if s > after]
-    if steps:
-      return steps[0]
-    if run.proc.poll() is not None:
-      pytest.fail(f'run exited {run.proc.returncode} before its first checkpoint:\n'
-                  f'{run.stderr_path.read_text()[-4000:]}')
-    time.sleep(0.02)
-  pytest.fail('no checkpoint appeared in time')
-
-
 @pytest.fixture(scope='module', autouse=True)
 def _stop_leftover_runs():
   yield
-  for run in Run.started:
-    if run.proc.poll() is None:
-      run.proc.kill()
-      run.proc.wait()
-
-
-@pytest.fixture(scope='session')
-def cache():
-  """The session's compilation cache (conftest): compiles after the first are fast."""
-  return os.environ['JAX_COMPILATION_CACHE_DIR']
+  stop_leftover_runs()
 
 
 @pytest.fixture(scope='module')
@@ -294,6 +214,7 @@ def test_sigterm_saves_the_current_step(sigterm):
   assert f'checkpoint for step {step} is being written' in sigterm.stopped.stderr
   assert sigterm.steps[-1] == step
   assert int(sigterm.saved_state['step']) == step
+  assert 'Traceback' not in sigterm.stopped.stderr  # Nor any teardown noise (test_faults.py).
 
 
 @pytest.mark.slow

@@ -1,0 +1,246 @@
+"""Faults a long run meets, through the command line users run, on configs/test.py:
+
+- a corrupt latest checkpoint: one warning naming it, moved aside as `<step>.corrupt`, the run
+  goes on from the one before and reaches the same state as an uninterrupted run;
+- no readable checkpoint at all: one line listing them and how to start fresh;
+- a full disk (a 2 MB tmpfs, when the tests run as root): one line naming the checkpoint, the
+  space and the last complete checkpoint, and the next start cleans the leftover;
+- a lost peer: kill -9 of one process of a 2-process run ends the other in bounded time, with a
+  message naming the lost process;
+- and on none of these paths a traceback or `RuntimeError: Event loop is closed`.
+
+The in-process tests check the error texts and the atomic writers on hand-made failures.
+"""
+
+import errno
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import time
+
+from etils import epath
+import numpy as np
+import pytest
+
+from cyclegan_jax import checkpointing, faults, visualize
+from tests.helpers import complete_steps, read_loss_csv, restore
+from tests.runs import (Run, assert_bit_identical, free_port, stop_leftover_runs,
+                        wait_for_checkpoint)
+
+SIX_STEPS = ('--config.num_train_steps=6', '--config.checkpoint_every_steps=2',
+             '--config.sample_every_steps=1000')
+NOISE = ('Traceback', 'Event loop is closed', 'Check failure')
+
+
+def assert_quiet(run):
+  """No traceback or teardown noise anywhere in what the run printed."""
+  for text in (run.stdout, run.stderr):
+    for noise in NOISE:
+      assert noise not in text, f'{noise!r} in the output:\n{text[-3000:]}'
+
+
+def last_line(run) -> str:
+  return run.stderr.strip().splitlines()[-1]
+
+
+def truncate_data_files(step_dir: pathlib.Path, n: int = 3) -> None:
+  """Cuts `n` of the state's data files to 100 bytes: disk damage, or a partial copy."""
+  files = sorted(p for p in (step_dir / 'state').rglob('*') if p.is_file() and
+                 p.parent.name == 'd' and p.stat().st_size > 1000)
+  assert len(files) >= n, files
+  for path in files[:n]:
+    os.truncate(path, 100)
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _stop_leftover_runs():
+  yield
+  stop_leftover_runs()
+
+
+@pytest.fixture(scope='module')
+def corrupt_runs(tmp_path_factory, cache):
+  """straight: 6 steps, checkpoints 2, 4, 6. fallback: its copy as a crash in the middle of
+  saving step 6 leaves it (6 still a temporary folder) with step 4 damaged, run again.
+  hopeless: a copy with every checkpoint damaged, run again."""
+  root = tmp_path_factory.mktemp('corrupt')
+  straight = Run(root / 'straight', *SIX_STEPS, cache=cache).wait().succeeded()
+  assert complete_steps(straight.workdir) == [2, 4, 6]
+  fallback, hopeless = root / 'fallback', root / 'hopeless'
+  for copy in (fallback, hopeless):
+    shutil.copytree(straight.workdir, copy)
+  (fallback / 'checkpoints' / '6').rename(fallback / 'checkpoints' / '6.orbax-checkpoint-tmp-1')
+  truncate_data_files(fallback / 'checkpoints' / '4')
+  for step in (2, 4, 6):
+    truncate_data_files(hopeless / 'checkpoints' / str(step))
+  runs = {'fallback': Run(fallback, *SIX_STEPS, cache=cache),
+          'hopeless': Run(hopeless, *SIX_STEPS, cache=cache)}
+  return {'straight': straight, **{k: run.wait() for k, run in runs.items()}}
+
+
+@pytest.mark.slow
+def test_a_corrupt_latest_checkpoint_is_set_aside_and_the_one_before_is_used(corrupt_runs):
+  assert_quiet(corrupt_runs['straight'])  # A normal run and its exit are quiet too.
+  run = corrupt_runs['fallback'].succeeded()
+  assert_quiet(run)
+  warnings = [l for l in run.stderr.splitlines() if 'cannot be read' in l]
+  assert len(warnings) == 1, warnings
+  assert 'checkpoint 4 cannot be read (OUT_OF_RANGE' in warnings[0]
+  assert f'moved it aside to {run.workdir}/checkpoints/4.corrupt' in warnings[0]
+  assert 'resumed from the checkpoint of step 2' in run.stderr
+  checkpoints = sorted(p.name for p in (run.workdir / 'checkpoints').iterdir())
+  assert checkpoints == ['2', '4', '4.corrupt', '6']  # The crash's temporary folder is gone.
+  # From step 2 on, the same steps as the run that was never interrupted, to the last bit.
+  straight = corrupt_runs['straight'].workdir
+  assert_bit_identical(restore(straight, 6), restore(run.workdir, 6))
+  assert read_loss_csv(run.workdir) == read_loss_csv(straight)
+
+
+@pytest.mark.slow
+def test_no_readable_checkpoint_stops_with_their_list(corrupt_runs):
+  run = corrupt_runs['hopeless']
+  assert run.rc == 1
+  assert_quiet(run)
+  workdir = run.workdir
+  assert last_line(run).startswith(
+      f'error: none of the checkpoints in {workdir}/checkpoints can be read: 6 (OUT_OF_RANGE')
+  assert '; 4 (OUT_OF_RANGE' in last_line(run) and '; 2 (OUT_OF_RANGE' in last_line(run)
+  assert last_line(run).endswith(f'To start fresh, use a new --workdir (or move '
+                                 f'{workdir}/checkpoints away).')
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == [
+      '2.corrupt', '4.corrupt', '6.corrupt']
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')  # orbax's reads
+def test_readers_fall_back_without_moving_anything(corrupt_runs, tmp_path, caplog):
+  """evaluate and translate read a workdir through checkpointing.load."""
+  workdir = tmp_path / 'workdir'
+  shutil.copytree(corrupt_runs['straight'].workdir, workdir)
+  truncate_data_files(workdir / 'checkpoints' / '6')
+  loaded = checkpointing.load(workdir)
+  assert loaded.step == 4
+  assert_bit_identical(restore(workdir, 4)[0]['params'], loaded.params)
+  assert 'checkpoint 6 cannot be read (OUT_OF_RANGE' in caplog.text
+  assert complete_steps(workdir) == [2, 4, 6]
+  with pytest.raises(ValueError, match='OUT_OF_RANGE'):  # An asked-for step does not fall back.
+    checkpointing.load(workdir, step=6)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+  """A 2 MB filesystem: a checkpoint of configs/test.py needs about 4 MB."""
+  mount = tmp_path / 'tiny_disk'
+  mount.mkdir()
+  if os.geteuid() != 0:
+    pytest.skip('mounting a tmpfs needs root; test_write_error_* cover the message')
+  subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', str(mount)], check=True)
+  yield mount
+  subprocess.run(['umount', '-l', str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_the_run_with_one_line_and_the_next_start_cleans_up(tiny_disk, cache):
+  workdir = tiny_disk / 'workdir'
+  full = Run(workdir, *SIX_STEPS, cache=cache).wait()
+  assert full.rc == 1
+  assert_quiet(full)
+  line = last_line(full)
+  assert line.startswith(f'error: could not write checkpoint 2 in {workdir}: No space left on '
+                         'device (')
+  assert 'it needs about 4.' in line and 'no checkpoint has been completed yet' in line
+  assert line.endswith('Free some space or move the workdir, then run the same command to '
+                       'resume.')
+  assert [p.name.split('.')[0] for p in (workdir / 'checkpoints').iterdir()] == ['2']
+  # The save of step 2 failed in the background; the run stopped at the next save, step 4,
+  # and the loss table it wrote up to there is whole.
+  assert [int(r['step']) for r in read_loss_csv(workdir)] == [2, 4]
+  subprocess.run(['mount', '-o', 'remount,size=64m', str(tiny_disk)], check=True)
+  again = Run(workdir, *SIX_STEPS, cache=cache).wait().succeeded()
+  assert_quiet(again)
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['2', '4', '6']
+  assert 'training steps 0..6' in again.stderr
+
+
+@pytest.mark.slow
+def test_a_lost_peer_ends_the_survivor_in_bounded_time(tmp_path, cache):
+  timeout_s = 10
+  port = free_port()
+  flags = (*SIX_STEPS[1:], '--config.num_train_steps=1000', '--config.batch_size=4',
+           '--jax_distributed', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+           f'--peer_timeout_s={timeout_s}')
+  workdir = tmp_path / 'workdir'
+  processes = [Run(workdir, *flags, f'--process_id={i}', cache=cache, devices=2)
+               for i in range(2)]
+  wait_for_checkpoint(processes[0])
+  processes[1].proc.send_signal(signal.SIGKILL)
+  killed_at = time.monotonic()
+  survivor = processes[0].wait()
+  took = time.monotonic() - killed_at
+  assert survivor.rc == 1
+  assert_quiet(survivor)
+  line = [l for l in survivor.stderr.splitlines() if 'has been silent' in l]
+  assert len(line) == 1 and 'process 1 of 2 has been silent for' in line[0]
+  last = complete_steps(workdir)[-1]
+  assert line[0].endswith(f'The last complete checkpoint is step {last}: restart all processes '
+                          'with the same command to resume.')
+  assert took < timeout_s + 20, f'the survivor took {took:.0f} s'
+  processes[1].wait()
+
+
+def test_write_error_names_the_full_disk_the_space_and_the_last_checkpoint(tmp_path):
+  (tmp_path / 'checkpoints' / '8').mkdir(parents=True)
+  (tmp_path / 'checkpoints' / '12.orbax-checkpoint-tmp-5').mkdir()
+  error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  message = str(faults.write_error('checkpoint 12', error, tmp_path, 3 * 2**20))
+  free_mb = shutil.disk_usage(tmp_path).free / 2**20
+  assert message == (
+      f'could not write checkpoint 12 in {tmp_path}: No space left on device ({free_mb:.1f} MB '
+      'free; it needs about 3.0 MB). Training stopped; the last complete checkpoint is step 8. '
+      'Free some space or move the workdir, then run the same command to resume.')
+
+
+def test_reason_finds_the_os_error_or_a_library_full_disk_or_the_first_line():
+  wrapped = RuntimeError('save failed')
+  wrapped.__cause__ = PermissionError(errno.EACCES, 'denied')
+  assert faults.reason(wrapped) == 'Permission denied'
+  assert faults.reason(ValueError('RESOURCE_EXHAUSTED: Error writing "x": Failed to write 3 '
+                                  'bytes: No space left on device [os_error=28]')) == (
+                                      'No space left on device')
+  assert faults.reason(ValueError('OUT_OF_RANGE: bad range\nmore detail')) == (
+      'OUT_OF_RANGE: bad range')
+
+
+def test_a_failed_save_is_one_write_error_reported_once(tmp_path, monkeypatch):
+  manager = checkpointing.create_manager(tmp_path, keep=2)
+
+  def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(checkpointing.ocp.CheckpointManager, 'save', full_disk)
+  with pytest.raises(faults.WriteError, match=r'^could not write checkpoint 7 in .*: No space '
+                     r'left on device \(.* MB free; it needs about 0\.5 MB\)'):
+    manager.save(7, size_bytes=2**19)
+  monkeypatch.undo()
+  manager.close()  # Nothing in flight: closing raises nothing.
+
+
+def test_atomic_writes_leave_the_old_table_whole_when_the_disk_is_full(tmp_path, monkeypatch):
+  table = tmp_path / 'loss_history.csv'
+  visualize.append_csv(table, 2, {'g': 1.0})
+  before = table.read_text()
+
+  def full_disk(self, data):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(type(epath.Path(table)), 'write_text', full_disk)
+  with pytest.raises(OSError, match='No space left'):
+    visualize.append_csv(table, 4, {'g': 0.5})
+  monkeypatch.undo()
+  assert table.read_text() == before == 'step,g\n2,1.0\n'
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['loss_history.csv']
+  png = np.zeros((4, 4, 3), np.uint8)
+  visualize.write_png(tmp_path / 'grid.png', png)
+  assert (tmp_path / 'grid.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
