@@ -137,19 +137,8 @@ class Run:
       self.manager.wait_until_finished()
     finally:
       self.manager.close()
-      with self.writing('TensorBoard events'):
+      with _writing('TensorBoard events', self.workdir):
         self.writer.close()
-
-  @contextlib.contextmanager
-  def writing(self, what: str):
-    """Turns a failed write of `what` (OSError, or the TensorBoard writer's own errors) into a
-    one-line faults.WriteError."""
-    try:
-      yield
-    except faults.WriteError:
-      raise
-    except Exception as e:
-      raise faults.write_error(what, e, self.workdir) from e
 
   def initial_state(self) -> TrainState:
     """The newest readable checkpoint's state, or a fresh one (with any reference weights),
@@ -161,10 +150,10 @@ class Run:
       state = parallel.replicate(self.template.replace(
           params=convert.init_params_from_pth(self.config, self.template.params)))
       hparams = traverse_util.flatten_dict(self.config.to_dict(), sep='.')
-      with self.writing('TensorBoard events'):
+      with _writing('TensorBoard events', self.workdir):
         self.writer.write_hparams({k: str(v) for k, v in hparams.items()})
     if self.is_chief:
-      with self.writing('config.json'):
+      with _writing('config.json', self.workdir):
         visualize.write_atomically(self.workdir / 'config.json',
                                    self.config.to_json_best_effort(indent=2))
     return state
@@ -199,12 +188,12 @@ class Run:
 
   def log(self, step: int) -> dict[str, float]:
     scalars = self.metrics.mean_and_reset()
-    with self.writing('TensorBoard events'):
+    with _writing('TensorBoard events', self.workdir):
       self.writer.write_scalars(step, scalars)
     if self.is_chief:
       columns = self.family.log_columns(scalars)
       logging.info('step %d: %s', step, ', '.join(f'{k} {v:.4f}' for k, v in columns.items()))
-      with self.writing('the loss tables (loss_history.csv, loss_table.csv)'):
+      with _writing('the loss tables (loss_history.csv, loss_table.csv)', self.workdir):
         visualize.append_csv(self.workdir / 'loss_history.csv', step, scalars)
         visualize.append_csv(self.workdir / 'loss_table.csv', step, columns)
     return scalars
@@ -212,7 +201,7 @@ class Run:
   def write_samples(self, step: int, sampler, state: TrainState) -> None:
     grid = sampler(*parallel.unreplicate((state.params, state.batch_stats)))
     path = self.workdir / 'samples' / f'step_{step:07d}.png'
-    with self.writing(f'the sample grid {path.name}'):
+    with _writing(f'the sample grid {path.name}', self.workdir):
       path.parent.mkdir(parents=True, exist_ok=True)
       visualize.write_png(path, grid)
       self.writer.write_images(step, {'samples': grid[None]})
@@ -221,7 +210,7 @@ class Run:
     """The family's digit metrics (metrics/digits.py) as scalars and digit_metrics.csv."""
     params, batch_stats = parallel.unreplicate((state.params, state.batch_stats))
     metrics = self.family.digit_metrics(self.config, self.models, self.data, params, batch_stats)
-    with self.writing('the digit metrics (digit_metrics.csv, TensorBoard events)'):
+    with _writing('the digit metrics (digit_metrics.csv, TensorBoard events)', self.workdir):
       self.writer.write_scalars(step, metrics)
       if self.is_chief:
         visualize.append_csv(self.workdir / 'digit_metrics.csv', step, metrics)
@@ -268,12 +257,24 @@ class Run:
         logging.info('max_train_minutes=%g reached: stopped and saved at step %d.',
                      config.max_train_minutes, step)
     if self.is_chief and (self.workdir / 'loss_history.csv').exists():
-      with self.writing('loss_curves.png'):
+      with _writing('loss_curves.png', self.workdir):
         visualize.plot_loss_curves(visualize.read_csv(self.workdir / 'loss_history.csv'),
                                    self.workdir / 'loss_curves.png', self.family.loss_groups)
-    with self.writing('TensorBoard events'):
+    with _writing('TensorBoard events', self.workdir):
       self.writer.flush()
     return state
+
+
+@contextlib.contextmanager
+def _writing(what: str, workdir: epath.Path):
+  """Turns a failed write of `what` (OSError, or the TensorBoard writer's own errors) into a
+  one-line faults.WriteError."""
+  try:
+    yield
+  except faults.WriteError:
+    raise
+  except Exception as e:
+    raise faults.write_error(what, e, workdir) from e
 
 
 def _past(deadline: float, config: ml_collections.ConfigDict) -> bool:
