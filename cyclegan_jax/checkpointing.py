@@ -1,14 +1,15 @@
 """Whole-state checkpoints with orbax: atomic, asynchronous, keep-N, portable across topologies.
 
 A checkpoint holds the unreplicated train state (parameters, optimizer states, batch
-statistics, step and base rng), the image pools of every device of every process, and the
-resolved config as JSON. The input stream is a pure function of (seed, step), so the step is
-also the data position. Everything is saved as host numpy arrays, which makes a checkpoint
-independent of the device and process count that wrote it.
+statistics, step and base rng), the image pools, and the resolved config as JSON. The input
+stream is a pure function of (seed, step), so the step is also the data position. Everything is
+saved as host numpy arrays, which makes a checkpoint independent of the device and process
+count that wrote it.
 
-Multi-host: every process calls `save` and `restore` (orbax coordinates them; the primary
-process writes the replicated arrays). The pools, which differ per device, are all-gathered
-first, so no process's pools are lost. A state without pools (DCGAN) saves no pools item.
+The pools are global (the same on every device), so one copy is saved, with a leading axis of
+1; a checkpoint of an older version, with one pool per device, restores device 0's pool on every
+device. A state without pools (DCGAN, CUT) saves no pools item. Multi-host: every process calls
+`save` and `restore` (orbax coordinates them; the primary process writes the arrays).
 
 This is the one save/restore path: training resumes with `restore_latest_readable`;
 evaluation, translation and conversion read a workdir with `load`, which builds the models from
@@ -91,10 +92,11 @@ def create_manager(workdir: str | Path, keep: int, reader: bool = False) -> Mana
 
 
 def _to_host(replicated: TrainState) -> tuple[dict[str, Any], dict[str, Any]]:
-  """(state without pools as a state dict of numpy arrays, pools stacked per global device)."""
+  """(state without pools, pools with a leading axis of 1) as state dicts of numpy arrays."""
   state = parallel.unreplicate(replicated.replace(pools={}))
-  pools = jax.device_get(flax.serialization.to_state_dict(replicated.pools))
-  return flax.serialization.to_state_dict(state), parallel.gather_per_device(pools)
+  pools = jax.tree.map(lambda x: x[None], parallel.unreplicate(replicated.pools))
+  return (flax.serialization.to_state_dict(state),
+          flax.serialization.to_state_dict(pools))
 
 
 def non_finite_leaves(tree: Any) -> list[str]:
@@ -114,7 +116,8 @@ def save(manager: ocp.CheckpointManager, replicated: TrainState,
   if jax.process_count() > 1:
     logging.info('step %d: the state is identical on all %d processes (fingerprint %08x)', step,
                  jax.process_count(),
-                 parallel.check_same_on_all_processes(state_dict, f'train states at step {step}'))
+                 parallel.check_same_on_all_processes((state_dict, pools),
+                                                      f'train states at step {step}'))
   items = {'state': ocp.args.StandardSave(state_dict),
            'config': ocp.args.JsonSave(config.to_dict())}
   if pools:  # orbax refuses an empty tree.
@@ -150,8 +153,8 @@ def restore(manager: ocp.CheckpointManager, template: TrainState,
             step: int | None = None) -> TrainState:
   """Restores the latest (or given) step onto `template`'s structure, replicated.
 
-  `template` is a fresh unreplicated state from the same config. Pools saved on n devices are
-  dealt out to this host's devices round-robin, so a checkpoint moves between topologies.
+  `template` is a fresh unreplicated state from the same config. The saved pool (entry 0 of
+  the saved ones) goes to every device, so a checkpoint moves between topologies.
   """
   step = manager.latest_step() if step is None else step
   items = {'state': ocp.args.StandardRestore()}
@@ -164,14 +167,11 @@ def restore(manager: ocp.CheckpointManager, template: TrainState,
   state = flax.serialization.from_state_dict(target, restored['state'])
   state = state.replace(rng=jax.random.wrap_key_data(
       np.asarray(state.rng), impl=jax.random.key_impl(template.rng)))
-  if not template.pools:
-    return parallel.replicate(state)
-  _check_fits({'pools': flax.serialization.to_state_dict(template.pools)},
-              {'pools': jax.tree.map(lambda x: np.asarray(x)[0], restored['pools'])})
-  pools = flax.serialization.from_state_dict(
-      template.pools, parallel.local_slice_of_global(restored['pools']))
-  replicated = parallel.replicate(state)
-  return replicated.replace(pools=parallel.device_put_sharded(pools))
+  if template.pools:
+    saved = jax.tree.map(lambda x: np.asarray(x)[0], restored['pools'])
+    _check_fits({'pools': flax.serialization.to_state_dict(template.pools)}, {'pools': saved})
+    state = state.replace(pools=flax.serialization.from_state_dict(template.pools, saved))
+  return parallel.replicate(state)
 
 
 def _readable_everywhere(readable: bool) -> bool:

@@ -1,8 +1,9 @@
 """A functional history of generated images (Shrivastava et al. 2017), as in the reference.
 
 The discriminator sees a mix of current and past fakes, which damps oscillation. The pool is a
-pytree (`PoolState`) threaded through the train step, so it works under jit and pmap; under
-pmap each device keeps its own pool of its own fakes.
+pytree (`PoolState`) threaded through the train step, so it works under jit and pmap. Under
+pmap, `query_global` makes it the reference's single pool at the global batch: every device
+holds the same pool of every device's fakes, so a run does not depend on the device count.
 """
 
 import flax.struct
@@ -47,3 +48,15 @@ def query(state: PoolState, images: jax.Array, key: jax.Array) -> tuple[PoolStat
 
   keys = jax.random.split(key, images.shape[0])
   return jax.lax.scan(one, state, (images.astype(state.images.dtype), keys))
+
+
+def query_global(state: PoolState, images: jax.Array, key: jax.Array,
+                 axis_name: str) -> tuple[PoolState, jax.Array]:
+  """`query` on the global batch, inside pmap over `axis_name`: the fakes of all devices are
+  gathered in device order (the order of the global batch), every device runs the same query
+  with the same `key` (so the pools stay identical), and each keeps its own share of the
+  answer. One all-gather of the step's fakes per domain."""
+  everyone = jax.lax.all_gather(images, axis_name, tiled=True)
+  state, out = query(state, everyone, key)
+  share = images.shape[0]
+  return state, jax.lax.dynamic_slice_in_dim(out, jax.lax.axis_index(axis_name) * share, share)

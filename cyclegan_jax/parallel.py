@@ -81,29 +81,6 @@ def unreplicate(tree: Any) -> Any:
   return jax.tree.map(get, tree)
 
 
-def gather_per_device(local_tree: Any) -> Any:
-  """Per-device host arrays [local_devices, ...] of every process, as [global_devices, ...].
-
-  Ordered by process, then local device, which is the order of pmap's axis index.
-  """
-  if jax.process_count() == 1:
-    return local_tree
-  return multihost_utils.process_allgather(local_tree, tiled=True)
-
-
-def local_slice_of_global(global_tree: Any) -> Any:
-  """This process's [local_devices, ...] share of a [n, ...] per-device tree.
-
-  Local device i of process p takes entry (p * local_devices + i) mod n, so a tree saved on one
-  topology is dealt out whole to another (and exactly back on the same one).
-  """
-  n_local = jax.local_device_count()
-  first = jax.process_index() * n_local
-  return jax.tree.map(
-      lambda x: np.stack([np.asarray(x)[(first + i) % len(x)] for i in range(n_local)]),
-      global_tree)
-
-
 def fingerprint(tree: Any) -> int:
   """CRC32 of every leaf's bytes, in tree order: equal trees give equal fingerprints."""
   crc = 0

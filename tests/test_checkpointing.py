@@ -1,5 +1,5 @@
 """checkpointing.py in-process on the tiny config and 8 forced CPU devices: exact round trips
-(pools per device included), config mismatches named by tree, refusal of non-finite states,
+(the global pools included, and per-device pools of older versions), config mismatches named by tree, refusal of non-finite states,
 keep-N, and recovery from a save that a crash cut short.
 
 The end-to-end behaviour (resume, kill -9, SIGTERM, topology changes) is in test_train_loop.py.
@@ -8,13 +8,16 @@ The end-to-end behaviour (resume, kill -9, SIGTERM, topology changes) is in test
 import importlib
 import shutil
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from cyclegan_jax import checkpointing, parallel
 from cyclegan_jax.families import cyclegan
+from tests import helpers
 from tests.helpers import host_tree
 
 N_DEVICES = 8
@@ -62,22 +65,19 @@ def template(config):
 
 @pytest.fixture(scope='module')
 def trained(template):
-  """A replicated state at step 7 whose every leaf differs from `template`, with a different
-  pool on each device (as after training: each device pools its own fakes)."""
+  """A replicated state at step 7 whose every leaf differs from `template`, pools included
+  (one global pool per domain, the same on every device)."""
   rng = np.random.default_rng(0)
   perturb = lambda x: x + rng.normal(size=x.shape).astype(x.dtype) if np.issubdtype(
       x.dtype, np.floating) else x
-  state = template.replace(step=np.int32(7), pools={},
-                           params=jax.tree.map(perturb, template.params),
-                           opt_state_g=jax.tree.map(perturb, template.opt_state_g),
-                           opt_state_d=jax.tree.map(perturb, template.opt_state_d),
-                           rng=jax.random.key(123))
-  pools = jax.tree.map(lambda x: np.stack([np.asarray(x)] * N_DEVICES), template.pools)
+  pools = jax.tree.map(np.copy, template.pools)
   for pool in pools.values():
     pool.images[...] = rng.uniform(-1, 1, pool.images.shape)
-    pool.count[...] = rng.integers(0, pool.images.shape[1] + 1, N_DEVICES)
-  replicated = parallel.replicate(state)
-  return replicated.replace(pools=parallel.device_put_sharded(pools))
+    pool.count[...] = pool.images.shape[0] - 1
+  return parallel.replicate(template.replace(
+      step=np.int32(7), pools=pools, params=jax.tree.map(perturb, template.params),
+      opt_state_g=jax.tree.map(perturb, template.opt_state_g),
+      opt_state_d=jax.tree.map(perturb, template.opt_state_d), rng=jax.random.key(123)))
 
 
 @pytest.fixture(scope='module')
@@ -101,14 +101,31 @@ def restore(workdir, template, **kwargs):
     manager.close()
 
 
-def test_round_trip_is_exact_with_pools_per_device(saved, template, trained):
+def test_round_trip_is_exact_with_one_saved_pool(saved, template, trained):
   step, restored = restore(saved, template)
   assert step == 7
   assert_trees_equal(trained, restored)
   for pool in jax.tree.leaves(restored.pools):
     assert len(pool.sharding.device_set) == N_DEVICES  # Laid out as pmap expects.
-  images = np.asarray(restored.pools['a'].images)
-  assert not np.array_equal(images[0], images[1])  # Each device got its own pool back.
+  _, pools = helpers.restore(saved, 7)
+  assert pools['a']['images'].shape[0] == 1  # One copy of the global pool, not one per device.
+
+
+def test_a_checkpoint_with_a_pool_per_device_restores_device_0s_everywhere(tmp_path, config,
+                                                                           template, trained):
+  """Checkpoints of versions before the global pool saved [devices, ...] pools."""
+  host = jax.tree.map(lambda x: x[0], host_tree(trained))
+  pools = jax.tree.map(lambda x: np.stack([x, x + 1]),
+                       flax.serialization.to_state_dict(host.pools))
+  state = flax.serialization.to_state_dict(host.replace(pools={}))
+  manager = checkpointing.create_manager(tmp_path, keep=1)
+  manager.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          pools=ocp.args.StandardSave(pools),
+                                          config=ocp.args.JsonSave(config.to_dict())))
+  manager.wait_until_finished()
+  manager.close()
+  _, restored = restore(tmp_path, template)
+  assert_trees_equal(trained, restored)
 
 
 def test_config_is_saved_beside_the_state(saved, config):

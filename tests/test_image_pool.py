@@ -115,32 +115,29 @@ def test_seeded_queries_are_reproducible(queries):
   assert np.any(np.asarray(other) != returned)
 
 
-def test_pmap_keeps_a_pool_per_device():
+def test_query_global_is_one_pool_of_the_global_batch_on_every_device():
+  """Under pmap over 8 devices with 3 images each, the global pool equals one query of the 24
+  images in device order with the same key: every device holds that pool, and gets back its
+  own 3 of the answer."""
   n = jax.local_device_count()
   assert n == 8  # tests/conftest.py forces 8 CPU devices.
-  pool_size, per_call = 4, 3
+  pool_size, per_device = 10, 3
 
   @functools.partial(jax.pmap, axis_name='batch')
-  def query(state, images, key):
-    key = jax.random.fold_in(key, jax.lax.axis_index('batch'))
-    return image_pool.query(state, images, key)
+  def query_global(state, images, key):
+    return image_pool.query_global(state, images, key, 'batch')
 
-  state = jax.tree.map(lambda x: jnp.stack([x] * n), image_pool.init(pool_size, (2, 2, 1)))
-  key = jax.random.key(0)
-  history = [set() for _ in range(n)]
-  for call in range(4):  # 12 images per device: the pools fill, then swap.
-    # Device d sees values 1000·d + 10·call + i: every device's images differ.
-    images = jnp.stack([distinct_images(per_call, (2, 2, 1), 1000.0 * d + 10.0 * call)
-                        for d in range(n)])
-    state, out = query(state, images, jnp.stack([jax.random.fold_in(key, call)] * n))
-    assert out.shape == images.shape
+  single = image_pool.init(pool_size, (2, 2, 1))
+  state = jax.tree.map(lambda x: jnp.stack([x] * n), single)
+  query = jax.jit(image_pool.query)
+  for call in range(3):  # 24 images a call: the pool fills in the first, then swaps.
+    everyone = distinct_images(n * per_device, (2, 2, 1), 100.0 * call)
+    key = jax.random.key(call)
+    state, out = query_global(state, everyone.reshape((n, per_device, 2, 2, 1)),
+                              jnp.stack([key] * n))
+    single, expected = query(single, everyone, key)
+    np.testing.assert_array_equal(out.reshape(everyone.shape), expected)
     for d in range(n):
-      history[d] |= set(np.asarray(images[d, :, 0, 0, 0]).tolist())
-      # What a device returns is its own image, now or from its own past.
-      assert set(np.asarray(out[d, :, 0, 0, 0]).tolist()) <= history[d]
+      np.testing.assert_array_equal(state.images[d], single.images)
   np.testing.assert_array_equal(state.count, np.full(n, pool_size))
-  pools = np.asarray(state.images[:, :, 0, 0, 0])
-  for d in range(n):
-    assert set(pools[d].tolist()) <= history[d]  # Only this device's images.
-    assert len(set(pools[d].tolist())) == pool_size
-  assert len({tuple(p) for p in pools}) == n  # Every device's pool differs.
+  assert len(set(np.asarray(single.images[:, 0, 0, 0]).tolist())) == pool_size

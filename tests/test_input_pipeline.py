@@ -2,6 +2,7 @@
 
 import gc
 import io
+import itertools
 import logging
 import socket
 import threading
@@ -141,7 +142,7 @@ def test_folders_skip_bad_files(folders_config, caplog):
   caplog.set_level(logging.INFO, logger='absl')
   data = input_pipeline.open(folders_config)
   assert data.sizes == (7, 3)
-  domain_a, domain_b = data.host_domains()  # Opened once: one report per domain.
+  domain_a, domain_b = data.train_domains()  # Opened once: one report per domain.
   used = sorted(domain_a.describe(i) for i in range(domain_a.size))
   where = domain_a.name
   assert used == sorted(f'{where}/{name}' for name in GOOD_A)
@@ -263,29 +264,42 @@ def test_domain_a_alone_is_the_same_stream_of_a(config):
 
 
 def test_sample_plans_follow_the_unaligned_reference():
-  plans = input_pipeline._sample_plans(0, 0, size_a=5, size_b=3, serial=False, start=0)
+  plans = input_pipeline._sample_plans(0, size_a=5, size_b=3, serial=False,
+                                       samples=itertools.count(0))
   pairs = [next(plans)[:2] for _ in range(15)]
   for epoch in range(3):
     assert sorted(a for a, _ in pairs[5 * epoch:5 * epoch + 5]) == list(range(5))
   assert {b for _, b in pairs} == {0, 1, 2}
-  resumed = input_pipeline._sample_plans(0, 0, size_a=5, size_b=3, serial=False, start=7)
+  resumed = input_pipeline._sample_plans(0, size_a=5, size_b=3, serial=False,
+                                         samples=itertools.count(7))
   assert [next(resumed)[:2] for _ in range(8)] == pairs[7:]
-  serial = input_pipeline._sample_plans(0, 0, size_a=2, size_b=3, serial=True, start=0)
+  serial = input_pipeline._sample_plans(0, size_a=2, size_b=3, serial=True,
+                                        samples=itertools.count(0))
   assert [next(serial)[:2] for _ in range(4)] == [(0, 0), (1, 1), (0, 2), (0, 0)]
 
 
+def test_each_host_takes_its_consecutive_share_of_every_global_batch():
+  host1 = input_pipeline.host_samples(start_step=2, global_batch=8, first=4, host_batch=4)
+  assert list(itertools.islice(host1, 8)) == [20, 21, 22, 23, 28, 29, 30, 31]
+
+
 @pytest.mark.parametrize('source', ['demo', 'folders'])
-def test_hosts_get_disjoint_shards_that_cover_everything(config, folders_config, source):
+def test_every_topology_trains_on_the_same_global_batches(config, folders_config, source):
+  """1 host × 4 devices, 2 × 2 and 4 × 1, from step 0 and from step 3: the same images, crops
+  and flips, each host with its share, in device order."""
   config = folders_config if source == 'folders' else config
-  full = input_pipeline.open(config).host_domains(process_index=0, process_count=1)
-  shards = [input_pipeline.open(config).host_domains(process_index=p, process_count=2) for p in (0, 1)]
-  for d in range(2):
-    items = [{s[d].describe(i) for i in range(s[d].size)} for s in shards]
-    assert not items[0] & items[1]
-    assert items[0] | items[1] == {full[d].describe(i) for i in range(full[d].size)}
-  host0, host1 = (next(input_pipeline.open(config).train_iterator(process_index=p,
-                                                            process_count=2)) for p in (0, 1))
-  assert host0['a'].shape == host1['a'].shape and not np.array_equal(host0['a'], host1['a'])
+  config.batch_size = 4
+  data = input_pipeline.open(config)
+  for start in (0, 3):
+    one = _take(data.train_iterator(start, process_index=0, process_count=1, local_devices=4), 2)
+    for hosts in (2, 4):
+      fed = [_take(data.train_iterator(start, process_index=p, process_count=hosts,
+                                       local_devices=4 // hosts), 2) for p in range(hosts)]
+      for step in range(2):
+        for d in 'ab':
+          np.testing.assert_array_equal(
+              one[step][d], np.concatenate([f[step][d] for f in fed]), f'{hosts} hosts, {d}')
+  assert not np.array_equal(one[0]['a'][0], one[0]['a'][1])
 
 
 @pytest.mark.parametrize('mode', preprocess.MODES)
@@ -350,8 +364,9 @@ def test_tfds_source_with_mock_data(config):
     assert input_pipeline.open(config).sizes == (6, 6)
     batches = _take(input_pipeline.open(config).train_iterator(), 2)
     _assert_same(batches[1:], _take(input_pipeline.open(config).train_iterator(1), 1))
-    shard = input_pipeline.open(config).host_domains(process_index=1, process_count=2)[0]
-    assert shard.size == 3
+    second_host = _take(input_pipeline.open(config).train_iterator(
+        process_index=1, process_count=2, local_devices=4), 1)
+    np.testing.assert_array_equal(second_host[0]['a'], batches[0]['a'][4:])
     test_images = input_pipeline.open(config).eval_images('b', 2)
   assert batches[0]['a'].shape == (8, 1, CROP, CROP, 3)
   assert -1 <= batches[0]['b'].min() and batches[0]['b'].max() <= 1

@@ -30,6 +30,7 @@ from tests.runs import (TIMEOUT_S, Run, assert_bit_identical, flat, stop_leftove
 TILE, PAD = 32, 2  # configs/test.py crops; visualize.image_grid's padding.
 NUM_SAMPLE_IMAGES = 2  # configs/test.py
 SCALARS = ('g_total', 'd_a', 'cycle_a', 'lr_g')
+LOSS_RTOL_ACROSS_DEVICE_COUNTS = 1e-2  # Measured: 1.7e-7 at steps 8-10, 3.2e-4 at 12.
 KILLS = 1  # Killed at a random moment 0-2 s after its first checkpoint (perhaps mid-save).
 # Long enough to kill mid-run: checkpoints every 4 steps, no sample grids until the end.
 LONG_RUN = ('--config.num_train_steps=40', '--config.checkpoint_every_steps=4',
@@ -96,7 +97,7 @@ def test_end_to_end_writes_checkpoints(runs):
   state, pools = restore(six.workdir, 6)
   assert int(state['step']) == 6
   assert sorted(state['params']) == ['d_a', 'd_b', 'g_ab', 'g_ba']
-  assert pools['a']['images'].shape[0] == 8  # One pool per device.
+  assert pools['a']['images'].shape[0] == 1  # One global pool, the same on every device.
   assert_finite((state, pools))
   assert json.loads((six.workdir / 'config.json').read_text())['num_train_steps'] == 6
 
@@ -153,7 +154,7 @@ def test_end_to_end_writes_loss_table_and_curves(runs):
 @pytest.mark.slow
 def test_resume_is_bit_exact(runs):
   """12 steps straight == 6 steps, then a second invocation to 12: parameters, optimizer
-  states, rng and every device's image pool, and the logged losses too."""
+  states, rng and the image pools, and the logged losses too."""
   resumed = runs['resumed'].succeeded()
   assert 'resumed from the checkpoint of step 6' in resumed.stderr
   straight = runs['twelve'].succeeded()
@@ -162,8 +163,10 @@ def test_resume_is_bit_exact(runs):
 
 
 @pytest.mark.slow
-def test_resume_on_one_device_after_eight(runs):
-  """The checkpoint holds host arrays; device 0's pools go to the single device."""
+def test_resume_on_one_device_after_eight_continues_the_same_run(runs):
+  """The checkpoint holds host arrays and one global pool per domain; with the global data
+  order, steps 7..12 on one device are those of the 8-device run, up to float32 rounding of
+  another per-device batch (bit-identical resume is for the same topology)."""
   run = runs['to_one'].succeeded()
   assert 'resumed from the checkpoint of step 6' in run.stderr
   assert complete_steps(run.workdir)[-1] == 12
@@ -171,7 +174,12 @@ def test_resume_on_one_device_after_eight(runs):
   assert int(state['step']) == 12
   assert pools['a']['images'].shape[0] == pools['b']['count'].shape[0] == 1
   assert_finite((state, pools))
-  assert [int(r['step']) for r in read_loss_csv(run.workdir)] == list(range(2, 13, 2))
+  rows, straight = read_loss_csv(run.workdir), read_loss_csv(runs['twelve'].workdir)
+  assert [int(r['step']) for r in rows] == [int(r['step']) for r in straight] == [2, 4, 6, 8,
+                                                                                  10, 12]
+  worst = max(abs(float(r[k]) / float(s[k]) - 1) for r, s in zip(rows[3:], straight[3:])
+              for k in SCALARS)
+  assert worst < LOSS_RTOL_ACROSS_DEVICE_COUNTS, f'{worst:.2e}'
 
 
 @pytest.mark.slow
@@ -220,13 +228,13 @@ def test_sigterm_saves_the_current_step(sigterm):
 @pytest.mark.slow
 def test_resume_after_sigterm_on_eight_devices_after_one(sigterm):
   """The same command finishes the run, from the signal's step, on 8 devices: the one saved
-  pool per domain is dealt out to all of them."""
+  pool per domain goes to all of them."""
   finished = sigterm.finished.succeeded()
   match = re.search(r'resumed from the checkpoint of step (\d+)', finished.stderr)
   assert match and int(match[1]) == sigterm.steps[-1]
   assert complete_steps(finished.workdir)[-1] == 40
   state, pools = restore(finished.workdir, 40)
-  assert pools['a']['images'].shape[0] == pools['b']['count'].shape[0] == 8
+  assert pools['a']['images'].shape[0] == pools['b']['count'].shape[0] == 1
   assert_finite((state, pools))
   steps = [int(r['step']) for r in read_loss_csv(finished.workdir)]
   assert steps == sorted(set(steps)) and steps[-1] == 40

@@ -19,7 +19,7 @@ import optax
 import pytest
 
 from configs import default
-from cyclegan_jax import families, optim, parallel
+from cyclegan_jax import families, image_pool, optim, parallel
 from cyclegan_jax.families import cyclegan
 from tests.helpers import host_tree
 
@@ -73,8 +73,8 @@ GOLDEN = {
 
 
 def tiny_config(**optim):
-  """ngf = ndf = 8, two residual blocks, 32² crops, a pool that is still filling after 8 fakes
-  per device (so it returns its inputs unchanged), lsgan, no dropout; lr_d differs from lr."""
+  """ngf = ndf = 8, two residual blocks, 32² crops, a global pool that is still filling after
+  STEPS steps (so it returns its inputs unchanged), lsgan, no dropout; lr_d differs from lr."""
   c = default.get_config()
   c.batch_size = GLOBAL_BATCH
   c.model.ngf = c.model.ndf = 8
@@ -82,7 +82,7 @@ def tiny_config(**optim):
   c.model.dropout = 0.0
   c.data.crop_size = SIZE
   c.loss.gan_mode = 'lsgan'
-  c.loss.pool_size = GLOBAL_BATCH
+  c.loss.pool_size = GLOBAL_BATCH * STEPS
   c.optim.lr_d = 1e-4
   c.optim.update(optim)
   return c
@@ -316,6 +316,9 @@ def test_golden_losses(run):
 def _sgd_setup():
   c = tiny_config()
   c.model.dtype = 'float64'
+  # Half the global batch: the pool fills with the step's first 4 fakes and may swap the last 4
+  # for them, so D's gradients hold only if the 8 devices share one pool in batch order.
+  c.loss.pool_size = GLOBAL_BATCH // 2
   models = cyclegan.create_models(c, steps_per_epoch=STEPS_PER_EPOCH)
   return c, dataclasses.replace(models, tx_g=optax.sgd(1.0), tx_d=optax.sgd(1.0))
 
@@ -327,8 +330,10 @@ def gradients_on(n, state):
     to_f64 = lambda tree: jax.tree.map(
         lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
     params = to_f64(state.params)
+    pools = {d: image_pool.init(c.loss.pool_size, pool.images.shape[1:])
+             for d, pool in state.pools.items()}
     state = state.replace(
-        params=params, pools=to_f64(state.pools),
+        params=params, pools=to_f64(pools),
         opt_state_g=models.tx_g.init({k: params[k] for k in cyclegan.GENERATORS}),
         opt_state_d=models.tx_d.init({k: params[k] for k in cyclegan.DISCRIMINATORS}))
     devices = jax.local_devices()[:n]
@@ -383,20 +388,19 @@ def test_pmap_gradients_on_eight_devices_match_one_device(tiny, one_device_gradi
 # Replicas and seeds.
 
 
-def test_replicas_stay_identical_but_pools_differ(run):
+def test_replicas_stay_identical_pools_included(run):
+  """The pools are one global pool per domain: after 3 steps every device holds the same 24
+  fakes (3 steps × 8 devices), each device's fake of a step in its place of the global batch."""
   _, states, _, _ = run
   state = states[2]  # After 3 steps with Adam on 8 devices.
-  replicated = state.replace(pools={})
-  for path, x in zip(leaf_paths(replicated), jax.tree.leaves(replicated)):
+  for path, x in zip(leaf_paths(state), jax.tree.leaves(state)):
     assert x.shape[0] == 8, path
     for i in range(1, 8):
       assert np.array_equal(x[i], x[0]), f'{path} differs between device {i} and device 0'
   for domain, pool in state.pools.items():
-    np.testing.assert_array_equal(pool.count, np.full(8, 3))
-    for i in range(1, 8):
-      assert not np.array_equal(pool.images[i, :3], pool.images[0, :3]), (
-          f'pool {domain}: device {i} holds the same fakes as device 0')
-    assert np.all(pool.images[:, 3:] == 0)  # Only the 3 fakes seen so far are stored.
+    np.testing.assert_array_equal(pool.count, np.full(8, 24))
+    assert len({pool.images[0, i].tobytes() for i in range(24)}) == 24, domain
+    assert np.all(pool.images[:, 24:] == 0)  # Only the 24 fakes seen so far are stored.
 
 
 def test_seeded_runs_are_bit_identical(tiny, run):

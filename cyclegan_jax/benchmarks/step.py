@@ -18,8 +18,8 @@ Prints one JSON record:
   virtual machine the dot rate itself moved between 140 and 265 GFLOP/s within one hour, so
   a peak taken minutes away from a step would misstate the ratio. `dot_peak_flops_per_s` is
   the median of those peaks;
-- the bytes each step all-reduces across devices (what multi-host training sends over the
-  interconnect); peak memory;
+- the bytes each step all-reduces and all-gathers across devices (what multi-host training
+  sends over the interconnect); peak memory;
 - the input pipeline's images/s at the same crop size (`benchmarks.input`, synthetic jpgs).
 
   python -m cyclegan_jax.benchmarks.step --config=configs/default.py --size=128 --steps=5 --json
@@ -66,19 +66,32 @@ def _flops(stage: Any) -> float | None:
   return float(flops) if flops is not None and flops > 0 else None
 
 
+# The result types of each collective in the lowered (StableHLO) step; all_reduce has a region.
 _ALL_REDUCE_RESULT = re.compile(r'"stablehlo\.all_reduce".*?\}\) : \(.*?\) -> (.*?)$',
                                 re.DOTALL | re.MULTILINE)
+_ALL_GATHER_RESULT = re.compile(r'"stablehlo\.all_gather"[^\n]* : \(.*?\) -> (.*?)$',
+                                re.MULTILINE)
 _TENSOR = re.compile(r'tensor<((?:\d+x)*)[a-z]+(\d+)>')  # Dimensions, element bits.
+
+
+def _result_bytes(pattern: re.Pattern, stablehlo: str) -> int:
+  total = 0
+  for results in pattern.findall(stablehlo):
+    for dims, bits in _TENSOR.findall(results):
+      total += math.prod(int(d) for d in dims.split('x') if d) * max(int(bits) // 8, 1)
+  return total
 
 
 def allreduce_bytes(stablehlo: str) -> int:
   """Bytes that one step all-reduces across devices (gradients, batch statistics, metrics),
-  summed over the results of every all_reduce in the lowered (StableHLO) step."""
-  total = 0
-  for results in _ALL_REDUCE_RESULT.findall(stablehlo):
-    for dims, bits in _TENSOR.findall(results):
-      total += math.prod(int(d) for d in dims.split('x') if d) * max(int(bits) // 8, 1)
-  return total
+  summed over the results of every all_reduce."""
+  return _result_bytes(_ALL_REDUCE_RESULT, stablehlo)
+
+
+def allgather_bytes(stablehlo: str) -> int:
+  """Bytes that one step all-gathers (CycleGAN: the step's fakes of every device, for the
+  global image pools), summed over the results of every all_gather."""
+  return _result_bytes(_ALL_GATHER_RESULT, stablehlo)
 
 
 def dot_peak_flops_per_s(repeats: int = 3) -> float:
@@ -211,6 +224,7 @@ def benchmark(config, steps: int, config_path: str | None = None, input_pipeline
       'flops_per_step': flops, 'executed_flops_per_step': _flops(compiled),
       'flops_scope': 'per device',
       'allreduce_bytes_per_step': allreduce_bytes(lowered.as_text()),
+      'allgather_bytes_per_step': allgather_bytes(lowered.as_text()),
       'achieved_flops_per_s': achieved, 'dot_peak_flops_per_s': statistics.median(peaks),
       'peak_ratio': None if peak_ratio is None else round(peak_ratio, 4),
       'peak_rss_mb': round(_peak_rss_mb(), 1),

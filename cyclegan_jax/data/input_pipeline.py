@@ -9,12 +9,14 @@ in mnist, svhn, mnistm from the data directory data.path, digits_data.py; labels
 Order, as the reference unaligned dataset: an epoch is max(|A|, |B|) samples; sample k of an
 epoch takes A item perm[k] mod |A| (perm is a fresh shuffle each epoch, the identity with
 serial_batches) and a random B item (k mod |B| with serial_batches). Every choice and every
-augmentation comes from numpy generators seeded with (seed, host, epoch or sample number), so the
-batches from step k on are a function of (seed, k) alone: resuming at step k needs only k.
+augmentation comes from numpy generators seeded with (seed, epoch or sample number) alone.
 
-Hosts: host p uses items i ≡ p (mod hosts) of each domain and runs its own epochs over that
-shard; hosts never talk, so nothing can hang. Every host checks all files at start-up, so all
-agree on the file list and the skip report; after that each host reads only its own shard.
+Global order: the global batch of step t is samples t·B … t·B + B − 1 (B = config.batch_size),
+whatever the topology. The host whose devices come p-th in the device order prepares its
+devices' consecutive share of them, reading any item it needs. So a run on 1 host × 4 devices and
+on 2 hosts × 2 devices trains on the same images, crops and flips at every step, and resuming
+at step t, on any topology, needs only t. Hosts never talk, so nothing can hang. Every host
+checks all files at start-up, so all agree on the file list and the skip report.
 """
 
 import collections
@@ -100,30 +102,30 @@ def _hosts(process_index: int | None, process_count: int | None) -> tuple[int, i
   return index, count
 
 
-def host_shard(domain: image_files.Domain, process_index: int,
-               process_count: int) -> image_files.Domain:
-  """Items i ≡ process_index (mod process_count): the hosts' shards are disjoint and cover all."""
-  shard = domain.take(range(process_index, domain.size, process_count))
-  if not shard.size:
-    raise ValueError(f'{domain.name} has {domain.size} images: too few for {process_count} hosts '
-                     'to get one each.')
-  return shard
-
-
-def _sample_plans(seed: int, host: int, size_a: int, size_b: int, serial: bool,
-                  start: int) -> Iterator[tuple[int, int, np.random.Generator]]:
-  """(A index, B index, augmentation rng) for each of this host's samples from number `start`."""
+def _sample_plans(seed: int, size_a: int, size_b: int, serial: bool,
+                  samples: Iterator[int]) -> Iterator[tuple[int, int, np.random.Generator]]:
+  """(A index, B index, augmentation rng) for each of the global sample numbers `samples`."""
   epoch_length = max(size_a, size_b)
-  order = None
-  for sample in itertools.count(start):
+  order, order_epoch = None, None
+  for sample in samples:
     epoch, position = divmod(sample, epoch_length)
-    rng = np.random.default_rng([seed, host, _SAMPLE_STREAM, sample])
+    # The 0 is where the host index once was: single-host runs draw as they always did.
+    rng = np.random.default_rng([seed, 0, _SAMPLE_STREAM, sample])
     if serial:
       yield position % size_a, position % size_b, rng
       continue
-    if order is None or position == 0:
-      order = np.random.default_rng([seed, host, _ORDER_STREAM, epoch]).permutation(epoch_length)
+    if epoch != order_epoch:
+      order_epoch = epoch
+      order = np.random.default_rng([seed, 0, _ORDER_STREAM, epoch]).permutation(epoch_length)
     yield int(order[position]) % size_a, int(rng.integers(size_b)), rng
+
+
+def host_samples(start_step: int, global_batch: int, first: int,
+                 host_batch: int) -> Iterator[int]:
+  """The global sample numbers a host prepares from `start_step` on: its consecutive share
+  [first, first + host_batch) of every global batch."""
+  for step in itertools.count(start_step):
+    yield from range(step * global_batch + first, step * global_batch + first + host_batch)
 
 
 def _prepared(domain: image_files.Domain, index: int, data,
@@ -174,29 +176,27 @@ class Data:
   @property
   def sizes(self) -> tuple[int, int]:
     """Global |A| and |B| of the training split, after bad files are dropped."""
-    return self._split('a', 'train').size, self._split('b', 'train').size
+    return tuple(domain.size for domain in self.train_domains())
 
   def steps_per_epoch(self) -> int:
     """An epoch is max(|A|, |B|) images, as in the reference."""
     return max(max(self.sizes) // self._config.batch_size, 1)
 
-  def host_domains(self, process_index: int | None = None,
-                   process_count: int | None = None) -> tuple[image_files.Domain, ...]:
-    """This host's shards of the A and B training domains."""
-    index, count = _hosts(process_index, process_count)
-    return tuple(host_shard(self._split(d, 'train'), index, count) for d in 'ab')
+  def train_domains(self) -> tuple[image_files.Domain, image_files.Domain]:
+    """The A and B training domains (every host reads from all of them)."""
+    return self._split('a', 'train'), self._split('b', 'train')
 
   def train_iterator(self, start_step: int = 0, *, domains: str = 'ab',
                      process_index: int | None = None, process_count: int | None = None,
                      local_devices: int | None = None) -> Iterator[dict[str, Any]]:
     """Endless {'a', 'b'} float32 batches [local devices, per-device batch, crop, crop, 3] in
-    [-1, 1].
+    [-1, 1]: this host's share of each global batch (see the module docstring).
 
     `domains='a'` prepares and yields A alone (DCGAN trains on A only); A's images and order are
     the same either way. With start_step=k it yields exactly what an iterator that ran k steps
     yields next. process_index, process_count and local_devices default to this process's;
-    given, they yield what that host of another topology would be fed (tests compare topologies
-    with them).
+    given, they yield what that host of another topology would be fed (each host with
+    local_devices devices, hosts in device order), which tests use to compare topologies.
     """
     config = self._config
     if start_step < 0:
@@ -204,12 +204,13 @@ class Data:
     if domains not in ('ab', 'a'):
       raise ValueError(f"domains must be 'ab' or 'a', got {domains!r}.")
     local_devices = jax.local_device_count() if local_devices is None else local_devices
-    host_batch = parallel.host_batch_size(config.batch_size, local_devices)
     index, count = _hosts(process_index, process_count)
-    domain_a, domain_b = self.host_domains(index, count)
-    plans = _sample_plans(config.seed, index, domain_a.size, domain_b.size,
-                          config.data.serial_batches, start_step * host_batch)
-    chosen = {'a': domain_a, 'b': domain_b}
+    host_batch = local_devices * parallel.per_device_batch_size(config.batch_size,
+                                                                count * local_devices)
+    chosen = dict(zip('ab', self.train_domains()))
+    samples = host_samples(start_step, config.batch_size, index * host_batch, host_batch)
+    plans = _sample_plans(config.seed, chosen['a'].size, chosen['b'].size,
+                          config.data.serial_batches, samples)
     return _batches({d: chosen[d] for d in domains}, plans, host_batch, local_devices,
                     config.data)
 

@@ -2,8 +2,10 @@
 A, D_B domain B), image pools, and the pure per-device step.
 
 The step is written with explicit collectives over `parallel.AXIS_NAME` only (pmean of
-gradients, batch statistics and metrics), so `parallel` may wrap it with pmap or shard_map
-unchanged. Only the image pools differ between devices; everything else stays bit-identical.
+gradients, batch statistics and metrics, an all-gather of the fakes for the pools), so
+`parallel` may wrap it with pmap or shard_map unchanged. The whole state, pools included, stays
+identical on every device: the pools are one global pool per domain, as the reference's single
+pool at the global batch (image_pool.query_global).
 """
 
 from collections.abc import Callable
@@ -125,9 +127,10 @@ def train_step(state: base.TrainState, batch: dict[str, jax.Array], *, models: M
   loss = config.loss
   mode = loss.gan_mode
   real_a, real_b = batch['a'], batch['b']
-  key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
-                           jax.lax.axis_index(AXIS_NAME))
-  g_key, d_key, pool_a_key, pool_b_key, gp_key = jax.random.split(key, 5)
+  step_key = jax.random.fold_in(state.rng, state.step)  # The same on every device.
+  pool_a_key, pool_b_key, device_key = jax.random.split(step_key, 3)
+  g_key, d_key, gp_key = jax.random.split(
+      jax.random.fold_in(device_key, jax.lax.axis_index(AXIS_NAME)), 3)
 
   def generator_loss(g_params):
     net = base.Networks(_modules(models), {**state.params, **g_params}, state.batch_stats,
@@ -153,10 +156,10 @@ def train_step(state: base.TrainState, batch: dict[str, jax.Array], *, models: M
   g_grads = jax.lax.pmean(g_grads, AXIS_NAME)
   g_params, opt_state_g = base.optimizer_update(models.tx_g, g_grads, state.opt_state_g, g_params)
 
-  pool_a, pooled_a = image_pool.query(state.pools['a'], jax.lax.stop_gradient(fake_a),
-                                      pool_a_key)
-  pool_b, pooled_b = image_pool.query(state.pools['b'], jax.lax.stop_gradient(fake_b),
-                                      pool_b_key)
+  pool_a, pooled_a = image_pool.query_global(state.pools['a'], jax.lax.stop_gradient(fake_a),
+                                             pool_a_key, AXIS_NAME)
+  pool_b, pooled_b = image_pool.query_global(state.pools['b'], jax.lax.stop_gradient(fake_b),
+                                             pool_b_key, AXIS_NAME)
 
   def discriminator_loss(d_params):
     net = base.Networks(_modules(models), {**state.params, **d_params}, batch_stats, d_key)
