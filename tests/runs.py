@@ -93,8 +93,11 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.fixture(scope='module', autouse=True)
 def stop_leftover_runs():
-  """Kills every run a module started that is still going (after a failed test)."""
+  """At the end of a module that imports it: kills every run still going (after a failed
+  test), so none outlives its test."""
+  yield
   for run in Run.started:
     if run.proc.poll() is None:
       run.proc.kill()

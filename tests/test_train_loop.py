@@ -24,8 +24,8 @@ from PIL import Image
 
 from cyclegan_jax import visualize
 from tests.helpers import complete_steps, read_loss_csv, restore
-from tests.runs import (TIMEOUT_S, Run, assert_bit_identical, flat, stop_leftover_runs,
-                        wait_for_checkpoint)
+from tests.runs import TIMEOUT_S, Run, assert_bit_identical, flat, wait_for_checkpoint
+from tests.runs import stop_leftover_runs  # noqa: F401  (an autouse fixture: no run outlives us)
 
 TILE, PAD = 32, 2  # configs/test.py crops; visualize.image_grid's padding.
 NUM_SAMPLE_IMAGES = 2  # configs/test.py
@@ -41,12 +41,6 @@ def assert_finite(tree):
   bad = [k for k, x in flat(tree).items()
          if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x))]
   assert not bad, bad
-
-
-@pytest.fixture(scope='module', autouse=True)
-def _stop_leftover_runs():
-  yield
-  stop_leftover_runs()
 
 
 @pytest.fixture(scope='module')
