@@ -9,7 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cyclegan_jax import checkpointing, families, parallel
+from cyclegan_jax import checkpointing, faults, families, parallel
 from cyclegan_jax.models import inception
 
 needs_inception = pytest.mark.skipif(
@@ -31,8 +31,7 @@ def host_tree(tree):
 
 def complete_steps(workdir) -> list[int]:
   """Steps whose checkpoint finished: orbax renames `N.orbax-checkpoint-tmp` to `N` last."""
-  path = pathlib.Path(workdir) / 'checkpoints'
-  return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit()) if path.exists() else []
+  return faults.complete_checkpoints(workdir)
 
 
 def restore(workdir, step, pools=True):

@@ -18,7 +18,7 @@ import pytest
 from cyclegan_jax import checkpointing, parallel
 from cyclegan_jax.families import cyclegan
 from tests import helpers
-from tests.helpers import host_tree
+from tests.helpers import complete_steps, host_tree
 
 N_DEVICES = 8
 STEPS_PER_EPOCH = 8
@@ -46,10 +46,6 @@ def assert_trees_equal(expected, actual):
   assert [p for p, _ in want] == [p for p, _ in got]
   for (path, x), (_, y) in zip(want, got):
     assert x.dtype == y.dtype and np.array_equal(x, y), jax.tree_util.keystr(path)
-
-
-def step_dirs(workdir):
-  return sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
 
 
 @pytest.fixture(scope='module')
@@ -169,7 +165,7 @@ def test_keeps_the_newest_checkpoints(tmp_path, config, template):
   finally:
     manager.wait_until_finished()
     manager.close()
-  assert step_dirs(tmp_path) == [4, 5]
+  assert complete_steps(tmp_path) == [4, 5]
 
 
 def test_a_relative_workdir_saves_and_restores(tmp_path, monkeypatch, config, template):
@@ -182,7 +178,7 @@ def test_a_relative_workdir_saves_and_restores(tmp_path, monkeypatch, config, te
     restored = checkpointing.restore(manager, template)
   finally:
     manager.close()
-  assert step_dirs(tmp_path / 'workdirs' / 'run') == [2]
+  assert complete_steps(tmp_path / 'workdirs' / 'run') == [2]
   assert int(restored.step[0]) == 2
 
 
@@ -207,4 +203,4 @@ def test_a_save_cut_short_does_not_stop_restore_or_saving(tmp_path, saved, confi
     assert_trees_equal(later, checkpointing.restore(manager, template))
   finally:
     manager.close()
-  assert step_dirs(workdir) == [7, 9]
+  assert complete_steps(workdir) == [7, 9]
