@@ -51,13 +51,14 @@ def discriminator_loss(pred_real: jax.Array, pred_fake: jax.Array, mode: str) ->
 
 
 def gradient_penalty(d_apply: Callable[[jax.Array], jax.Array], real: jax.Array,
-                     fake: jax.Array, key: jax.Array, lambda_gp: float = 10.0) -> jax.Array:
-  """WGAN-GP: λ·mean((‖∇D(x̂)‖₂ − 1)²) on random per-sample mixes x̂ of real and fake.
+                     fake: jax.Array, alpha: jax.Array, lambda_gp: float = 10.0) -> jax.Array:
+  """WGAN-GP: λ·mean((‖∇D(x̂)‖₂ − 1)²) on the per-sample mixes x̂ = α·real + (1 − α)·fake,
+  with α [batch] drawn uniformly by the caller (the step draws it for the global batch).
 
   `d_apply` maps images to logits with the discriminator's parameters already bound, so the
   penalty's gradient w.r.t. those parameters flows through this function.
   """
-  alpha = jax.random.uniform(key, (real.shape[0],) + (1,) * (real.ndim - 1), real.dtype)
+  alpha = alpha.astype(real.dtype).reshape((real.shape[0],) + (1,) * (real.ndim - 1))
   mixed = alpha * real + (1.0 - alpha) * fake
   grads = jax.grad(lambda x: jnp.sum(d_apply(x)))(mixed)
   norms = jnp.sqrt(jnp.sum(jnp.square(grads.reshape(grads.shape[0], -1)), axis=1) + 1e-16)

@@ -5,7 +5,7 @@ Everything else works on per-device values. The step is written with explicit co
 """
 
 import collections
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 import zlib
 
@@ -111,6 +111,22 @@ def device_put_sharded(host_batch: Any) -> Any:
 def pmap_step(step_fn: Callable[..., Any], donate_state: bool = True) -> Callable[..., Any]:
   """Wraps a per-device `step_fn(state, batch)` for data parallelism over local devices."""
   return jax.pmap(step_fn, axis_name=AXIS_NAME, donate_argnums=(0,) if donate_state else ())
+
+
+def in_step(modules: Mapping[str, Any]) -> dict[str, Any]:
+  """The modules as the pmapped step runs them: batch norm (in those that have it) normalises
+  over the whole batch across devices, so a step does not depend on how its batch is split."""
+  return {name: module.clone(batch_axis=AXIS_NAME) if hasattr(module, 'batch_axis') else module
+          for name, module in modules.items()}
+
+
+def share_of_global(draw: Callable[[int], jax.Array], local_batch: int) -> jax.Array:
+  """This device's rows of `draw(global batch size)`, inside the pmapped step. `draw` uses a
+  key that all devices share, so example i of the global batch gets the same random values
+  whatever the topology (devices hold the global batch in device order, as the data does)."""
+  rows = draw(local_batch * jax.lax.axis_size(AXIS_NAME))
+  return jax.lax.dynamic_slice_in_dim(rows, jax.lax.axis_index(AXIS_NAME) * local_batch,
+                                      local_batch)
 
 
 def prefetch_to_device(iterator: Iterator[Any], size: int = 2) -> Iterator[Any]:

@@ -65,3 +65,11 @@ def save_fresh_checkpoint(config, workdir):
   manager.wait_until_finished()
   manager.close()
   return models, state
+
+
+def rel_error(ref, other):
+  """‖ref − other‖ / ‖ref‖ over a whole flattened tree (robust to near-zero noisy leaves)."""
+  flat = lambda t: np.concatenate([np.ravel(x).astype(np.float64)
+                                   for x in jax.tree.leaves(t)])
+  ref, other = flat(ref), flat(other)
+  return np.linalg.norm(ref - other) / np.linalg.norm(ref)

@@ -141,7 +141,7 @@ def test_unknown_mode_is_rejected():
 # ----------------------------------------------------------------------------------------------
 # WGAN-GP gradient penalty.
 
-KEY = jax.random.key(0, impl='rbg')  # Threefry works too; rbg just compiles faster here.
+ALPHA = jnp.array([0.1, 0.5, 0.9])  # Per-sample mixes of real and fake, as the step draws them.
 
 
 def _linear_d(w):
@@ -155,17 +155,18 @@ def _images(seed, shape=(3, 4, 4, 2)):
 def test_gradient_penalty_of_linear_critic():
   w = _images(0, (4, 4, 2))
   w = 3.0 * w / jnp.linalg.norm(w)  # ‖w‖ = 3, so every sample's penalty is (3 - 1)^2 = 4.
-  penalty = losses.gradient_penalty(_linear_d(w), _images(1), _images(2), KEY, lambda_gp=10.0)
+  penalty = losses.gradient_penalty(_linear_d(w), _images(1), _images(2), ALPHA,
+                                     lambda_gp=10.0)
   assert float(penalty) == pytest.approx(10.0 * 4.0, rel=1e-5)
   unit = w / 3.0  # ‖w‖ = 1: no penalty.
-  assert float(losses.gradient_penalty(_linear_d(unit), _images(1), _images(2), KEY)) == (
+  assert float(losses.gradient_penalty(_linear_d(unit), _images(1), _images(2), ALPHA)) == (
       pytest.approx(0.0, abs=1e-10))
 
 
 def test_gradient_penalty_gradient_flows_to_critic_parameters():
   w = _images(0, (4, 4, 2))
   norm = float(jnp.linalg.norm(w))
-  grad = jax.grad(lambda w: losses.gradient_penalty(_linear_d(w), _images(1), _images(2), KEY,
+  grad = jax.grad(lambda w: losses.gradient_penalty(_linear_d(w), _images(1), _images(2), ALPHA,
                                                     lambda_gp=10.0))(w)
   # d/dw λ(‖w‖ - 1)^2 = 2λ(‖w‖ - 1) w / ‖w‖.
   np.testing.assert_allclose(grad, 2 * 10.0 * (norm - 1) * w / norm, rtol=1e-4, atol=1e-6)
@@ -193,12 +194,13 @@ def test_gradient_penalty_evaluates_between_real_and_fake():
   d = lambda x: 0.5 * jnp.sum(jnp.square(x), axis=(1, 2, 3))
   c = jnp.full((2, 2, 2, 2), 0.25)  # 8 values per sample: ‖c‖ = 0.25 · √8.
   expected = 10.0 * (0.25 * math.sqrt(8) - 1) ** 2
-  assert float(losses.gradient_penalty(d, c, c, KEY)) == pytest.approx(expected, rel=1e-5)
-  # real = 0, fake = 1: x̂ = (1 - α)·1 with α ~ U(0, 1) per sample, so ‖∇‖ = (1 - α)·√8 lies in
-  # [0, √8] and the penalty in [0, max((√8 - 1)^2, 1)], λ = 1.
-  zeros, ones = jnp.zeros((64, 2, 2, 2)), jnp.ones((64, 2, 2, 2))
-  penalty = float(losses.gradient_penalty(d, zeros, ones, KEY, lambda_gp=1.0))
-  assert 0.0 < penalty < (math.sqrt(8) - 1) ** 2
+  alpha = jnp.array([0.25, 0.5])
+  assert float(losses.gradient_penalty(d, c, c, alpha)) == pytest.approx(expected, rel=1e-5)
+  # real = 0, fake = 1: x̂ = (1 - α)·1 per sample, so ‖∇‖ = (1 - α)·√8: 0.75·√8 and 0.5·√8.
+  zeros, ones = jnp.zeros((2, 2, 2, 2)), jnp.ones((2, 2, 2, 2))
+  penalty = float(losses.gradient_penalty(d, zeros, ones, alpha, lambda_gp=1.0))
+  expected = ((0.75 * math.sqrt(8) - 1) ** 2 + (0.5 * math.sqrt(8) - 1) ** 2) / 2
+  assert penalty == pytest.approx(expected, rel=1e-5)
 
 
 def test_patch_nce_on_hand_made_features():

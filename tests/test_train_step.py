@@ -21,7 +21,7 @@ import pytest
 from configs import default
 from cyclegan_jax import families, image_pool, optim, parallel
 from cyclegan_jax.families import cyclegan
-from tests.helpers import host_tree
+from tests.helpers import host_tree, rel_error
 
 GLOBAL_BATCH = 8
 SIZE = 32
@@ -102,14 +102,6 @@ def changed(before, after):
   """For each leaf path: whether any element differs."""
   flags = jax.tree.map(lambda x, y: not np.array_equal(x, y), before, after)
   return dict(zip(leaf_paths(flags), jax.tree.leaves(flags)))
-
-
-def rel_error(ref, other):
-  """‖ref − other‖ / ‖ref‖ over a whole flattened tree (robust to near-zero noisy leaves)."""
-  flat = lambda t: np.concatenate([np.ravel(x).astype(np.float64)
-                                   for x in jax.tree.leaves(t)])
-  ref, other = flat(ref), flat(other)
-  return np.linalg.norm(ref - other) / np.linalg.norm(ref)
 
 
 def device_copy(tree, i):

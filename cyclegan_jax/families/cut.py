@@ -9,8 +9,8 @@ x. FastCUT is the same step with other settings (configs/fastcut.py): no identit
 
 The step is pure and uses only explicit collectives over `parallel.AXIS_NAME`. The patch
 locations and the flip are drawn from the step's key alone, the same on every device (the
-reference draws them once for its whole batch), so the step on n devices equals the step on
-one device with the same global batch.
+reference draws them once for its whole batch), and batch norm (if chosen) spans the global
+batch, so the step on n devices equals the step on one device with the same global batch.
 """
 
 import dataclasses
@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from cyclegan_jax import losses, optim, visualize
+from cyclegan_jax import losses, optim, parallel, visualize
 from cyclegan_jax.data import input_pipeline
 from cyclegan_jax.families import base
 from cyclegan_jax.metrics import digits, fid
@@ -181,7 +181,8 @@ def train_step(state: base.TrainState, batch: dict[str, jax.Array], *, models: M
   flip_key, nce_key, nce_idt_key = jax.random.split(step_key, 3)
   device_key = jax.random.fold_in(step_key, jax.lax.axis_index(AXIS_NAME))
   g_key, d_key, loss_key = jax.random.split(device_key, 3)
-  modules = {'g': models.generators['g'], 'd': models.discriminator, 'f': models.projection}
+  modules = parallel.in_step({'g': models.generators['g'], 'd': models.discriminator,
+                              'f': models.projection})
   flipped = jnp.logical_and(loss.flip_equivariance, jax.random.uniform(flip_key) < 0.5)
   real = jnp.concatenate([real_a, real_b]) if loss.nce_idt else real_a
 
@@ -235,8 +236,7 @@ def train_step(state: base.TrainState, batch: dict[str, jax.Array], *, models: M
              'lr_g': models.lr_g(state.step), 'lr_d': models.lr_d(state.step)}
   new_state = state.replace(
       step=state.step + 1, params={'g': g_params, 'd': d_params, 'f': f_params},
-      batch_stats=jax.lax.pmean(batch_stats, AXIS_NAME),
-      opt_state_g={'g': opt_g, 'f': opt_f}, opt_state_d=opt_state_d)
+      batch_stats=batch_stats, opt_state_g={'g': opt_g, 'f': opt_f}, opt_state_d=opt_state_d)
   return new_state, jax.lax.pmean(metrics, AXIS_NAME)
 
 

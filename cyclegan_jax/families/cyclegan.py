@@ -2,10 +2,11 @@
 A, D_B domain B), image pools, and the pure per-device step.
 
 The step is written with explicit collectives over `parallel.AXIS_NAME` only (pmean of
-gradients, batch statistics and metrics, an all-gather of the fakes for the pools), so
-`parallel` may wrap it with pmap or shard_map unchanged. The whole state, pools included, stays
-identical on every device: the pools are one global pool per domain, as the reference's single
-pool at the global batch (image_pool.query_global).
+gradients and metrics, batch norm over the global batch, an all-gather of the fakes for the
+pools), so `parallel` may wrap it with pmap or shard_map unchanged. The whole state, pools
+included, stays identical on every device: the pools are one global pool per domain, as the
+reference's single pool at the global batch (image_pool.query_global), and the penalty's
+mixes are drawn for the global batch.
 """
 
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from cyclegan_jax import image_pool, losses, optim, visualize
+from cyclegan_jax import image_pool, losses, optim, parallel, visualize
 from cyclegan_jax.data import input_pipeline
 from cyclegan_jax.families import base
 from cyclegan_jax.metrics import digits, fid
@@ -128,13 +129,12 @@ def train_step(state: base.TrainState, batch: dict[str, jax.Array], *, models: M
   mode = loss.gan_mode
   real_a, real_b = batch['a'], batch['b']
   step_key = jax.random.fold_in(state.rng, state.step)  # The same on every device.
-  pool_a_key, pool_b_key, device_key = jax.random.split(step_key, 3)
-  g_key, d_key, gp_key = jax.random.split(
-      jax.random.fold_in(device_key, jax.lax.axis_index(AXIS_NAME)), 3)
+  pool_a_key, pool_b_key, gp_key, device_key = jax.random.split(step_key, 4)
+  g_key, d_key = jax.random.split(jax.random.fold_in(device_key, jax.lax.axis_index(AXIS_NAME)))
+  modules = parallel.in_step(_modules(models))
 
   def generator_loss(g_params):
-    net = base.Networks(_modules(models), {**state.params, **g_params}, state.batch_stats,
-                        g_key)
+    net = base.Networks(modules, {**state.params, **g_params}, state.batch_stats, g_key)
     fake_b = net('g_ab', real_a)
     fake_a = net('g_ba', real_b)
     rec_a, rec_b = net('g_ba', fake_b), net('g_ab', fake_a)
@@ -162,7 +162,7 @@ def train_step(state: base.TrainState, batch: dict[str, jax.Array], *, models: M
                                              pool_b_key, AXIS_NAME)
 
   def discriminator_loss(d_params):
-    net = base.Networks(_modules(models), {**state.params, **d_params}, batch_stats, d_key)
+    net = base.Networks(modules, {**state.params, **d_params}, batch_stats, d_key)
     terms, total = {}, 0.0
     for domain, real, fake, gp_k in (('a', real_a, pooled_a, gp_key),
                                      ('b', real_b, pooled_b, jax.random.fold_in(gp_key, 1))):
@@ -170,8 +170,10 @@ def train_step(state: base.TrainState, batch: dict[str, jax.Array], *, models: M
       pred_real, pred_fake = net(name, real), net(name, fake)
       terms[name] = losses.discriminator_loss(pred_real, pred_fake, mode)
       if mode == 'wgangp':
+        alpha = parallel.share_of_global(lambda n, k=gp_k: jax.random.uniform(k, (n,)),
+                                         real.shape[0])
         terms[f'{name}_gp'] = losses.gradient_penalty(
-            lambda x, name=name: net(name, x), real, fake, gp_k, loss.lambda_gp)
+            lambda x, name=name: net(name, x), real, fake, alpha, loss.lambda_gp)
       terms[f'{name}_real'] = jnp.mean(pred_real)
       terms[f'{name}_fake'] = jnp.mean(pred_fake)
       total += terms[name] + terms.get(f'{name}_gp', 0.0)
@@ -188,7 +190,7 @@ def train_step(state: base.TrainState, batch: dict[str, jax.Array], *, models: M
              'lr_g': models.lr_g(state.step), 'lr_d': models.lr_d(state.step)}
   new_state = state.replace(
       step=state.step + 1, params={**g_params, **d_params},
-      batch_stats=jax.lax.pmean(batch_stats, AXIS_NAME),
+      batch_stats=batch_stats,
       opt_state_g=opt_state_g, opt_state_d=opt_state_d, pools={'a': pool_a, 'b': pool_b})
   return new_state, jax.lax.pmean(metrics, AXIS_NAME)
 

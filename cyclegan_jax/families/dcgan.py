@@ -4,10 +4,10 @@ step, samples and scores.
 The state is the same `TrainState` with two trees ('g', 'd') and no image pools, so `parallel`,
 `checkpointing` and the train loop serve both families unchanged.
 
-Batch norm under pmap: each device normalises with its own batch statistics (as the reference
-does on one GPU, and as `layers.Norm` documents); the running averages are pmean'd at the end
-of the step, so every replica keeps the same ones. A pmapped step over n devices is therefore
-n independent per-device BN batches with one averaged gradient, not one big synced batch.
+Under pmap the step is that of one device with the global batch, as the reference on one GPU:
+batch norm normalises with the statistics of the global batch (`parallel.in_step`), and z and
+the penalty's mixes are drawn for the global batch, each device taking its rows. So a run does
+not depend on how many devices or hosts share its batch.
 """
 
 import math
@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from cyclegan_jax import losses, optim, visualize
+from cyclegan_jax import losses, optim, parallel, visualize
 from cyclegan_jax.data import input_pipeline
 from cyclegan_jax.families import base
 from cyclegan_jax.families.base import Models, TrainState
@@ -80,11 +80,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, models: Models
   """
   mode = config.loss.gan_mode
   real = batch['a']
-  key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
-                           jax.lax.axis_index(AXIS_NAME))
-  z_key, gp_key = jax.random.split(key)
-  z = jax.random.normal(z_key, (real.shape[0], config.model.nz))
-  g_module, d_module = models.generators['g'], models.discriminator
+  step_key = jax.random.fold_in(state.rng, state.step)  # The same on every device.
+  z_key, gp_key = jax.random.split(step_key)
+  z = parallel.share_of_global(lambda n: jax.random.normal(z_key, (n, config.model.nz)),
+                               real.shape[0])
+  modules = parallel.in_step({'g': models.generators['g'], 'd': models.discriminator})
+  g_module, d_module = modules['g'], modules['d']
 
   fake, g_vjp, g_stats = jax.vjp(
       lambda g: base.apply_train(g_module, g, state.batch_stats['g'], z), state.params['g'],
@@ -100,7 +101,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, models: Models
     if mode == 'wgangp':
       terms['d_gp'] = losses.gradient_penalty(
           lambda x: base.apply_train(d_module, d_params, stats, x)[0],
-          real, jax.lax.stop_gradient(fake), gp_key, config.loss.lambda_gp)
+          real, jax.lax.stop_gradient(fake),
+          parallel.share_of_global(lambda n: jax.random.uniform(gp_key, (n,)), real.shape[0]),
+          config.loss.lambda_gp)
       total += terms['d_gp']
     if config.loss.r1_gamma:
       every = config.loss.r1_every
@@ -135,7 +138,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, models: Models
              'lr_g': models.lr_g(state.step), 'lr_d': models.lr_d(state.step)}
   new_state = state.replace(
       step=state.step + 1, params={**g_params, **d_params},
-      batch_stats=jax.lax.pmean({'g': g_stats, 'd': d_stats}, AXIS_NAME),
+      batch_stats={'g': g_stats, 'd': d_stats},
       opt_state_g=opt_state_g, opt_state_d=opt_state_d)
   return new_state, jax.lax.pmean(metrics, AXIS_NAME)
 

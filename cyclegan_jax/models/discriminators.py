@@ -21,6 +21,7 @@ class _Critic(nn.Module):
   init_type: str = 'normal'
   init_gain: float = 0.02
   dtype: Any = jnp.float32
+  batch_axis: str | None = None  # Batch norm's device axis, set by the train step (layers.Norm).
 
   def conv(self, features, kernel_size, stride, padding, use_bias=None):
     use_bias = layers.norm_uses_conv_bias(self.norm) if use_bias is None else use_bias
@@ -29,7 +30,8 @@ class _Critic(nn.Module):
                        dtype=self.dtype)
 
   def norm_act(self, x: jax.Array, train: bool) -> jax.Array:
-    x = layers.Norm(self.norm, gain=self.init_gain, dtype=self.dtype)(x, train)
+    x = layers.Norm(self.norm, gain=self.init_gain, dtype=self.dtype,
+                    axis_name=self.batch_axis)(x, train)
     return nn.leaky_relu(x, 0.2)
 
 

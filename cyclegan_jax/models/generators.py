@@ -27,6 +27,7 @@ class _ModelOptions(nn.Module):
   activation: str = 'relu'
   leaky_slope: float = 0.2
   dtype: Any = jnp.float32
+  batch_axis: str | None = None  # Batch norm's device axis, set by the train step (layers.Norm).
 
   @property
   def use_bias(self) -> bool:
@@ -48,7 +49,7 @@ class _ModelOptions(nn.Module):
             if f.name not in ('parent', 'name')}
 
   def norm_layer(self):
-    return layers.Norm(self.norm, gain=self.init_gain, dtype=self.dtype)
+    return layers.Norm(self.norm, gain=self.init_gain, dtype=self.dtype, axis_name=self.batch_axis)
 
   def act(self):
     return layers.activation(self.activation, self.leaky_slope)

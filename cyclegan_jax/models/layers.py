@@ -48,12 +48,14 @@ def norm_uses_conv_bias(norm: str) -> bool:
 class Norm(nn.Module):
   """`instance` (no affine, eps 1e-5, as torch InstanceNorm2d), `batch` or `none`.
 
-  Batch norm normalises with each device's own batch statistics, as the reference does on one
-  GPU; the train step pmeans the running averages so that every replica keeps the same ones.
+  Batch norm with `axis_name` (the train step's device axis) normalises with the statistics of
+  the whole batch across devices, as the reference does with the same batch on one GPU; without
+  it (outside the step), with those of the batch it is given.
   """
   kind: str = 'instance'
   gain: float = 0.02
   dtype: Any = jnp.float32
+  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -66,7 +68,8 @@ class Norm(nn.Module):
       scale_init = lambda key, shape, dtype=jnp.float32: (
           1.0 + self.gain * jax.random.normal(key, shape, dtype))
       return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                          scale_init=scale_init, dtype=self.dtype, use_fast_variance=False)(x)
+                          scale_init=scale_init, dtype=self.dtype, use_fast_variance=False,
+                          axis_name=self.axis_name if train else None)(x)
     return x
 
 
