@@ -1,21 +1,17 @@
 """Whole-state checkpoints with orbax: atomic, asynchronous, keep-N, portable across topologies.
 
-A checkpoint holds the unreplicated train state (parameters, optimizer states, batch
-statistics, step and base rng), the image pools, and the resolved config as JSON. The input
-stream is a pure function of (seed, step), so the step is also the data position. Everything is
-saved as host numpy arrays, which makes a checkpoint independent of the device and process
-count that wrote it.
+A checkpoint holds the unreplicated train state (parameters, optimizer states, batch stats,
+step, base rng), one copy of the global image pools (leading axis 1; an older per-device save
+restores device 0's), the resolved config and the run's manifest (manifest.py), all as host
+numpy arrays or JSON, so it does not depend on the devices or processes that wrote it. The input
+stream is a pure function of (seed, step), so the step is also the data position. Multi-host:
+every process calls `save` and `restore` (orbax coordinates; the primary process writes).
 
-The pools are global (the same on every device), so one copy is saved, with a leading axis of
-1; a checkpoint of an older version, with one pool per device, restores device 0's pool on every
-device. A state without pools (DCGAN, CUT) saves no pools item. Multi-host: every process calls
-`save` and `restore` (orbax coordinates them; the primary process writes the arrays).
-
-This is the one save/restore path: training resumes with `restore_latest_readable`;
-evaluation, translation and conversion read a workdir with `load`, which builds the models from
-the stored config. A checkpoint that cannot be read (disk damage, a partial copy) is moved aside
-as `<step>.corrupt` and the one before it is used; a save that cannot be written (a full disk)
-ends the run with one line naming it (faults.WriteError).
+The one save/restore path: training resumes with `restore_latest_readable`; evaluation,
+translation and export read a workdir with `load`, which builds the models from the stored
+config. An unreadable checkpoint (disk damage, a partial copy) is moved aside as
+`<step>.corrupt` and the one before it is used; a save that cannot be written (a full disk) ends
+the run with one line naming it (faults.WriteError).
 """
 
 import dataclasses
@@ -32,7 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from cyclegan_jax import faults, families, parallel
+from cyclegan_jax import faults, families, manifest as manifests, parallel
 from cyclegan_jax.families.base import Family, Models, TrainState
 
 
@@ -45,12 +41,9 @@ class NoReadableCheckpointError(RuntimeError):
 
 
 class Manager(ocp.CheckpointManager):
-  """orbax's manager, whose failed saves raise one faults.WriteError naming the step.
-
-  Saves are asynchronous, so a failure surfaces at the next save or wait; the step it belongs
-  to and the bytes it needed are kept here until then. It is reported once: closing after it
-  does not raise it again.
-  """
+  """orbax's manager, whose failed saves raise one faults.WriteError naming the step. Saves are
+  asynchronous, so a failure surfaces at the next save or wait; the step and bytes it belongs to
+  are kept until then. It is reported once: closing after it does not raise it again."""
 
   def __init__(self, workdir: epath.Path, *args, **kwargs):
     super().__init__(*args, **kwargs)
@@ -99,27 +92,22 @@ def _to_host(replicated: TrainState) -> tuple[dict[str, Any], dict[str, Any]]:
           flax.serialization.to_state_dict(pools))
 
 
-def non_finite_leaves(tree: Any) -> list[str]:
-  """Paths of floating-point leaves holding NaN or inf."""
-  return [jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_leaves_with_path(tree)
-          if np.issubdtype(np.asarray(x).dtype, np.floating) and not np.all(np.isfinite(x))]
-
-
 def save(manager: ocp.CheckpointManager, replicated: TrainState,
-         config: ml_collections.ConfigDict) -> int:
-  """Starts an asynchronous save of the state at its step; refuses non-finite states."""
+         config: ml_collections.ConfigDict, manifest: dict[str, Any] | None = None) -> int:
+  """Starts an asynchronous save of the state at its step, with `manifest` (by default this
+  process's, manifest.build); refuses non-finite states."""
   state_dict, pools = _to_host(replicated)
-  bad = non_finite_leaves(state_dict)
+  bad = [jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_leaves_with_path(
+      state_dict) if np.issubdtype(np.asarray(x).dtype, np.floating) and not np.isfinite(x).all()]
   if bad:
     raise FloatingPointError(f'refusing to checkpoint a non-finite state: {", ".join(bad[:5])}')
   step = int(state_dict['step'])
   if jax.process_count() > 1:
-    logging.info('step %d: the state is identical on all %d processes (fingerprint %08x)', step,
-                 jax.process_count(),
-                 parallel.check_same_on_all_processes((state_dict, pools),
-                                                      f'train states at step {step}'))
+    same = parallel.check_same_on_all_processes((state_dict, pools), f'train states at step {step}')
+    logging.info('step %d: the state is identical on all processes (fingerprint %08x)', step, same)
   items = {'state': ocp.args.StandardSave(state_dict),
-           'config': ocp.args.JsonSave(config.to_dict())}
+           'config': ocp.args.JsonSave(config.to_dict()),
+           'manifest': ocp.args.JsonSave(manifest or manifests.build(config))}
   if pools:  # orbax refuses an empty tree.
     items['pools'] = ocp.args.StandardSave(pools)
   size = sum(np.asarray(x).nbytes for x in jax.tree.leaves((state_dict, pools)))
@@ -229,6 +217,14 @@ def restored_config(manager: ocp.CheckpointManager, step: int | None = None) -> 
   return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
 
 
+def restored_manifest(manager: ocp.CheckpointManager, step: int) -> dict[str, Any] | None:
+  """The manifest saved with checkpoint `step`; None for checkpoints older than manifests."""
+  if (epath.Path(manager.directory) / str(step) / 'manifest').exists():
+    items = ocp.args.Composite(manifest=ocp.args.JsonRestore())
+    return manager.restore(step, args=items)['manifest']
+  return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Loaded:
   """A workdir's checkpoint, ready to run outside training (parameters unreplicated)."""
@@ -238,6 +234,7 @@ class Loaded:
   models: Models
   params: dict[str, Any]
   batch_stats: dict[str, Any]
+  manifest: dict[str, Any] | None  # What wrote it (manifest.py); None if it predates them.
 
 
 def _with_model(config: ml_collections.ConfigDict,
@@ -262,7 +259,10 @@ def _load_step(manager: Manager, config: ml_collections.ConfigDict | None,
   template = family.create_train_state(config, models, jax.random.key(config.seed))
   state = restore(manager, template, step)
   params, batch_stats = parallel.unreplicate((state.params, state.batch_stats))
-  return Loaded(int(step), config, family, models, params, batch_stats)
+  manifest = restored_manifest(manager, step)
+  logging.info('checkpoint %d, written by:\n%s', step, manifests.describe(manifest))
+  manifests.warn_of_changes(manifest, manifests.build(config), f'checkpoint {step}')
+  return Loaded(int(step), config, family, models, params, batch_stats, manifest)
 
 
 def load(workdir: str | Path, config: ml_collections.ConfigDict | None = None,
