@@ -117,11 +117,12 @@ def main(argv):
   logging.info('process %d of %d; %d local devices of %d: %s', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.local_devices())
-  from cyclegan_jax import ablation, checkpointing, evaluation, faults, families, train
+  from cyclegan_jax import ablation, checkpointing, evaluation, faults, families, parallel, train
   run = {'train': train.train_and_evaluate, 'evaluate': evaluation.evaluate,
          'ablation': ablation.run}[_MODE.value]
   try:
     families.check_config(_CONFIG.value)
+    parallel.check_shared_workdir(_WORKDIR.value)
     run(_CONFIG.value, _WORKDIR.value)
     if peers:
       peers.stop()

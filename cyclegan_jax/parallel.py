@@ -6,9 +6,11 @@ Everything else works on per-device values. The step is written with explicit co
 
 import collections
 from collections.abc import Callable, Iterator, Mapping
+import secrets
 from typing import Any
 import zlib
 
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -101,6 +103,34 @@ def check_same_on_all_processes(tree: Any, what: str) -> int:
       raise RuntimeError(f'{what} differ between processes: fingerprints '
                          f'{", ".join(f"{p}: {f:08x}" for p, f in enumerate(everyone))}.')
   return mine
+
+
+def check_shared_workdir(workdir: str) -> None:
+  """Stops a multi-process run whose processes do not all see the same workdir.
+
+  orbax writes each checkpoint from process 0 only, so every process must be able to read what
+  process 0 wrote: a gs:// bucket (taken on trust), a folder every host mounts, or one machine's
+  disk when all processes run there. Process 0 writes a token file with a fresh random name,
+  every process looks for it, and all agree on the outcome.
+  """
+  if jax.process_count() == 1 or workdir.startswith('gs://'):
+    return
+  nonce = int(multihost_utils.broadcast_one_to_all(np.uint32(secrets.randbits(32))))
+  token = epath.Path(workdir) / f'.shared_workdir_check_{nonce:08x}'
+  if jax.process_index() == 0:
+    token.parent.mkdir(parents=True, exist_ok=True)
+    token.write_text('written by process 0')
+  multihost_utils.sync_global_devices('check_shared_workdir: token written')
+  seen = multihost_utils.process_allgather(np.array([token.exists()]), tiled=True)
+  if jax.process_index() == 0:
+    token.unlink()
+  blind = [str(p) for p, ok in enumerate(seen) if not ok]
+  if blind:
+    raise ValueError(
+        f'--workdir={workdir} is not shared: process {", ".join(blind)} of '
+        f'{jax.process_count()} cannot see a file process 0 writes there. orbax writes '
+        'checkpoints from process 0 only, so the others would find nothing to restore: use a '
+        'gs:// bucket (or a folder every host mounts).')
 
 
 def device_put_sharded(host_batch: Any) -> Any:

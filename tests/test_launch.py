@@ -26,6 +26,7 @@ def launch(name, *args, **env):
 def test_every_script_is_found():
   names = {s.name for s in SCRIPTS}
   assert {'tpu_create.sh', 'tpu_setup.sh', 'tpu_prepare_data.sh', 'tpu_run.sh', 'tpu_delete.sh',
+          'tpu_logs.sh', 'tpu_stop.sh', 'tpu_status.sh', 'tpu_resume.sh', 'tpu_worker.sh',
           'local_multiprocess.sh', 'gpu.sh', 'setup.sh', 'test.sh', 'demo.sh'} <= names
 
 
@@ -63,17 +64,32 @@ def test_tpu_create_prints_the_vm_or_queued_resource_command():
   assert printed_lines(launch('tpu_create.sh', **TPU_ENV, QUEUED='1', SPOT='1')) == [
       'gcloud compute tpus queued-resources create vg --node-id=vg --zone=europe-west4-a '
       '--project=proj --accelerator-type=v5litepod-16 --runtime-version=v2-alpha-tpuv5-lite '
-      '--spot']
+      '--spot',
+      '# then waits until queued resource vg is ACTIVE (up to 7200s)']
 
 
-def test_tpu_setup_copies_head_and_installs_on_all_workers():
-  archive, scp, ssh = printed_lines(launch('tpu_setup.sh', **TPU_ENV, TMPDIR='/tmp'))
+def test_tpu_setup_installs_python_311_setup_extras_and_jax_tpu_on_all_workers():
+  archive, scp, ssh = printed_lines(launch('tpu_setup.sh', **TPU_ENV, TMPDIR='/tmp',
+                                           EXTRAS='test'))
   assert archive == f'git -C {ROOT} archive --format=tar.gz -o /tmp/cyclegan_jax_src.tar.gz HEAD'
   assert scp == ('gcloud compute tpus tpu-vm scp /tmp/cyclegan_jax_src.tar.gz '
                  'vg:cyclegan_jax_src.tar.gz --zone=europe-west4-a --project=proj --worker=all')
-  assert ssh.startswith('gcloud compute tpus tpu-vm ssh vg --zone=europe-west4-a --project=proj '
-                        "--worker=all '--command=set -e; mkdir -p ~/cyclegan_jax && tar -xzf")
-  assert "python3 -m venv .venv" in ssh and r"pip install -q -e . '\''jax[tpu]'\''" in ssh
+  prefix = ('gcloud compute tpus tpu-vm ssh vg --zone=europe-west4-a --project=proj --worker=all '
+            "'--command=set -e; mkdir -p ~/cyclegan_jax && tar -xzf ~/cyclegan_jax_src.tar.gz "
+            '-C ~/cyclegan_jax && cd ~/cyclegan_jax && ')
+  assert ssh.startswith(prefix)
+  # Run as the worker's shell would: keep .venv only if its Python is 3.11; else uv makes one
+  # (the image's python3 is 3.10); then the local setup with the same extras, jax[tpu], a check.
+  steps = ssh[len(prefix):-1].replace("'\\''", "'")
+  assert steps == (
+      '{ [ "$(.venv/bin/python -c \'import sys; print(*sys.version_info[:2], sep=".")\' '
+      '2>/dev/null)" = 3.11 ] || { python3 -m pip install --user --quiet --upgrade uv '
+      '&& python3 -m uv venv --clear --seed --python 3.11 .venv; }; } '
+      "&& launch/setup.sh test && .venv/bin/python -m pip install --quiet 'jax[tpu]' "
+      '&& .venv/bin/python launch/tpu_check.py')
+  ssh_312 = printed_lines(launch('tpu_setup.sh', **TPU_ENV, PYTHON_VERSION='3.12'))[-1]
+  assert '= 3.12 ]' in ssh_312 and '--python 3.12 .venv' in ssh_312
+  assert '&& launch/setup.sh && ' in ssh_312  # No extras: what `launch/setup.sh` installs.
 
 
 def test_tpu_prepare_data_builds_array_record_on_worker_zero():
@@ -83,14 +99,57 @@ def test_tpu_prepare_data_builds_array_record_on_worker_zero():
       "--data_dir=gs://b/tfds --file_format=array_record'"]
 
 
-def test_tpu_run_starts_the_same_command_on_all_workers():
+SSH_ALL = ('gcloud compute tpus tpu-vm ssh vg --zone=europe-west4-a --project=proj --worker=all '
+           "'--command=cd ~/cyclegan_jax && ")
+
+
+def test_tpu_run_checks_for_trainers_then_starts_one_detached_per_worker():
   result = launch('tpu_run.sh', '--config.num_train_steps=10', '--config.data.name=a b',
                   **TPU_ENV, WORKDIR='gs://b/runs/vg', TFDS_DATA_DIR='gs://b/tfds')
   assert printed_lines(result) == [
-      "gcloud compute tpus tpu-vm ssh vg --zone=europe-west4-a --project=proj --worker=all "
-      "'--command=cd ~/cyclegan_jax && .venv/bin/python -m cyclegan_jax.main "
-      "--config=configs/vangogh2photo_tpu.py --workdir=gs://b/runs/vg --jax_distributed "
-      r"--config.data.path=gs://b/tfds --config.num_train_steps=10 --config.data.name=a\ b'"]
+      SSH_ALL + "launch/tpu_worker.sh running'",
+      SSH_ALL + 'launch/tpu_worker.sh start --config=configs/vangogh2photo_tpu.py '
+      '--workdir=gs://b/runs/vg --jax_distributed --config.data.path=gs://b/tfds '
+      r"--config.num_train_steps=10 --config.data.name=a\ b'"]
+
+
+def test_tpu_run_replace_stops_the_running_trainers_first():
+  result = launch('tpu_run.sh', '--replace', **TPU_ENV, WORKDIR='gs://b/runs/vg',
+                  TFDS_DATA_DIR='gs://b/tfds')
+  assert printed_lines(result) == [
+      SSH_ALL + "STOP_TIMEOUT_S=600 launch/tpu_worker.sh stop'",
+      SSH_ALL + 'launch/tpu_worker.sh start --config=configs/vangogh2photo_tpu.py '
+      "--workdir=gs://b/runs/vg --jax_distributed --config.data.path=gs://b/tfds'"]
+
+
+def test_tpu_stop_logs_and_status_commands():
+  assert printed_lines(launch('tpu_stop.sh', **TPU_ENV, STOP_TIMEOUT_S='120')) == [
+      SSH_ALL + "STOP_TIMEOUT_S=120 launch/tpu_worker.sh stop'"]
+  assert printed_lines(launch('tpu_logs.sh', **TPU_ENV)) == [
+      'gcloud compute tpus tpu-vm ssh vg --zone=europe-west4-a --project=proj --worker=0 '
+      "'--command=tail -n 50 -F ~/cyclegan_jax/train.log'"]
+  assert printed_lines(launch('tpu_logs.sh', '3', **TPU_ENV))[0].endswith(
+      "--worker=3 '--command=tail -n 50 -F ~/cyclegan_jax/train.log'")
+
+
+@pytest.mark.parametrize('script', ['tpu_run.sh', 'tpu_resume.sh'])
+def test_a_local_workdir_is_refused_with_the_reason(script):
+  result = launch(script, **TPU_ENV, WORKDIR='/tmp/runs/vg', TFDS_DATA_DIR='gs://b/tfds')
+  assert (result.returncode, result.stdout) == (2, '')
+  assert result.stderr.startswith('error: WORKDIR=/tmp/runs/vg is not a gs:// path. orbax writes '
+                                  'checkpoints from process 0 only')
+
+
+def test_a_tfds_config_without_tfds_data_dir_is_refused():
+  result = launch('tpu_run.sh', **TPU_ENV, WORKDIR='gs://b/runs/vg', TFDS_DATA_DIR='')
+  assert (result.returncode, result.stdout) == (2, '')
+  assert result.stderr.startswith('error: configs/vangogh2photo_tpu.py reads TFDS data: set '
+                                  'TFDS_DATA_DIR')
+  tfds_override = launch('tpu_run.sh', '--config.data.source=tfds', **TPU_ENV,
+                         WORKDIR='gs://b/runs/vg', CONFIG='configs/demo.py:cyclegan')
+  assert tfds_override.returncode == 2
+  demo = launch('tpu_run.sh', **TPU_ENV, WORKDIR='gs://b/runs/vg', CONFIG='configs/demo.py')
+  assert demo.returncode == 0, demo.stderr
 
 
 def test_tpu_delete_prints_the_delete_command():
@@ -131,6 +190,6 @@ def test_gpu_uses_one_image_per_visible_gpu():
 def test_tpu_config_scales_the_reference_to_16_chips():
   config = vangogh2photo_tpu.get_config()
   assert config.batch_size == 16 and config.model.dtype == 'bfloat16'
-  assert config.optim.lr == pytest.approx(2e-4 * 16**0.5)  # Square-root rule for Adam.
+  assert config.optim.lr == 2e-4 and config.optim.beta1 == 0.5  # The reference's (docstring).
   assert (config.data.source, config.data.name) == ('tfds', 'cycle_gan/vangogh2photo')
   assert config.model.generator == 'resnet_9blocks' and config.loss.lambda_a == 10.0
