@@ -108,6 +108,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.eval = evaluation = ml_collections.ConfigDict()  # --mode=evaluate (evaluation.py).
   evaluation.num_images = -1  # Test images per domain; -1: all.
+  # FID/KID see a fixed, seeded sample of at most this many images per set; -1: all of them.
+  evaluation.fid_samples = -1
   evaluation.batch_size = 16  # Images per Inception call (and per generator call).
   evaluation.kid_subsets = 100
   evaluation.kid_subset_size = 1000

@@ -54,4 +54,6 @@ def get_config():
   config.data.crop_size = 32
   config.data.flip = False  # A mirrored digit is another glyph (or none).
   config.digit_classifier = digit_classifier()
+  # --mode=evaluate: digit accuracy on every test digit, FID/KID (Inception at 299²) on 2,000.
+  config.eval.fid_samples = 2000
   return config

@@ -1,8 +1,9 @@
 """Command line: `python -m cyclegan_jax.main --config=configs/demo.py --workdir=/tmp/demo`.
 
 The one absl flags module: flags → one config, checked once (every bad key or value named in one
-message) → one driver (train, evaluate, ablation, translate). Config values are overridden with
-`--config.key=value`; the config is locked, so a mistyped key stops the run with its name.
+message) → one driver (train, evaluate, ablation, translate, export). Config values are
+overridden with `--config.key=value`; the config is locked, so a mistyped key stops the run with
+its name.
 """
 
 import os
@@ -21,14 +22,18 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config fil
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
 _MODE = flags.DEFINE_enum(
-    'mode', 'train', ['train', 'evaluate', 'ablation', 'translate'],
+    'mode', 'train', ['train', 'evaluate', 'ablation', 'translate', 'export'],
     'train (with --config); evaluate the workdir\'s latest checkpoint (FID/KID; DCGAN: of its '
     'samples, and on digits how clear they are); ablation: run a '
-    'config\'s ablation (train + evaluate); translate: a workdir\'s generator on --input.')
-_DIRECTION = flags.DEFINE_enum('direction', 'AtoB', ['AtoB', 'BtoA'],
-                               'translate: CycleGAN G_AB (AtoB) or G_BA (BtoA); CUT: AtoB only.')
+    'config\'s ablation (train + evaluate); translate: a workdir\'s generator on --input; '
+    'export: a workdir\'s generator as a TensorFlow SavedModel in --out.')
+_DIRECTION = flags.DEFINE_enum('direction', 'AtoB', ['AtoB', 'BtoA', 'sample'],
+                               'translate, export: CycleGAN G_AB (AtoB) or G_BA (BtoA); CUT: '
+                               'AtoB only; export: sample for DCGAN\'s G (from latents).')
 _INPUT = flags.DEFINE_string('input', None, 'translate: an image, a folder or a zip.')
-_OUTPUT = flags.DEFINE_string('output', None, 'translate: folder for the PNGs.')
+_OUTPUT = flags.DEFINE_string('output', None, 'translate: folder for the PNGs; export: a new '
+                              'folder for the SavedModel (also --out).')
+flags.DEFINE_alias('out', 'output')
 _DISTRIBUTED = flags.DEFINE_bool(
     'jax_distributed', os.environ.get('CYCLEGAN_DISTRIBUTED') == '1',
     'Call jax.distributed.initialize() first (multi-host: TPU pods, several processes). On TPU '
@@ -108,6 +113,11 @@ def main(argv):
     from cyclegan_jax import translate
     _enable_compilation_cache(_WORKDIR.value)
     return translate.run_command(_WORKDIR.value, _DIRECTION.value, _INPUT.value, _OUTPUT.value)
+  if _MODE.value == 'export':
+    if not _OUTPUT.value:
+      raise app.UsageError('--mode=export needs --out')
+    from cyclegan_jax import export
+    return export.run_command(_WORKDIR.value, _DIRECTION.value, _OUTPUT.value)
   if _CONFIG.value is None:
     raise app.UsageError(f'--config is required for --mode={_MODE.value}')
   import jax

@@ -8,10 +8,8 @@ config.family picks the models, step, sample grids and scores (families/); the l
 
 import contextlib
 import functools
-import os
-import signal
+import json
 import time
-import threading
 from typing import Any
 
 from flax import traverse_util
@@ -20,57 +18,15 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 from etils import epath
 
-from cyclegan_jax import (checkpointing, convert, divergence, faults, families, optim,
-                          parallel, visualize)
+from cyclegan_jax import (checkpointing, convert, divergence, faults, families,
+                          manifest as manifests, optim, parallel, results_page, visualize)
 from cyclegan_jax.data import input_pipeline
 from cyclegan_jax.families.base import TrainState
-
-
-class StopRequest:
-  """Turns SIGTERM/SIGINT into a stop the loop takes between steps, after saving that step (TPU
-  VMs are preempted with SIGTERM). A second signal falls through to the previous handler.
-
-  With several processes, all must stop and save at the same step, wherever the signal lands.
-  JAX's preemption service (started by jax.distributed) catches SIGTERM on any process and
-  agrees on a step with the others; SIGINT is handed to it as a SIGTERM.
-  """
-
-  def __init__(self):
-    self.received: str | None = None
-    self.stopping = False
-    self._multiprocess = jax.process_count() > 1
-    self._previous = {}
-
-  def _handle(self, signum, frame):
-    if self.received is not None:
-      signal.signal(signum, self._previous[signum])
-      signal.raise_signal(signum)
-    self.received = signal.Signals(signum).name
-    if self._multiprocess:
-      os.kill(os.getpid(), signal.SIGTERM)
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      signals = (signal.SIGINT,) if self._multiprocess else (signal.SIGTERM, signal.SIGINT)
-      self._previous = {s: signal.signal(s, self._handle) for s in signals}
-    return self
-
-  def __exit__(self, *exc):
-    for s, handler in self._previous.items():
-      signal.signal(s, handler)
-
-  def check(self, step: int) -> bool:
-    """Called once per step (by every process, with the same steps): whether to stop now."""
-    if self._multiprocess:
-      self.stopping = multihost_utils.reached_preemption_sync_point(step)
-      if self.stopping and self.received is None:
-        self.received = 'SIGTERM (a preemption notice)'
-    else:
-      self.stopping = self.received is not None
-    return self.stopping
+from cyclegan_jax.preemption import StopRequest
+from cyclegan_jax.progress import Progress
 
 
 class MetricsBuffer:
@@ -129,6 +85,7 @@ class Run:
     self.writer = metric_writers.create_default_writer(self.workdir,
                                                        just_logging=not self.is_chief)
     self.metrics = MetricsBuffer()
+    self.manifest = manifests.build(config)
 
   def close(self) -> None:
     """Finishes the save in flight, then closes the manager and the writers, in that order
@@ -145,7 +102,10 @@ class Run:
     replicated."""
     state = checkpointing.restore_latest_readable(self.manager, self.template)
     if state is not None:
-      logging.info('resumed from the checkpoint of step %d', self.manager.latest_step())
+      step = self.manager.latest_step()
+      logging.info('resumed from the checkpoint of step %d', step)
+      manifests.warn_of_changes(checkpointing.restored_manifest(self.manager, step),
+                                self.manifest, f'the checkpoint of step {step}')
     else:
       state = parallel.replicate(self.template.replace(
           params=convert.init_params_from_pth(self.config, self.template.params)))
@@ -153,9 +113,11 @@ class Run:
       with _writing('TensorBoard events', self.workdir):
         self.writer.write_hparams({k: str(v) for k, v in hparams.items()})
     if self.is_chief:
-      with _writing('config.json', self.workdir):
+      with _writing('config.json and manifest.json', self.workdir):
         visualize.write_atomically(self.workdir / 'config.json',
                                    self.config.to_json_best_effort(indent=2))
+        visualize.write_atomically(self.workdir / results_page.MANIFEST,
+                                   json.dumps(self.manifest, indent=2))
     return state
 
   def start(self, state: TrainState):
@@ -183,13 +145,15 @@ class Run:
 
   def save(self, state: TrainState) -> None:
     self.metrics.flush()
-    step = checkpointing.save(self.manager, state, self.config)
+    step = checkpointing.save(self.manager, state, self.config, self.manifest)
     logging.info('checkpoint for step %d is being written', step)
 
-  def log(self, step: int) -> dict[str, float]:
+  def log(self, step: int, steps_per_sec: float | None) -> dict[str, float]:
     scalars = self.metrics.mean_and_reset()
     with _writing('TensorBoard events', self.workdir):
       self.writer.write_scalars(step, scalars)
+      if steps_per_sec:  # Of training time only (progress.py); None until measured.
+        self.writer.write_scalars(step, {'steps_per_sec': steps_per_sec})
     if self.is_chief:
       columns = self.family.log_columns(scalars)
       logging.info('step %d: %s', step, ', '.join(f'{k} {v:.4f}' for k, v in columns.items()))
@@ -205,6 +169,16 @@ class Run:
       path.parent.mkdir(parents=True, exist_ok=True)
       visualize.write_png(path, grid)
       self.writer.write_images(step, {'samples': grid[None]})
+    self.update_page()
+
+  def update_page(self) -> None:
+    """loss_curves.png and index.html (results_page.py) as of now; process 0 only."""
+    if (self.workdir / 'loss_history.csv').exists():
+      with _writing('loss_curves.png', self.workdir):
+        visualize.plot_loss_curves(visualize.read_csv(self.workdir / 'loss_history.csv'),
+                                   self.workdir / 'loss_curves.png', self.family.loss_groups)
+    with _writing(results_page.PAGE, self.workdir):
+      results_page.write(self.workdir)
 
   def log_digit_metrics(self, step: int, state: TrainState) -> None:
     """The family's digit metrics (metrics/digits.py) as scalars and digit_metrics.csv."""
@@ -222,8 +196,7 @@ class Run:
                  step, self.num_steps, self.epoch_steps, config.batch_size)
     p_step, batches = self.start(state)
     sampler = self.family.make_sampler(config, self.models, self.data)
-    progress = lambda: periodic_actions.ReportProgress(  # It counts steps forwards only.
-        num_train_steps=self.num_steps, writer=self.writer, every_steps=config.log_every_steps)
+    progress = lambda: Progress('Training', self.num_steps, 'steps', every_s=30, done=step)
     report = progress()
     deadline = time.monotonic() + 60 * config.max_train_minutes
     out_of_time = False
@@ -233,33 +206,32 @@ class Run:
         step += 1
         stop.check(step)
         self.metrics.add(step, step_metrics)
-        report(step)
+        report.update(step)
         out_of_time = step % config.log_every_steps == 0 and _past(deadline, config)
         last = step == self.num_steps or out_of_time
         if step % config.log_every_steps == 0 or last:
-          if self.guard.check(step, self.log(step)) == 'rollback':
+          if self.guard.check(step, self.log(step, report.rate)) == 'rollback':
             state = self.roll_back()
             step = int(jax.device_get(state.step)[0])
             logging.warning('rolled back to step %d', step)
             p_step, batches = self.start(state)
             report = progress()
             continue
-        if config.eval_every_steps and (step % config.eval_every_steps == 0 or last):
-          self.log_digit_metrics(step, state)
-        if self.is_chief and (step % config.sample_every_steps == 0 or last):
-          self.write_samples(step, sampler, state)
-        if step % config.checkpoint_every_steps == 0 or last or stop.stopping:
-          self.save(state)
+        with report.paused():  # Not training: the rate and ETA leave these out.
+          if config.eval_every_steps and (step % config.eval_every_steps == 0 or last):
+            self.log_digit_metrics(step, state)
+          if self.is_chief and (step % config.sample_every_steps == 0 or last):
+            self.write_samples(step, sampler, state)
+          if step % config.checkpoint_every_steps == 0 or last or stop.stopping:
+            self.save(state)
       if stop.stopping:
         logging.warning('%s received: saved step %d; run the same command to resume.',
                         stop.received, step)
       if out_of_time:
         logging.info('max_train_minutes=%g reached: stopped and saved at step %d.',
                      config.max_train_minutes, step)
-    if self.is_chief and (self.workdir / 'loss_history.csv').exists():
-      with _writing('loss_curves.png', self.workdir):
-        visualize.plot_loss_curves(visualize.read_csv(self.workdir / 'loss_history.csv'),
-                                   self.workdir / 'loss_curves.png', self.family.loss_groups)
+    if self.is_chief:
+      self.update_page()
     with _writing('TensorBoard events', self.workdir):
       self.writer.flush()
     return state

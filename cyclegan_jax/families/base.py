@@ -23,6 +23,7 @@ import optax
 from cyclegan_jax import image_pool
 from cyclegan_jax.data import input_pipeline
 from cyclegan_jax.metrics import fid
+from cyclegan_jax.progress import Progress
 
 
 @flax.struct.dataclass
@@ -52,6 +53,13 @@ Sampler = Callable[[dict[str, Any], dict[str, Any]], np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
+class LatentGenerator:
+  """A generator of images from latents, named so that export serves it as the family samples."""
+  name: str  # Its parameter tree.
+  train_mode: bool  # Batch norm from each batch's own statistics (the DCGAN reference's samples).
+
+
+@dataclasses.dataclass(frozen=True)
 class Family:
   """What a model family does its own way. Per-device steps are pure and use only explicit
   collectives over `parallel.AXIS_NAME`."""
@@ -70,6 +78,8 @@ class Family:
   translators: Mapping[str, tuple[str, str]]
   loss_groups: dict[str, list[str]]  # Panels of loss_curves.png.
   log_columns: Callable[[dict[str, float]], dict[str, float]]  # The log line, loss_table.csv.
+  # The generator that draws images from [b, model.nz] latents, which `export` serves; None: none.
+  latent_generator: LatentGenerator | None = None
 
 
 def init_key(key: jax.Array) -> jax.Array:
@@ -148,11 +158,13 @@ def apply_in_batches(module: nn.Module, params: Any, batch_stats: Any, images: n
   it compiles once."""
   batch_size = min(batch_size, len(images))
   out = []
+  progress = Progress(type(module).__name__, len(images), 'images')
   for start in range(0, len(images), batch_size):
     batch = images[start:start + batch_size]
     pad = np.zeros((batch_size - len(batch),) + batch.shape[1:], batch.dtype)
     out.append(np.asarray(apply(module, params, batch_stats, np.concatenate([batch, pad])))
                [:len(batch)])
+    progress.update(start + len(batch))
   return np.concatenate(out)
 
 

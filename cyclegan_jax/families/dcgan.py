@@ -209,6 +209,7 @@ FAMILY = base.Family(
     check_config=check_config, create_models=create_models,
     create_train_state=create_train_state, train_step=train_step, domains='a',
     make_sampler=make_sampler, digit_metrics=digit_metrics, evaluate=evaluate, translators={},
+    latent_generator=base.LatentGenerator('g', train_mode=True),
     loss_groups={'losses': ['g_total', 'd_total', 'd_real_loss', 'd_fake_loss', 'd_gp', 'd_r1'],
                  'discriminator logits': ['d_real', 'd_fake']},
     log_columns=lambda s: {'Loss_D': s['d_total'], 'Loss_G': s['g_total'],

@@ -24,6 +24,7 @@ import optax
 
 from cyclegan_jax.data import digits_data, preprocess
 from cyclegan_jax.models import classifier as classifier_lib
+from cyclegan_jax.progress import Progress
 
 _VERSION = 1  # Part of the cache key: bump when the model or its training changes.
 EVAL_BATCH = 250
@@ -56,11 +57,15 @@ def train_classifier(classifier: ml_collections.ConfigDict, images: np.ndarray,
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
+  progress = Progress('Digit classifier training', steps, 'steps')
   for epoch in range(classifier.epochs):
     order = np.random.default_rng([classifier.seed, epoch]).permutation(len(labels))
     for start in range(0, len(order) - batch + 1, batch):
       chosen = order[start:start + batch]
       params, opt_state = step(params, opt_state, images[chosen], labels[chosen])
+      # Waiting for the step keeps the count honest; steps queued ahead would not be done.
+      jax.block_until_ready(params)
+      progress.update(progress.done + 1)
   return params
 
 
@@ -73,8 +78,12 @@ def logits(classifier: ml_collections.ConfigDict, params: Any, images: np.ndarra
   """[n, 10] logits, in batches of a fixed size: one compile per classifier and process, not
   one per call (the train loop scores samples every eval_every_steps)."""
   model = classifier_lib.create_classifier(classifier)
-  return np.concatenate([np.asarray(_apply(model, params, images[i:i + EVAL_BATCH]))
-                         for i in range(0, len(images), EVAL_BATCH)])
+  out = []
+  progress = Progress('Digit classifier', len(images), 'images')
+  for start in range(0, len(images), EVAL_BATCH):
+    out.append(np.asarray(_apply(model, params, images[start:start + EVAL_BATCH])))
+    progress.update(start + len(out[-1]))
+  return np.concatenate(out)
 
 
 def accuracy(classifier: ml_collections.ConfigDict, params: Any, images: np.ndarray,

