@@ -47,9 +47,8 @@ class Manager(ocp.CheckpointManager):
 
   def __init__(self, workdir: epath.Path, *args, **kwargs):
     super().__init__(*args, **kwargs)
-    self.workdir = workdir
+    self.workdir, self._reported = workdir, False
     self._in_flight: tuple[int, int] | None = None  # (step, bytes) of the save in progress.
-    self._reported = False
 
   def _write_error(self, error: Exception) -> faults.WriteError:
     self._reported = True
@@ -104,7 +103,8 @@ def save(manager: ocp.CheckpointManager, replicated: TrainState,
   step = int(state_dict['step'])
   if jax.process_count() > 1:
     same = parallel.check_same_on_all_processes((state_dict, pools), f'train states at step {step}')
-    logging.info('step %d: the state is identical on all processes (fingerprint %08x)', step, same)
+    logging.info('step %d: the state is identical on all %d processes (fingerprint %08x)', step,
+                 jax.process_count(), same)
   items = {'state': ocp.args.StandardSave(state_dict),
            'config': ocp.args.JsonSave(config.to_dict()),
            'manifest': ocp.args.JsonSave(manifest or manifests.build(config))}
