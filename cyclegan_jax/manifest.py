@@ -48,6 +48,15 @@ def code_version() -> dict[str, Any]:
   return code
 
 
+def command_line(argv: list[str]) -> str:
+  """The command as typed: `python -m` for a module run that way (argv[0] is then its path)."""
+  program, *args = argv
+  for module in ('main', 'export', 'translate', 'convert'):
+    if pathlib.Path(program).parts[-2:] == ('cyclegan_jax', f'{module}.py'):
+      return shlex.join(['python', '-m', f'cyclegan_jax.{module}', *args])
+  return shlex.join(argv)
+
+
 def build(config: ml_collections.ConfigDict, argv: list[str] | None = None) -> dict[str, Any]:
   """This process's manifest for a run of `config` (JSON-ready)."""
   device = jax.devices()[0]
@@ -61,7 +70,7 @@ def build(config: ml_collections.ConfigDict, argv: list[str] | None = None) -> d
       'device_kind': device.device_kind,
       'device_count': jax.device_count(),
       'process_count': jax.process_count(),
-      'command': shlex.join(sys.argv if argv is None else argv),
+      'command': command_line(sys.argv if argv is None else argv),
       'written': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
   }
 

@@ -81,6 +81,14 @@ def test_manifest_records_code_libraries_devices_and_command():
   assert rows['libraries'].startswith(f'jax {jax.__version__}, jaxlib ')
 
 
+def test_command_line_is_as_typed():
+  assert manifest.command_line(['/x/cyclegan_jax/main.py', '--workdir=a b']) == (
+      "python -m cyclegan_jax.main '--workdir=a b'")
+  assert manifest.command_line(['/x/cyclegan_jax/export.py', '--out=o']) == (
+      'python -m cyclegan_jax.export --out=o')
+  assert manifest.command_line(['train.py', '-v']) == 'train.py -v'
+
+
 def test_changes_name_each_library_and_commit_that_differs():
   config = test_config.get_config()
   now = manifest.build(config)
