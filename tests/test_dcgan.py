@@ -153,10 +153,10 @@ def test_the_step_on_4_devices_equals_the_step_on_one(mode):
   8 images (float64, so only the data-parallel logic is compared). With per-device batch norm
   or per-device z they differ by far more (shards with clearly different statistics)."""
   config = model_config(32)
-  config.model.dtype = 'float64'
   config.loss.gan_mode = mode
   config.loss.r1_gamma = 1.0 if mode == 'vanilla' else 0.0
-  _, state, real = _step_inputs(config, 4)
+  _, state, real = _step_inputs(config, 4)  # float32, made float64 inside enable_x64.
+  config.model.dtype = 'float64'
   real = real.reshape((8,) + real.shape[2:])
   (grads_1, stats_1, metrics_1), (grads_4, stats_4, metrics_4) = (
       _one_sgd_step(config, state, real, n) for n in (1, 4))
