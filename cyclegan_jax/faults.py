@@ -22,12 +22,24 @@ class WriteError(RuntimeError):
   """Something the run must keep could not be written; the message says what to do next."""
 
 
+COMMIT_MARKER = 'commit_success.txt'  # orbax's last write of a step where it cannot rename.
+
+
+def renames_atomically(path: epath.Path) -> bool:
+  """Whether orbax finishes a checkpoint here by renaming its temporary folder (local disks)
+  rather than by writing COMMIT_MARKER into the step folder (gs://, which cannot rename)."""
+  return not str(path).startswith('gs://')
+
+
 def complete_checkpoints(workdir: epath.PathLike) -> list[int]:
-  """Steps whose checkpoint finished (orbax renames `N.orbax-checkpoint-tmp-*` to `N` last)."""
+  """Steps whose checkpoint finished: orbax renames `N.orbax-checkpoint-tmp-*` to `N` last, or,
+  on gs://, writes `N/commit_success.txt` last."""
   path = epath.Path(workdir) / 'checkpoints'
   if not path.exists():
     return []
-  return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())
+  renamed = renames_atomically(path)
+  return sorted(int(p.name) for p in path.iterdir()
+                if p.name.isdigit() and (renamed or (p / COMMIT_MARKER).exists()))
 
 
 def reason(error: BaseException) -> str:

@@ -203,6 +203,21 @@ def test_write_error_names_the_full_disk_the_space_and_the_last_checkpoint(tmp_p
       'Free some space or move the workdir, then run the same command to resume.')
 
 
+def test_a_checkpoint_is_complete_once_renamed_or_on_gs_once_committed(tmp_path, monkeypatch):
+  """Local disks: a step folder exists only once orbax renamed it there. gs:// cannot rename,
+  so orbax writes into the step folder and commit_success.txt last; a folder without it is a
+  save still in progress (or cut short)."""
+  for step in (2, 4):
+    (tmp_path / 'checkpoints' / str(step)).mkdir(parents=True)
+  (tmp_path / 'checkpoints' / '6.orbax-checkpoint-tmp-1').mkdir()
+  (tmp_path / 'checkpoints' / '2' / faults.COMMIT_MARKER).write_text('')
+  assert faults.complete_checkpoints(tmp_path) == [2, 4]
+  assert faults.renames_atomically(epath.Path('/w')) and not faults.renames_atomically(
+      epath.Path('gs://bucket/w'))
+  monkeypatch.setattr(faults, 'renames_atomically', lambda path: False)  # As on gs://.
+  assert faults.complete_checkpoints(tmp_path) == [2]
+
+
 def test_reason_finds_the_os_error_or_a_library_full_disk_or_the_first_line():
   wrapped = RuntimeError('save failed')
   wrapped.__cause__ = PermissionError(errno.EACCES, 'denied')
