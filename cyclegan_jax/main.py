@@ -9,8 +9,12 @@ its name.
 import os
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+# TensorFlow (only file I/O and TensorBoard here, never the model's math) prints a line about its
+# oneDNN kernels to stderr at import, before any log setting applies. A user's own value wins.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
+from absl import app, flags, logging  # noqa: E402  (after the environment TensorFlow reads)
+from ml_collections import config_flags  # noqa: E402
 
 
 def _env_int(name: str) -> int | None:
@@ -78,7 +82,8 @@ def _enable_compilation_cache(workdir: str) -> None:
 def _quiet_library_logs(verbose: bool) -> None:
   """orbax logs every step of every save at INFO; keep its warnings, drop its chatter. Its
   errors come with tracebacks from its background threads; the run reports the failure itself
-  in one line (faults.py), so they show only with --verbose."""
+  in one line (faults.py), so they show only with --verbose. jax's backend search says at INFO
+  that every platform it did not find (a TPU on a laptop) failed to start: only with --verbose."""
   import logging as std_logging
   from cyclegan_jax import faults
   faults.silence_teardown_noise()
@@ -87,6 +92,8 @@ def _quiet_library_logs(verbose: bool) -> None:
   keep = lambda r: (not any(n in r.pathname for n in noisy) or
                     std_logging.WARNING <= r.levelno < std_logging.ERROR or r.levelno >= shown)
   std_logging.getLogger('absl').addFilter(keep)
+  if not verbose:
+    std_logging.getLogger('jax._src.xla_bridge').setLevel(std_logging.WARNING)
 
 
 def _start_distributed(workdir: str):
