@@ -47,6 +47,14 @@ def get_config() -> ml_collections.ConfigDict:
   # generator) in place of strided and transposed convs; the same parameters.
   model.antialias = False
   model.antialias_d = False  # PatchGAN D: the same blur-pool downsampling (CUT's D has it).
+  # ResNet generators: 'blocks' keeps only each residual block's input for the backward pass
+  # and recomputes the block (less memory, e.g. for 512² crops, for more compute); or 'none'.
+  model.remat = 'none'
+  # ResNet generators: False runs the residual blocks as a loop over one compiled block body
+  # (faster compile, less memory, and as fast at 256² on CPU); True unrolls it, which small
+  # images need on CPU. With remat the loop stays rolled: unrolled, XLA undid remat's memory
+  # saving. README, Speed, has the figures.
+  model.unroll_blocks = False
   model.nce_layers = '0,4,8,12,16'  # CUT: G's Sequential entries whose features PatchNCE uses.
   model.projection_features = 256  # CUT: hidden and output units of F's MLP per NCE layer.
   model.nz = 100  # DCGAN: size of the generator's input noise z.

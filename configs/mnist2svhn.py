@@ -43,6 +43,7 @@ def get_config():
   config.model.norm = 'batch'
   config.model.init_type = 'xavier'
   config.model.init_gain = 1.0
+  config.model.unroll_blocks = True  # At 32² XLA:CPU runs a rolled loop of blocks slowly.
   config.loss.gan_mode = 'vanilla'
   config.loss.lambda_identity = 0.0
   config.optim.lr_policy = 'constant'

@@ -30,6 +30,7 @@ from etils import epath
 
 from cyclegan_jax import faults, families, manifest as manifests, parallel
 from cyclegan_jax.families.base import Family, Models, TrainState
+from cyclegan_jax.models import block_layout
 
 
 class CheckpointMismatchError(ValueError):
@@ -87,8 +88,7 @@ def _to_host(replicated: TrainState) -> tuple[dict[str, Any], dict[str, Any]]:
   """(state without pools, pools with a leading axis of 1) as state dicts of numpy arrays."""
   state = parallel.unreplicate(replicated.replace(pools={}))
   pools = jax.tree.map(lambda x: x[None], parallel.unreplicate(replicated.pools))
-  return (flax.serialization.to_state_dict(state),
-          flax.serialization.to_state_dict(pools))
+  return flax.serialization.to_state_dict(state), flax.serialization.to_state_dict(pools)
 
 
 def save(manager: ocp.CheckpointManager, replicated: TrainState,
@@ -149,10 +149,10 @@ def restore(manager: ocp.CheckpointManager, template: TrainState,
   if template.pools:
     items['pools'] = ocp.args.StandardRestore()
   restored = manager.restore(step, args=ocp.args.Composite(**items))
+  stored = block_layout.stack_blocks(restored['state'])  # Older ones hold blocks one by one.
   target = template.replace(pools={}, rng=jax.random.key_data(template.rng))
-  target_dict = flax.serialization.to_state_dict(target)
-  _check_fits(target_dict, restored['state'])
-  state = flax.serialization.from_state_dict(target, restored['state'])
+  _check_fits(flax.serialization.to_state_dict(target), stored)
+  state = flax.serialization.from_state_dict(target, stored)
   state = state.replace(rng=jax.random.wrap_key_data(
       np.asarray(state.rng), impl=jax.random.key_impl(template.rng)))
   if template.pools:

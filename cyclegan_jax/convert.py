@@ -33,7 +33,7 @@ from absl import logging
 
 from cyclegan_jax import checkpointing, families, parallel
 from cyclegan_jax.families import cyclegan
-from cyclegan_jax.models import discriminators, generators, weights
+from cyclegan_jax.models import block_layout, discriminators, generators, weights
 
 # The model options of every published reference model (instance norm, no dropout).
 _REFERENCE_MODEL = dict(input_nc=3, output_nc=3, norm='instance', init_type='normal',
@@ -48,6 +48,7 @@ class PthMismatchError(ValueError):
 
 
 def _resnet_layout(n_blocks: int, keys: set[str]) -> list[tuple[str, str]]:
+  """The residual blocks one by one (ResnetBlock_i), as the reference keys them."""
   second = 6 if any('.conv_block.6.' in k for k in keys) else 5  # 6 with dropout.
   layout = [('model.1', 'Conv_0'), ('model.4', 'Conv_1'), ('model.7', 'Conv_2')]
   for i in range(n_blocks):
@@ -130,8 +131,10 @@ def params_from_state_dict(state: dict[str, np.ndarray], layout: list[tuple[str,
 
 
 def _expected_params(module, size: int) -> dict[str, Any]:
+  """The module's parameter shapes, residual blocks one by one as the reference keys them."""
   x = jnp.zeros((1, size, size, _REFERENCE_MODEL['input_nc']), jnp.float32)
-  return jax.eval_shape(module.init, jax.random.key(0), x, train=False)['params']
+  return jax.eval_shape(
+      lambda: block_layout.unstack_blocks(module.init(jax.random.key(0), x, train=False)['params']))
 
 
 def _width(state: dict[str, np.ndarray], key: str) -> int:
@@ -162,8 +165,8 @@ def generator_params_from_pth(path: str, generator_name: str) -> dict[str, Any]:
   state = read_state_dict(path)
   module, layout = generator_layout(generator_name, state)
   expected = _expected_params(module, 256)
-  return params_from_state_dict(state, layout, expected,
-                                f'generator {generator_name} (ngf {module.ngf}) in {path}')
+  return block_layout.stack_blocks(params_from_state_dict(
+      state, layout, expected, f'generator {generator_name} (ngf {module.ngf}) in {path}'))
 
 
 def discriminator_params_from_pth(path: str, discriminator_name: str,

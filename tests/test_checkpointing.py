@@ -17,6 +17,7 @@ import pytest
 
 from cyclegan_jax import checkpointing, parallel
 from cyclegan_jax.families import cyclegan
+from cyclegan_jax.models import block_layout
 from tests import helpers
 from tests.helpers import complete_steps, host_tree
 
@@ -114,6 +115,27 @@ def test_a_checkpoint_with_a_pool_per_device_restores_device_0s_everywhere(tmp_p
   pools = jax.tree.map(lambda x: np.stack([x, x + 1]),
                        flax.serialization.to_state_dict(host.pools))
   state = flax.serialization.to_state_dict(host.replace(pools={}))
+  manager = checkpointing.create_manager(tmp_path, keep=1)
+  manager.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          pools=ocp.args.StandardSave(pools),
+                                          config=ocp.args.JsonSave(config.to_dict())))
+  manager.wait_until_finished()
+  manager.close()
+  _, restored = restore(tmp_path, template)
+  assert_trees_equal(trained, restored)
+
+
+def test_a_checkpoint_with_one_subtree_per_residual_block_restores_stacked(tmp_path, config,
+                                                                           template, trained):
+  """Checkpoints of versions before the generators' scan hold ResnetBlock_0 … ResnetBlock_{n-1}
+  in the parameters and in the optimizer's moments."""
+  host = jax.tree.map(lambda x: x[0], host_tree(trained))
+  state = block_layout.unstack_blocks(flax.serialization.to_state_dict(host.replace(pools={})))
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state)]
+  assert not any(block_layout.BLOCKS in p for p in paths)
+  for tree in ("['params']['g_ab']", "['opt_state_g']"):
+    assert any(p.startswith(tree) and "['ResnetBlock_1']" in p for p in paths), tree
+  pools = jax.tree.map(lambda x: x[None], flax.serialization.to_state_dict(host.pools))
   manager = checkpointing.create_manager(tmp_path, keep=1)
   manager.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           pools=ocp.args.StandardSave(pools),

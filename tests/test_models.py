@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from cyclegan_jax.models import discriminators, generators, layers
+from cyclegan_jax.models import block_layout, discriminators, generators, layers
 
 # Threefry keys make XLA:CPU compile every initialiser slowly (seconds per model); the tests
 # use the 'rbg' implementation, and numpy-drawn variables where the initialiser is not the point.
@@ -154,8 +154,9 @@ def test_generator_forward_in_tanh_range(name):
 def test_resnet_generator_any_block_count():
   model = generators.create_generator(model_config(generator='resnet_2blocks'))
   params = abstract_init(model, 1, 64, 64, 3)['params']
-  assert sorted(k for k in params if k.startswith('ResnetBlock')) == ['ResnetBlock_0',
-                                                                       'ResnetBlock_1']
+  assert {x.shape[0] for x in jax.tree.leaves(params[block_layout.BLOCKS])} == {2}  # Stacked.
+  assert sorted(k for k in jax.eval_shape(block_layout.unstack_blocks, params)
+                if k.startswith('ResnetBlock')) == ['ResnetBlock_0', 'ResnetBlock_1']
   block = 2 * (3 * 3 * 256 * 256 + 256)
   assert layers.count_params(params) == 11_378_179 - 7 * block
 

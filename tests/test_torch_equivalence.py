@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cyclegan_jax import convert, losses
-from cyclegan_jax.models import discriminators, generators, layers
+from cyclegan_jax.models import block_layout, discriminators, generators, layers
 
 torch = pytest.importorskip('torch')
 from tests.torch_reference import (  # noqa: E402
@@ -81,9 +81,13 @@ def max_abs(ours, theirs) -> float:
 
 
 def compare(name, module, torch_model, flax_paths, x):
-  """Runs `module` with `torch_model`'s weights on NHWC `x`; returns the max-abs difference."""
-  expected_vars = jax.eval_shape(module.init, jax.random.key(0), x)
-  variables = params_from_torch(torch_model, flax_paths, expected_vars)
+  """Runs `module` with `torch_model`'s weights on NHWC `x`; returns the max-abs difference.
+  `flax_paths` name residual blocks one by one (ResnetBlock_i), stacked here as the scan
+  takes them."""
+  expected_vars = jax.eval_shape(lambda: block_layout.unstack_blocks(
+      module.init(jax.random.key(0), x)))
+  variables = block_layout.stack_blocks(params_from_torch(torch_model, flax_paths,
+                                                          expected_vars))
   ours = jax.jit(module.apply)(variables, x)
   with torch.no_grad():
     theirs = from_torch(torch_model(to_torch(x)))

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from cyclegan_jax.models import layers
+from cyclegan_jax.models.block_layout import BLOCKS
 
 
 class _ModelOptions(nn.Module):
@@ -70,6 +71,36 @@ class ResnetBlock(_ModelOptions):
     return x + y
 
 
+class _BlockStep(_ModelOptions):
+  """One step of ResnetGenerator's scan over its blocks: a ResnetBlock on the carry. Blocks from
+  `stop` on pass it through (feature_layers ending among the blocks); with `emit`, each block's
+  output is also a scan output."""
+  features: int = 256
+  train: bool = True
+  remat: bool = False
+  stop: int | None = None
+  emit: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    # The backward pass keeps each block's input (the scan carry) and recomputes the rest.
+    block_type = (nn.remat(ResnetBlock, static_argnums=(2,), prevent_cse=False,
+                           policy=jax.checkpoint_policies.nothing_saveable)
+                  if self.remat else ResnetBlock)
+    block = block_type(features=self.features, name='block', **self.shared_options())
+    if self.stop is None or self.is_initializing():
+      x = block(x, self.train)
+    else:
+      x = nn.cond(index < self.stop, lambda m, x: m(x, self.train), lambda m, x: x, block, x)
+    return x, (x if self.emit else None)
+
+
+def _scanned_blocks(unroll: int):
+  """One traced block body, the blocks' variables stacked on axis 0; `unroll` bodies per turn."""
+  return nn.scan(_BlockStep, variable_axes={'params': 0, 'batch_stats': 0},
+                 split_rngs={'params': True, 'dropout': True}, unroll=unroll)
+
+
 class ResnetGenerator(_ModelOptions):
   """Encoder (c7s1-ngf, d2ngf, d4ngf), `n_blocks` residual blocks, decoder (u2ngf, ungf, c7s1-3).
 
@@ -77,48 +108,67 @@ class ResnetGenerator(_ModelOptions):
   blur-pool, and each transposed conv a blur upsampling, then a 3×3 conv, norm and act: the
   same parameters, without the checkerboard that strided transposed convs leave.
 
+  The blocks are one `nn.scan`, their variables stacked under BLOCKS (block_layout.py); rolled
+  (`unroll` False) it compiles one block body however many blocks there are. With `remat`, the
+  backward pass keeps each block's input and recomputes the block: less memory, more compute.
+
   The layers run as the entries of the reference's `nn.Sequential`, so `feature_layers` (CUT's
   nce_layers) index the same tensors as there: 0 is the reflect-padded input, 4 the first
   down conv's output, 12 the first residual block's (with antialias).
   """
   n_blocks: int = 9
   antialias: bool = False
+  remat: bool = False
+  unroll: bool = False
 
-  def _sequential(self, train: bool) -> list[Callable[[jax.Array], jax.Array]]:
+  def _sequential(self, train: bool) -> tuple[list[Callable[[jax.Array], jax.Array]], ...]:
+    """The Sequential's entries before and after its residual blocks."""
     reflect = lambda x: jnp.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)), mode='reflect')
     norm_act = lambda: [functools.partial(self.norm_layer(), train=train), self.act()]
-    entries = [reflect, self.conv(self.ngf, 7), *norm_act()]
+    encoder = [reflect, self.conv(self.ngf, 7), *norm_act()]
     for mult in (2, 4):
-      entries += [self.conv(self.ngf * mult, 3, stride=1 if self.antialias else 2, padding=1),
+      encoder += [self.conv(self.ngf * mult, 3, stride=1 if self.antialias else 2, padding=1),
                   *norm_act()] + ([layers.blur_downsample] if self.antialias else [])
-    entries += [functools.partial(ResnetBlock(features=self.ngf * 4, **self.shared_options()),
-                                  train=train) for _ in range(self.n_blocks)]
+    decoder = []
     for mult in (2, 1):
       if self.antialias:
-        entries += [layers.blur_upsample, self.conv(self.ngf * mult, 3, padding=1)]
+        decoder += [layers.blur_upsample, self.conv(self.ngf * mult, 3, padding=1)]
       else:
-        entries += [self.conv_transpose(self.ngf * mult)]
-      entries += norm_act()
-    return entries + [reflect, self.conv(self.output_nc, 7, use_bias=True), jnp.tanh]
+        decoder += [self.conv_transpose(self.ngf * mult)]
+      decoder += norm_act()
+    return encoder, decoder + [reflect, self.conv(self.output_nc, 7, use_bias=True), jnp.tanh]
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True,
                feature_layers: tuple[int, ...] = ()) -> jax.Array | list[jax.Array]:
     """The translated image; with `feature_layers`, the outputs of those Sequential entries
     instead, computed only as far as the last of them."""
-    entries = self._sequential(train)
-    if feature_layers and not all(0 <= i < len(entries) for i in feature_layers):
+    encoder, decoder = self._sequential(train)
+    first, after = len(encoder), len(encoder) + self.n_blocks  # The blocks' entries.
+    size = after + len(decoder)
+    if feature_layers and not all(0 <= i < size for i in feature_layers):
       raise ValueError(f'feature layers {list(feature_layers)}: this generator has Sequential '
-                       f'entries 0..{len(entries) - 1}.')
-    x = x.astype(self.dtype)
+                       f'entries 0..{size - 1}.')
+    last = max(feature_layers, default=size - 1)
     features = []
-    for index, entry in enumerate(entries):
-      x = entry(x)
-      if index in feature_layers:
-        features.append(x)
-        if len(features) == len(feature_layers):
-          return features
-    return x.astype(jnp.float32)
+
+    def run(x, entries, start):
+      for index, entry in enumerate(entries[:max(0, last + 1 - start)], start):
+        x = entry(x)
+        features.extend([x] if index in feature_layers else [])
+      return x
+
+    x = run(x.astype(self.dtype), encoder, 0)
+    if last >= first:
+      in_blocks = [i - first for i in range(first, after) if i in feature_layers]
+      # Only a rolled loop keeps XLA from scheduling remat's recomputation early (measured).
+      x, outputs = _scanned_blocks(self.n_blocks if self.unroll and not self.remat else 1)(
+          features=self.ngf * 4, train=train, remat=self.remat, emit=bool(in_blocks),
+          stop=last + 1 - first if last < after - 1 else None, name=BLOCKS,
+          **self.shared_options())(x, jnp.arange(self.n_blocks))
+      features.extend(outputs[i] for i in in_blocks)
+      x = run(x, decoder, after)
+    return features if feature_layers else x.astype(jnp.float32)
 
 
 class UnetGenerator(_ModelOptions):
@@ -173,12 +223,9 @@ class DCGANGenerator(_ModelOptions):
   4×4×(ngf·2^(n−1)), then n transposed convs k4 s2 p1 halving the channels (norm, ReLU after
   all but the last), tanh. At 64² that is 4×4×8ngf → 8² → 16² → 32² → 64²×3.
 
-  The first layer is a dense projection, which is exactly ConvTranspose2d(nz, c, 4, 1, 0) on a
-  1×1 input (same parameters, no bias before the norm). With `grey` the image is the mean of
-  the output_nc channels, repeated: for grey images held as RGB (MNIST) the fakes then cannot
-  differ from the reals in colour, a cue that otherwise lets D win early and slows G. The mean,
-  not a one-channel last layer: on dcgan_mnist it scored higher at each of 4 comparisons
-  (README, DCGAN), and the parameters are those of the colour G.
+  The first layer, a dense projection, is ConvTranspose2d(nz, c, 4, 1, 0) on a 1×1 input. With
+  `grey` the image is the mean of its channels, repeated: fakes of grey data held as RGB
+  (MNIST) cannot differ from the reals in colour, a cue that lets D win early (README, DCGAN).
   """
   image_size: int = 64
   grey: bool = False
@@ -216,13 +263,19 @@ def create_generator(model_config: ml_collections.ConfigDict) -> nn.Module:
   """Builds the generator named by `model_config.generator` with the shared model options."""
   name = model_config.generator
   n_blocks = name[len('resnet_'):-len('blocks')]
+  remat = model_config.get('remat', 'none')  # Configs saved by earlier versions have none.
+  if remat not in ('none', 'blocks'):
+    raise ValueError(f"model.remat={remat!r}: expected 'none' or 'blocks' (recompute blocks).")
   if name.startswith('resnet_') and name.endswith('blocks') and n_blocks.isdigit():
-    cls, extra = ResnetGenerator, {'n_blocks': int(n_blocks), 'antialias': model_config.antialias}
+    cls, extra = ResnetGenerator, {'n_blocks': int(n_blocks), 'antialias': model_config.antialias,
+                                   'remat': remat == 'blocks',
+                                   'unroll': model_config.get('unroll_blocks', False)}
   elif name not in GENERATORS:
     raise ValueError(f'unknown generator {name!r}; expected one of {", ".join(GENERATORS)} '
                      'or resnet_<n>blocks')
-  elif model_config.antialias:
-    raise ValueError(f'model.antialias is for ResNet generators (resnet_<n>blocks), not {name!r}.')
+  elif model_config.antialias or remat != 'none':
+    key = 'antialias' if model_config.antialias else 'remat'
+    raise ValueError(f'model.{key} is for ResNet generators (resnet_<n>blocks), not {name!r}.')
   else:
     cls, extra = GENERATORS[name]
     if name == 'dcgan':
