@@ -6,6 +6,7 @@ overridden with `--config.key=value`; the config is locked, so a mistyped key st
 its name.
 """
 
+from collections.abc import Mapping
 import os
 import sys
 
@@ -60,6 +61,11 @@ _PEER_TIMEOUT = flags.DEFINE_float(
     'peer_timeout_s', float(os.environ.get('CYCLEGAN_PEER_TIMEOUT_S', 180)),
     'Multi-process: when another process has been silent this long (killed, out of memory, a '
     'lost VM), this one stops with a message naming it (env CYCLEGAN_PEER_TIMEOUT_S).')
+_COMPILATION_CACHE = flags.DEFINE_string(
+    'compilation_cache', None,
+    'Directory of the persistent cache of compiled programs, which later runs, translate and '
+    "export reuse; '' or none turns it off. Default: env JAX_COMPILATION_CACHE_DIR, else "
+    '$XDG_CACHE_HOME/cyclegan_jax/jax (~/.cache/cyclegan_jax/jax).')
 _VERBOSE = flags.DEFINE_bool(
     'verbose', False, 'Show the tracebacks and library errors behind a one-line error.')
 flags.mark_flags_as_required(['workdir'])
@@ -71,12 +77,26 @@ def _hide_gpus_from_tensorflow() -> None:
   tf.config.set_visible_devices([], 'GPU')
 
 
-def _enable_compilation_cache(workdir: str) -> None:
-  """Reuse compiled steps across runs (a resumed run starts in seconds, not a minute)."""
+def compilation_cache_dir(flag: str | None, environ: Mapping[str, str]) -> str | None:
+  """The persistent compilation cache's directory for --compilation_cache=`flag` (None: not
+  given) and the environment; None: no cache. A user directory by default, not the workdir: one
+  cache serves every run of the same programs, and a workdir may be a bucket or a shared disk."""
+  if flag is not None:
+    return None if flag.strip().lower() in ('', 'none') else os.path.expanduser(flag)
+  if environ.get('JAX_COMPILATION_CACHE_DIR'):
+    return environ['JAX_COMPILATION_CACHE_DIR']
+  user_cache = environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(user_cache, 'cyclegan_jax', 'jax')
+
+
+def enable_compilation_cache(directory: str | None) -> None:
+  """Reuse compiled programs across runs (a resumed run starts in seconds, not a minute); only
+  those that took a second or more to compile are stored. None: turns the cache off."""
   import jax
-  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
-    jax.config.update('jax_compilation_cache_dir', os.path.join(workdir, 'jax_cache'))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  jax.config.update('jax_enable_compilation_cache', directory is not None)
+  if directory is not None:
+    jax.config.update('jax_compilation_cache_dir', directory)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 
 
 def _quiet_library_logs(verbose: bool) -> None:
@@ -114,11 +134,11 @@ def main(argv):
   _quiet_library_logs(_VERBOSE.value)
   from cyclegan_jax.models import convolution
   convolution.set_impl(_CONV_IMPL.value)
+  enable_compilation_cache(compilation_cache_dir(_COMPILATION_CACHE.value, os.environ))
   if _MODE.value == 'translate':
     if not _INPUT.value or not _OUTPUT.value:
       raise app.UsageError('--mode=translate needs --input and --output')
     from cyclegan_jax import translate
-    _enable_compilation_cache(_WORKDIR.value)
     return translate.run_command(_WORKDIR.value, _DIRECTION.value, _INPUT.value, _OUTPUT.value)
   if _MODE.value == 'export':
     if not _OUTPUT.value:
@@ -130,7 +150,6 @@ def main(argv):
   import jax
   peers = _start_distributed(_WORKDIR.value) if _DISTRIBUTED.value else None
   _hide_gpus_from_tensorflow()
-  _enable_compilation_cache(_WORKDIR.value)
   logging.info('process %d of %d; %d local devices of %d: %s', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.local_devices())
