@@ -1,13 +1,20 @@
-"""The benchmark's record: every key the speed issue names, with values that hang together.
+"""The benchmarks' records: every key the speed issue names, with values that hang together.
 
-No timing is asserted (times depend on the machine); only what the record must contain and
-how its numbers relate.
+No timing is asserted (times depend on the machine); only what the records must contain and
+how their numbers relate.
 """
+
+import json
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
 from configs import test as test_config
-from cyclegan_jax.benchmarks import step
+from cyclegan_jax.benchmarks import scaling, step
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
@@ -33,3 +40,74 @@ def test_record_has_the_issue_keys_and_consistent_numbers():
   # (the zero row and column it pads, the zero taps of space-to-depth kernels).
   assert record['flops_per_step'] <= record['executed_flops_per_step']
   assert 0 < record['peak_ratio'] < 2
+  memory = record['compiled_memory']
+  assert memory['total_bytes'] == (memory['argument_bytes'] + memory['output_bytes']
+                                   - memory['alias_bytes'] + memory['temp_bytes']
+                                   + memory['generated_code_bytes']) > 0
+
+
+
+def _timed(size, s_per_step, flops_per_step=None):
+  """A size row as `scaling.measure` keeps it: the step record plus the input rate."""
+  return {'size': size, 's_per_step_median': s_per_step, 'flops_per_step': flops_per_step,
+          'devices': 1, 'batch': 1, 'input_images_per_s': 300.0, 'input_workers': 2}
+
+
+def test_scaling_needs_follow_from_the_step_time():
+  rows = scaling.device_rows(
+      [_timed(64, 0.5)],
+      [{'size': 64, 'devices': d, 'batch': 2 * d, 'allreduce_bytes_per_step': 100,
+        'allgather_bytes_per_step': 10 * d} for d in (4, 1)])
+  # Each device feeds 2 pairs (4 images) per 0.5 s step.
+  assert [(r['devices'], r['need_images_per_s']) for r in rows] == [(1, 8.0), (4, 32.0)]
+  assert rows[1]['input_over_need'] == 300.0 / 32.0
+
+  given = scaling.pod_need([_timed(256, 9.0, 2e12)], chip_s_per_step=0.1, chip_flops_per_s=1e14)
+  assert given['need_images_per_s_per_host'] == pytest.approx(4 * 1 * 2 / 0.1)
+  assert given['cores_needed_per_host'] == pytest.approx(80 / 150)
+  derived = scaling.pod_need([_timed(256, 9.0, 2e12)], chip_s_per_step=None,
+                             chip_flops_per_s=1e14)
+  assert derived['chip_s_per_step'] == pytest.approx(0.02)  # 2 TFLOP at 100 TFLOP/s.
+  assert 'assumed' in derived['chip_s_per_step_basis']
+  unknown = scaling.pod_need([_timed(64, 0.5)], chip_s_per_step=None, chip_flops_per_s=1e14)
+  assert unknown['need_images_per_s_per_host'] is None
+
+
+@pytest.mark.slow
+def test_scaling_command_reports_every_table():
+  # n_layers_d 2: the 70×70 PatchGAN has no output at 16²; the override must reach the children.
+  result = subprocess.run(
+      [sys.executable, '-m', 'cyclegan_jax.benchmarks.scaling', '--config=configs/test.py',
+       '--config.model.discriminator=n_layers', '--config.model.n_layers_d=2',
+       '--sizes=16,32', '--memory_sizes=32', '--devices_per_host=1,2', '--steps=1',
+       '--accelerator_s_per_step=0.1', '--json'],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-4000:]
+  record = json.loads(result.stdout)
+
+  small, large = record['sizes']
+  assert (small['size'], large['size']) == (16, 32)
+  assert small['discriminator'] == 'n_layers' and small['devices'] == 1
+  for timed in (small, large):
+    assert timed['s_per_step_median'] > 0 and timed['peak_rss_mb'] > 0
+    assert timed['input_images_per_s'] > 0 and timed['input_workers'] == record['host_cores']
+  assert small['compiled_memory']['temp_bytes'] < large['compiled_memory']['temp_bytes']
+  # Compiled from shapes alone, the step is the program that was timed.
+  compiled, = record['memory']
+  assert compiled['compiled_memory'] == large['compiled_memory']
+
+  rows = {(r['size'], r['devices']): r for r in record['devices']}
+  assert sorted(rows) == [(16, 1), (16, 2), (32, 1), (32, 2)]
+  # Gradients and metrics are all-reduced: neither the size nor the device count changes them.
+  assert len({r['allreduce_bytes_per_step'] for r in rows.values()}) == 1
+  for (size, devices), r in rows.items():
+    # The fakes of every device (A and B, 3 channels, float32) are gathered for the pools.
+    assert r['allgather_bytes_per_step'] == devices * 2 * size * size * 3 * 4
+    timed = small if size == 16 else large
+    assert r['need_images_per_s'] == pytest.approx(devices * 2 / timed['s_per_step_median'])
+  assert record['pod']['need_images_per_s_per_host'] == pytest.approx(80)
+
+  markdown = record['markdown']
+  # A sizes row each, a memory row at 32², and a row per device count.
+  assert markdown.count('| 16² |') == 3 and markdown.count('| 32² |') == 4
+  assert 'TPU v4-32' in markdown and '80 images/s' in markdown

@@ -1,2 +1,3 @@
 """Benchmarks, each a command: `step` (the train step's speed and memory), `layers` (conv time
-per layer and impl) and `input` (the input pipeline's rate and memory)."""
+per layer and impl), `input` (the input pipeline's rate and memory) and `scaling` (the README's
+tables over sizes and devices per host, from `step` runs in child processes)."""

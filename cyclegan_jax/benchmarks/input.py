@@ -22,7 +22,7 @@ from cyclegan_jax.data import input_pipeline
 _DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / 'configs' / 'default.py'
 
 
-def _memory_mib() -> dict[str, float]:
+def memory_mib() -> dict[str, float]:
   """Current (VmRSS) and peak (VmHWM) resident memory of this process, from /proc."""
   fields = dict(line.split(':', 1) for line in Path('/proc/self/status').read_text().splitlines())
   return {key: int(fields[key].split()[0]) / 1024 for key in ('VmRSS', 'VmHWM')}
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace, path: str) -> dict[str, float]:
   config.data.update(source=args.source, path=path, demo_size=args.num_files,
                      load_size=args.load_size, crop_size=args.crop_size,
                      num_workers=args.num_workers, prefetch=args.prefetch)
-  before = _memory_mib()['VmRSS']
+  before = memory_mib()['VmRSS']
   start = time.perf_counter()
   iterator = input_pipeline.open(config).train_iterator()
   startup = time.perf_counter() - start
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace, path: str) -> dict[str, float]:
     batch = next(iterator)
   elapsed = time.perf_counter() - start
   images = 2 * args.steps * batch['a'].shape[0] * batch['a'].shape[1]
-  memory = _memory_mib()
+  memory = memory_mib()
   return {'source': args.source, 'num_files_per_domain': args.num_files,
           'file_size': args.size, 'load_size': args.load_size, 'crop_size': args.crop_size,
           'batch_size': args.batch_size, 'num_workers': args.num_workers,

@@ -19,7 +19,8 @@ Prints one JSON record:
   a peak taken minutes away from a step would misstate the ratio. `dot_peak_flops_per_s` is
   the median of those peaks;
 - the bytes each step all-reduces and all-gathers across devices (what multi-host training
-  sends over the interconnect); peak memory;
+  sends over the interconnect); peak memory; the bytes XLA assigns the compiled step per
+  device (`compiled_memory`: arguments, outputs, temporaries, code);
 - the input pipeline's images/s at the same crop size (`benchmarks.input`, synthetic jpgs).
 
   python -m cyclegan_jax.benchmarks.step --config=configs/default.py --size=128 --steps=5 --json
@@ -108,8 +109,29 @@ def dot_peak_flops_per_s(repeats: int = 3) -> float:
 
 
 def _peak_rss_mb() -> float:
-  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS.
-  return rss / (2**20 if sys.platform == 'darwin' else 2**10)
+  """This process's own peak resident memory. /proc's VmHWM first: in a process that another
+  started (benchmarks.scaling's children), Linux's ru_maxrss also counts the parent's peak."""
+  try:
+    return input_benchmark.memory_mib()['VmHWM']
+  except FileNotFoundError:  # No /proc (macOS).
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS.
+    return rss / (2**20 if sys.platform == 'darwin' else 2**10)
+
+
+def compiled_memory(compiled: Any) -> dict[str, int | None]:
+  """The bytes XLA assigns the compiled step on each device, known before it runs (so also for
+  sizes that would not fit): arguments (state, batch), outputs, the outputs' bytes that reuse
+  donated arguments, temporaries and generated code, and their total (an aliased output is
+  counted once). None where the backend reports nothing."""
+  try:
+    stats = compiled.memory_analysis()
+  except Exception:  # Some backends do not implement it.
+    stats = None
+  memory = {key: getattr(stats, f'{key}_size_in_bytes', None)
+            for key in ('argument', 'output', 'alias', 'temp', 'generated_code')}
+  memory['total'] = (None if None in memory.values() else memory['argument'] + memory['output']
+                     - memory['alias'] + memory['temp'] + memory['generated_code'])
+  return {f'{key}_bytes': value for key, value in memory.items()}
 
 
 def _device_peak_memory_mb() -> float | None:
@@ -144,20 +166,26 @@ def _compile_cold_and_warm(step, *args) -> tuple[Any, Any, float, float]:
   return lowered, compiled, *seconds
 
 
-def _model_flops(config, family, state, batch) -> float | None:
-  """XLA's FLOP count of the step written with XLA's own convs (see the module docstring)."""
+def model_flops(config, family, state, batch) -> float | None:
+  """XLA's FLOP count of the step written with XLA's own convs (see the module docstring), and
+  with the residual blocks unrolled: XLA counts a loop's body once."""
+  config = config.copy_and_resolve_references()
+  config.model.unroll_blocks = True
   models = family.create_models(config, 1)
   step = parallel.pmap_step(functools.partial(family.train_step, models=models, config=config))
   with convolution.using('xla'):
     return _flops(step.lower(state, batch))
 
 
-def _input_images_per_s(config, config_path: str | None, size: int) -> float:
-  """The train iterator's rate on synthetic jpgs a little larger than the crop, as data sets'."""
+def input_images_per_s(config, config_path: str | None, size: int,
+                       num_workers: int | None = None) -> float:
+  """The train iterator's rate on synthetic jpgs a little larger than the crop, as data sets',
+  with `num_workers` decoding threads (default: the input benchmark's)."""
   load_size = size * 286 // 256
   paths = {'config_path': config_path} if config_path else {}
+  workers = {'num_workers': num_workers} if num_workers else {}
   record = input_benchmark.measure(
-      **paths, source='folders',
+      **paths, **workers, source='folders',
       num_files=32, size=load_size, load_size=load_size, crop_size=size,
       batch_size=max(config.batch_size, 8), steps=20)
   return record['images_per_s']
@@ -203,7 +231,7 @@ def benchmark(config, steps: int, config_path: str | None = None, input_pipeline
     raise FloatingPointError('the benchmarked step produced a non-finite generator loss')
 
   median = statistics.median(times)
-  flops = _model_flops(config, family, state, batch)
+  flops = model_flops(config, family, state, batch)
   achieved = None if flops is None else flops / median
   peak_ratio = None if flops is None else statistics.median(
       flops / t / p for t, p in zip(times, peaks))
@@ -219,12 +247,13 @@ def benchmark(config, steps: int, config_path: str | None = None, input_pipeline
       'compile_warm_s': round(compile_warm_s, 3), 'steps': steps,
       's_per_step_median': round(median, 5), 's_per_step_min': round(min(times), 5),
       'image_pairs_per_s': round(config.batch_size / median, 3),
-      'input_images_per_s': (_input_images_per_s(config, config_path, size)
+      'input_images_per_s': (input_images_per_s(config, config_path, size)
                              if input_pipeline else None),
       'flops_per_step': flops, 'executed_flops_per_step': _flops(compiled),
       'flops_scope': 'per device',
       'allreduce_bytes_per_step': allreduce_bytes(lowered.as_text()),
       'allgather_bytes_per_step': allgather_bytes(lowered.as_text()),
+      'compiled_memory': compiled_memory(compiled),
       'achieved_flops_per_s': achieved, 'dot_peak_flops_per_s': statistics.median(peaks),
       'peak_ratio': None if peak_ratio is None else round(peak_ratio, 4),
       'peak_rss_mb': round(_peak_rss_mb(), 1),
