@@ -114,15 +114,20 @@ def test_a_checkpoint_with_a_pool_per_device_restores_device_0s_everywhere(tmp_p
   host = jax.tree.map(lambda x: x[0], host_tree(trained))
   pools = jax.tree.map(lambda x: np.stack([x, x + 1]),
                        flax.serialization.to_state_dict(host.pools))
-  state = flax.serialization.to_state_dict(host.replace(pools={}))
-  manager = checkpointing.create_manager(tmp_path, keep=1)
+  _save_as_written_before(tmp_path, flax.serialization.to_state_dict(host.replace(pools={})),
+                          pools, config)
+  _, restored = restore(tmp_path, template)
+  assert_trees_equal(trained, restored)
+
+
+def _save_as_written_before(directory, state, pools, config):
+  """Step 7 saved with orbax directly: the layout of a checkpoint written by an older version."""
+  manager = checkpointing.create_manager(directory, keep=1)
   manager.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           pools=ocp.args.StandardSave(pools),
                                           config=ocp.args.JsonSave(config.to_dict())))
   manager.wait_until_finished()
   manager.close()
-  _, restored = restore(tmp_path, template)
-  assert_trees_equal(trained, restored)
 
 
 def test_a_checkpoint_with_one_subtree_per_residual_block_restores_stacked(tmp_path, config,
@@ -136,12 +141,7 @@ def test_a_checkpoint_with_one_subtree_per_residual_block_restores_stacked(tmp_p
   for tree in ("['params']['g_ab']", "['opt_state_g']"):
     assert any(p.startswith(tree) and "['ResnetBlock_1']" in p for p in paths), tree
   pools = jax.tree.map(lambda x: x[None], flax.serialization.to_state_dict(host.pools))
-  manager = checkpointing.create_manager(tmp_path, keep=1)
-  manager.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          pools=ocp.args.StandardSave(pools),
-                                          config=ocp.args.JsonSave(config.to_dict())))
-  manager.wait_until_finished()
-  manager.close()
+  _save_as_written_before(tmp_path, state, pools, config)
   _, restored = restore(tmp_path, template)
   assert_trees_equal(trained, restored)
 
