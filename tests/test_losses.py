@@ -227,3 +227,18 @@ def test_patch_nce_means_over_images_and_patches_and_keys_get_no_gradient():
   grad_k = jax.grad(lambda k: losses.patch_nce_loss(q, k, tau))(k)
   np.testing.assert_array_equal(grad_k, np.zeros_like(k))
   assert float(jnp.abs(jax.grad(lambda q: losses.patch_nce_loss(q, k, tau))(q)).max()) > 0
+
+
+def test_label_consistency_on_hand_made_logits():
+  """The 'classifier' is the identity on [n, 10] logits: targets are argmax of real."""
+  real = jnp.array([[0.0, 5.0] + [0.0] * 8, [9.0] + [0.0] * 9])
+  uniform = jnp.zeros((2, 10))
+  assert float(losses.label_consistency_loss(lambda x: x, real, uniform, 2.0)) == (
+      pytest.approx(2 * np.log(10), rel=1e-6))
+  swapped = real[::-1]  # Each rec now puts its mass on the other image's class.
+  expected = np.mean([-jax.nn.log_softmax(swapped[0])[1], -jax.nn.log_softmax(swapped[1])[0]])
+  assert float(losses.label_consistency_loss(lambda x: x, real, swapped, 1.0)) == (
+      pytest.approx(float(expected), rel=1e-6))
+  grads = jax.grad(lambda r, c: losses.label_consistency_loss(lambda x: x, r, c, 1.0),
+                   argnums=(0, 1))(real, uniform)
+  assert not np.any(grads[0]) and np.any(grads[1])  # Targets are constants.

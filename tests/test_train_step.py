@@ -524,3 +524,31 @@ def test_config_problems_are_named_together_before_any_work():
   with pytest.raises(ValueError,
                      match=r"config.family='cutgan'; expected one of cyclegan, cut, dcgan."):
     families.check_config(config)
+
+
+def test_inversion_invariance_term_is_zero_only_for_invariant_inputs():
+  """λ·|G_BA(x) − G_BA(x with channels inverted)|₁: zero for mid-grey B images (inverting a
+  channel of 0 leaves it 0), positive otherwise, and part of g_total."""
+  c = tiny_config()
+  c.loss.lambda_invariance_b = 3.0
+  models = cyclegan.create_models(c, steps_per_epoch=STEPS_PER_EPOCH)
+  state = parallel.replicate(cyclegan.create_train_state(c, models, jax.random.key(c.seed)))
+  step = parallel.pmap_step(functools.partial(cyclegan.train_step, models=models, config=c),
+                            donate_state=False)  # Both calls start from `state`.
+  batch = input_batches(1)[0]
+  _, grey = step(state, parallel.shard_batch({**batch, 'b': np.zeros_like(batch['b'])}))
+  _, metrics = step(state, parallel.shard_batch(batch))
+  assert float(grey['invariance_b'][0]) == 0.0
+  assert float(metrics['invariance_b'][0]) > 1e-3
+  terms = ('g_adv_a', 'g_adv_b', 'cycle_a', 'cycle_b', 'idt_a', 'idt_b', 'invariance_b')
+  np.testing.assert_allclose(metrics['g_total'][0], sum(metrics[t][0] for t in terms), rtol=1e-5)
+
+
+def test_channel_flips_are_signs_drawn_for_the_global_batch():
+  key = jax.random.key(3)
+  on_devices = jax.pmap(lambda _: cyclegan.channel_flips(key, (2, 4, 4, 3)),
+                        axis_name=parallel.AXIS_NAME)(np.zeros(8))
+  whole = jax.pmap(lambda _: cyclegan.channel_flips(key, (16, 4, 4, 3)),
+                   axis_name=parallel.AXIS_NAME)(np.zeros(1))
+  np.testing.assert_array_equal(np.asarray(on_devices).reshape(16, 1, 1, 3), whole[0])
+  assert set(np.unique(whole)) == {-1.0, 1.0} and whole.shape == (1, 16, 1, 1, 3)

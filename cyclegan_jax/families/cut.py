@@ -37,6 +37,8 @@ _NOT_APPLICABLE = {
     'loss.lambda_a': (0.0, 'there is no cycle; the NCE weight is loss.lambda_nce'),
     'loss.lambda_b': (0.0, 'there is no cycle; the NCE weight is loss.lambda_nce'),
     'loss.lambda_semantic': (0.0, 'there is no cycle for the semantic cycle loss'),
+    'loss.lambda_invariance_b': (0.0, 'there is no G_BA to hold invariant'),
+    'loss.lambda_digit': (0.0, 'there is no cycle for the label-consistency loss'),
     'loss.r1_gamma': (0.0, 'R1 is a DCGAN option'),
 }
 

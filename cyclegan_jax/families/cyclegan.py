@@ -28,6 +28,7 @@ from cyclegan_jax.metrics import digits, fid
 from cyclegan_jax.models import discriminators, generators, vgg
 from cyclegan_jax.parallel import AXIS_NAME
 
+_INVARIANCE_STREAM = 2  # fold_in tag of the channel flips' key (the penalty's mixes use 0 and 1).
 GENERATORS = ('g_ab', 'g_ba')  # G_AB: A → B, G_BA: B → A.
 DISCRIMINATORS = ('d_a', 'd_b')  # D_A judges domain A, D_B judges domain B.
 
@@ -41,6 +42,7 @@ class Models(base.Models):
   one discriminator module serves both domains. `semantic_loss` holds the VGG16 weights, read
   when the models are built, never inside the step's trace."""
   semantic_loss: SemanticLoss | None = None
+  digit_loss: SemanticLoss | None = None  # The same signature; digits.make_label_consistency_loss.
 
 
 def make_semantic_loss(loss_config: ml_collections.ConfigDict) -> SemanticLoss | None:
@@ -65,6 +67,7 @@ def create_models(config: ml_collections.ConfigDict, steps_per_epoch: int,
                             'g_ba': generators.create_generator(to_a)},
                 discriminator=discriminators.create_discriminator(config.model),
                 semantic_loss=make_semantic_loss(config.loss),
+                digit_loss=digits.make_label_consistency_loss(config),
                 **optim.create_optimizers(config, steps_per_epoch, lr_scale))
 
 
@@ -73,6 +76,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError('loss.r1_gamma is a DCGAN option; the CycleGAN step has no R1 penalty.')
   if config.loss.lambda_semantic > 0:
     vgg.check_layers(tuple(n.strip() for n in config.loss.semantic_layers.split(',')))
+  digits.check_label_consistency(config)
   to_a = config.model.copy_and_resolve_references()
   to_a.output_nc = config.model.input_nc
   generators.create_generator(config.model), generators.create_generator(to_a)
@@ -121,6 +125,14 @@ def _subset(tree: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
   return {name: tree[name] for name in names}
 
 
+def channel_flips(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """±1 per image and channel, each −1 with probability ½, drawn for the global batch: times an
+  image in [−1, 1], it inverts those channels (x → 255 − x in bytes)."""
+  return parallel.share_of_global(
+      lambda n: jnp.where(jax.random.bernoulli(key, 0.5, (n, 1, 1, shape[-1])), -1.0, 1.0),
+      shape[0])
+
+
 def train_step(state: base.TrainState, batch: dict[str, jax.Array], *, models: Models,
                config: ml_collections.ConfigDict) -> tuple[base.TrainState, dict[str, jax.Array]]:
   """One CycleGAN update on this device's share of the batch ({'a': [b,H,W,C], 'b': ...}):
@@ -148,6 +160,12 @@ def train_step(state: base.TrainState, batch: dict[str, jax.Array], *, models: M
           loss.lambda_a, loss.lambda_b, loss.lambda_identity)
     if models.semantic_loss is not None:
       terms['semantic'] = models.semantic_loss(real_a, rec_a, real_b, rec_b)
+    if models.digit_loss is not None:
+      terms['digit'] = models.digit_loss(real_a, rec_a, real_b, rec_b)
+    if loss.lambda_invariance_b > 0:
+      terms['invariance_b'] = loss.lambda_invariance_b * losses.l1_loss(
+          fake_a, net('g_ba', real_b * channel_flips(
+              jax.random.fold_in(gp_key, _INVARIANCE_STREAM), real_b.shape)))
     return sum(terms.values()), (terms, fake_a, fake_b, net.batch_stats)
 
   g_params = _subset(state.params, GENERATORS)
@@ -256,7 +274,8 @@ FAMILY = base.Family(
     make_sampler=make_sampler, digit_metrics=digit_metrics, evaluate=evaluate,
     translators={'AtoB': ('g_ab', 'a'), 'BtoA': ('g_ba', 'b')},
     loss_groups={
-        'generator': ['g_adv_a', 'g_adv_b', 'cycle_a', 'cycle_b', 'idt_a', 'idt_b', 'semantic'],
+        'generator': ['g_adv_a', 'g_adv_b', 'cycle_a', 'cycle_b', 'idt_a', 'idt_b', 'semantic',
+                      'invariance_b', 'digit'],
         'discriminator': ['d_a', 'd_b', 'd_a_gp', 'd_b_gp'],
         'totals': ['g_total', 'd_total']},
     log_columns=log_columns)

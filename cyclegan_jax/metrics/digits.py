@@ -8,6 +8,7 @@ predictions against the images' true labels; the same classifier on the untransl
 the baseline. Labels are used here only, never in training.
 """
 
+from collections.abc import Callable
 import functools
 import hashlib
 import json
@@ -22,6 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from cyclegan_jax import losses
 from cyclegan_jax.data import digits_data, preprocess
 from cyclegan_jax.models import classifier as classifier_lib
 from cyclegan_jax.progress import Progress
@@ -91,18 +93,20 @@ def accuracy(classifier: ml_collections.ConfigDict, params: Any, images: np.ndar
   return float(np.mean(np.argmax(logits(classifier, params, images), -1) == labels))
 
 
-def cache_path(config) -> Path:
-  """data.path/digit_classifier_<hash of its config and input size>.msgpack."""
-  spec = json.dumps([_VERSION, config.digit_classifier.to_dict(), config.data.crop_size],
+def cache_path(config, which: str = 'digit_classifier') -> Path:
+  """data.path/digit_classifier_<hash of config[which] and the input size>.msgpack."""
+  spec = json.dumps([_VERSION, config[which].to_dict(), config.data.crop_size],
                     sort_keys=True, default=list)
   key = hashlib.sha256(spec.encode()).hexdigest()[:12]
   return Path(config.data.path).expanduser() / f'digit_classifier_{key}.msgpack'
 
 
-def load_classifier(config) -> Any:
-  """The cached classifier params, trained on MNIST train (then cached) if there are none."""
-  classifier = config.digit_classifier
-  path = cache_path(config)
+def load_classifier(config, which: str = 'digit_classifier') -> Any:
+  """The cached params of the classifier config[which] describes ('digit_classifier' scores,
+  'digit_teacher' serves the label-consistency loss), trained on MNIST train (then cached) if
+  there are none."""
+  classifier = config[which]
+  path = cache_path(config, which)
   template = jax.eval_shape(classifier_lib.create_classifier(classifier).init, jax.random.key(0),
                             jnp.zeros((1, config.data.crop_size, config.data.crop_size, 3)))
   if path.is_file():
@@ -110,13 +114,48 @@ def load_classifier(config) -> Any:
   train = digits_data.load_digits('mnist', 'train', config.data.path)
   params = train_classifier(classifier, prepared(config, train), train.labels)
   test = digits_data.load_digits('mnist', 'test', config.data.path)
-  logging.info('digit classifier trained: %.4f accuracy on MNIST test; cached in %s',
+  logging.info('%s trained: %.4f accuracy on MNIST test; cached in %s', which,
                accuracy(classifier, params, prepared(config, test), test.labels), path)
   path.parent.mkdir(parents=True, exist_ok=True)
   partial = path.with_suffix('.tmp')
   partial.write_bytes(serialization.to_bytes(params))
   partial.replace(path)
   return params
+
+
+def make_label_consistency_loss(config) -> Callable[..., jax.Array] | None:
+  """loss(real_a, rec_a, real_b, rec_b): losses.label_consistency_loss on the MNIST domain's
+  cycle, with config.digit_teacher (a classifier of its own: the one that scores must stay
+  unseen by training), or None when loss.lambda_digit is 0. Its weights are read here."""
+  if config.loss.lambda_digit <= 0:
+    return None
+  (domain,) = [d for d in 'ab' if config.data[f'domain_{d}'] == 'mnist']
+  teacher = classifier_lib.create_classifier(config.digit_teacher)
+  params = load_classifier(config, 'digit_teacher')
+  logits_fn = lambda x: teacher.apply({'params': params}, x)
+
+  def loss(real_a, rec_a, real_b, rec_b):
+    real, rec = (real_a, rec_a) if domain == 'a' else (real_b, rec_b)
+    return losses.label_consistency_loss(logits_fn, real, rec, config.loss.lambda_digit)
+
+  return loss
+
+
+def check_label_consistency(config) -> None:
+  """loss.lambda_digit needs digit data with an MNIST domain and a config.digit_teacher that
+  differs from the scoring config.digit_classifier."""
+  if config.loss.lambda_digit <= 0:
+    return
+  data = config.data
+  if data.source != 'digits' or 'mnist' not in (data.domain_a, data.domain_b):
+    raise ValueError('loss.lambda_digit needs data.source=digits with an MNIST domain, got '
+                     f'{data.source!r} ({data.domain_a!r}, {data.domain_b!r}).')
+  if 'digit_teacher' not in config:
+    raise ValueError('loss.lambda_digit needs config.digit_teacher, the classifier of the loss.')
+  scorer = config.get('digit_classifier')
+  if scorer is not None and config.digit_teacher.to_dict() == scorer.to_dict():
+    raise ValueError('config.digit_teacher equals config.digit_classifier: the classifier that '
+                     'scores must not be one that a training loss sees.')
 
 
 def translations_into_mnist(data) -> list[tuple[str, str]]:
