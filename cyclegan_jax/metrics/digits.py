@@ -129,7 +129,7 @@ def make_label_consistency_loss(config) -> Callable[..., jax.Array] | None:
   unseen by training), or None when loss.lambda_digit is 0. Its weights are read here."""
   if config.loss.lambda_digit <= 0:
     return None
-  (domain,) = [d for d in 'ab' if config.data[f'domain_{d}'] == 'mnist']
+  domain = 'a' if config.data.domain_a == 'mnist' else 'b'  # check_label_consistency: one is.
   teacher = classifier_lib.create_classifier(config.digit_teacher)
   params = load_classifier(config, 'digit_teacher')
   logits_fn = lambda x: teacher.apply({'params': params}, x)
