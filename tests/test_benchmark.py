@@ -1,10 +1,12 @@
 """The benchmarks' records: every key the speed issue names, with values that hang together.
 
 No timing is asserted (times depend on the machine); only what the records must contain and
-how their numbers relate.
+how their numbers relate. The PyTorch reference's step (torch_step) is also checked to train:
+one iteration moves every network.
 """
 
 import json
+import math
 import pathlib
 import subprocess
 import sys
@@ -45,6 +47,42 @@ def test_record_has_the_issue_keys_and_consistent_numbers():
                                    - memory['alias_bytes'] + memory['temp_bytes']
                                    + memory['generated_code_bytes']) > 0
 
+
+@pytest.mark.slow
+def test_torch_reference_step_updates_all_four_networks():
+  torch = pytest.importorskip('torch')
+  from cyclegan_jax.benchmarks import torch_step
+  models, step = torch_step.make_step(32, seed=0)
+  assert sorted(models) == ['D_A', 'D_B', 'G_A', 'G_B']
+  before = {name: [p.detach().clone() for p in model.parameters()]
+            for name, model in models.items()}
+
+  losses = step()
+
+  assert sorted(losses) == ['D_A', 'D_B', 'G']
+  assert all(math.isfinite(loss) and loss > 0 for loss in losses.values()), losses
+  for name, model in models.items():
+    # Every conv kernel gets a gradient: the generators' from the G update, the
+    # discriminators' from the D update.
+    kernels = [(old, new) for old, new in zip(before[name], model.parameters()) if new.dim() > 1]
+    assert kernels and all(not torch.equal(old, new) for old, new in kernels), name
+
+
+@pytest.mark.slow
+def test_torch_reference_command_prints_the_record():
+  torch = pytest.importorskip('torch')
+  result = subprocess.run(
+      [sys.executable, '-m', 'cyclegan_jax.benchmarks.torch_step', '--size=32', '--steps=1',
+       '--warmup=0', '--threads=1', '--json'],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-4000:]
+  record = json.loads(result.stdout)
+
+  assert (record['size'], record['steps'], record['warmup'], record['batch']) == (32, 1, 0, 1)
+  assert 0 < record['s_per_step_min'] <= record['s_per_step_median']
+  assert record['torch_version'] == torch.__version__ and record['threads'] == 1
+  assert record['peak_rss_bytes'] > 100 * 2**20  # Four networks and Adam's moments at least.
+  assert 'step 1/1: ' in result.stderr  # The progress line.
 
 
 def _timed(size, s_per_step, flops_per_step=None):

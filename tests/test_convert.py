@@ -1,8 +1,8 @@
 """convert.py and torch_pickle.py against torch: reference-architecture state dicts, saved by
 torch.save, converted without torch, give the same outputs as the torch models.
 
-The torch models are tests/torch_reference.py's layer-for-layer re-statements of the reference
-networks.py, so their state_dict keys are those of the published files.
+The torch models are cyclegan_jax/benchmarks/torch_reference.py's layer-for-layer re-statements
+of the reference networks.py, so their state_dict keys are those of the published files.
 """
 
 import functools
@@ -18,7 +18,7 @@ from cyclegan_jax.families import cyclegan
 from cyclegan_jax.models import discriminators, generators, weights
 
 torch = pytest.importorskip('torch')
-from tests.torch_reference import (  # noqa: E402
+from cyclegan_jax.benchmarks.torch_reference import (  # noqa: E402
     TorchNLayerDiscriminator, TorchResnetGenerator, TorchUnetGenerator, tnn)
 
 TOL = 1e-4

@@ -189,7 +189,7 @@ def test_reference_pth_exports_like_torch(tmp_path):
   """A reference generator's .pth, converted and exported, against the PyTorch model itself."""
   torch = pytest.importorskip('torch')
   import tensorflow as tf
-  from tests.torch_reference import TorchResnetGenerator
+  from cyclegan_jax.benchmarks.torch_reference import TorchResnetGenerator
   torch.manual_seed(0)
   model = TorchResnetGenerator(3, 3, 8, 2).eval()
   torch.save(model.state_dict(), tmp_path / 'latest_net_G.pth')

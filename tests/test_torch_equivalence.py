@@ -1,8 +1,8 @@
 """Our layers and models against PyTorch re-statements of the reference CycleGAN code.
 
-The torch modules (tests/torch_reference.py) restate, layer for layer, the reference networks
-of junyanz/pytorch-CycleGAN-and-pix2pix (models/networks.py). Weights are copied from torch
-into flax parameter trees, module by module, and both sides run in float32;
+The torch modules (cyclegan_jax/benchmarks/torch_reference.py) restate, layer for layer, the
+reference networks of junyanz/pytorch-CycleGAN-and-pix2pix (models/networks.py). Weights are
+copied from torch into flax parameter trees, module by module, and both sides run in float32;
 test_convert.py covers importing whole reference state dicts by key.
 """
 
@@ -15,7 +15,7 @@ from cyclegan_jax import convert, losses
 from cyclegan_jax.models import block_layout, discriminators, generators, layers
 
 torch = pytest.importorskip('torch')
-from tests.torch_reference import (  # noqa: E402
+from cyclegan_jax.benchmarks.torch_reference import (  # noqa: E402
     TorchNLayerDiscriminator, TorchResnetBlock, TorchResnetGenerator, tnn, torch_unet)
 
 TOL = 1e-5

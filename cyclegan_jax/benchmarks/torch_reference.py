@@ -1,4 +1,6 @@
-"""PyTorch re-statements of the reference CycleGAN networks, for equivalence tests.
+"""PyTorch re-statements of the reference CycleGAN networks, for the equivalence tests and the
+PyTorch step benchmark (`benchmarks.torch_step`). Importing it needs torch (the `torch` extra);
+nothing in the core package imports it.
 
 They restate, layer for layer, junyanz/pytorch-CycleGAN-and-pix2pix models/networks.py:
 ResnetBlock, ResnetGenerator, NLayerDiscriminator, UnetSkipConnectionBlock and UnetGenerator,
