@@ -112,12 +112,33 @@ def test_impl_matches_xla_on_every_conv_shape(impl, matmul_grads_from, monkeypat
 def _takes_matmul_grads(spec) -> bool:
   """Whether the default `cpu` impl computes this conv's kernel gradient as matmuls."""
   output = jax.eval_shape(benchmark_layers._layer_fn(spec, 'xla'), *_inputs(spec)[:2])
-  return convolution._matmul_grads_pay(output.shape)
+  return convolution._matmul_grads_pay(output.shape, in_loop_body=False)
 
 
 def test_both_gradient_paths_are_taken():
   big = [s for s in SHAPES if _takes_matmul_grads(s)]
   assert 0 < len(big) < len(SHAPES)
+
+
+def test_in_a_loop_body_every_kernel_gradient_takes_the_matmul_form():
+  """XLA:CPU runs its own conv gradients as naive loops in the body of a rolled loop, so convs
+  traced in `loop_body` take rule 2 at any size, with the same gradients."""
+  x, w, dy = (np.random.default_rng(0).normal(size=s).astype(np.float32)
+              for s in ((2, 8, 8, 16), (3, 3, 16, 16), (2, 8, 8, 16)))
+
+  def grads(rolled):
+    def loss(x, w):
+      with convolution.loop_body(rolled):
+        return jnp.sum(convolution.cpu_conv(x, w, (1, 1), ((1, 1), (1, 1))) * dy)
+    return jax.grad(loss, (0, 1)), str(jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, w))
+
+  (plain, plain_jaxpr), (in_loop, loop_jaxpr) = grads(False), grads(True)
+  # In the loop: the forward conv and the input gradient's; the kernel gradient is matmuls.
+  assert loop_jaxpr.count('conv_general_dilated') == 2
+  assert plain_jaxpr.count('conv_general_dilated') > 2
+  assert 'dot_general' in loop_jaxpr and 'dot_general' not in plain_jaxpr
+  for a, b in zip(in_loop(x, w), plain(x, w)):  # Sums of 128 products of unit normals.
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_bfloat16_agrees_within_its_precision():

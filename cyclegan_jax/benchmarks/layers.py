@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from cyclegan_jax.benchmarks import input as input_benchmark
-from cyclegan_jax.models import convolution, discriminators, generators, layers
+from cyclegan_jax.models import (conv_transpose, convolution, discriminators, generators,
+                                 layers)
 
 IMPLS = ('xla', 'cpu')
 
@@ -67,7 +68,7 @@ def conv_shapes(config, size: int) -> list[dict[str, Any]]:
 def _layer_fn(spec: dict[str, Any], impl: str):
   """(x, kernel) → output of the conv `spec` describes, computed by `impl`."""
   if spec['transpose']:
-    return lambda x, w: convolution.conv_transpose(x, w, spec['stride'], spec['padding'],
+    return lambda x, w: conv_transpose.conv_transpose(x, w, spec['stride'], spec['padding'],
                                                    spec['output_padding'], impl)
   pad = spec['padding']
 

@@ -9,7 +9,9 @@ chose (`set_impl`, the `--conv_impl` flag; 'auto' picks by backend) or a `using`
      times slower than one with a zero padding of 1 to (k − 1)/2, so VALID convs run with one
      extra zero row and column, cropped away, and wide paddings are applied beforehand.
   2. From about 48² output pixels, the kernel gradient (a conv of x with dy in XLA) is computed
-     as matmuls over the kernel taps, which run near the matmul rate; below, XLA's is as fast.
+     as matmuls over the kernel taps, which run near the matmul rate; below, XLA's is as fast,
+     except in the body of a rolled loop (`loop_body`), where XLA runs its own conv gradients
+     as naive loops: there the matmuls are used at every size.
   3. Strided convs take their gradients as stride-1 convs of a space-to-depth input, so the
      two rules above cover them too.
   Results match `xla` to float32 rounding (tests/test_convolution.py); parameters are the same.
@@ -19,7 +21,7 @@ chose (`set_impl`, the `--conv_impl` flag; 'auto' picks by backend) or a `using`
   penalty) gives XLA's CPU backend dilated convs that it runs as naive loops (README, DCGAN):
   `for_second_derivatives` picks `patches` on CPU.
 
-All take NHWC inputs and HWIO kernels; `conv_transpose` is a sub-pixel convolution in any impl.
+All take NHWC inputs and HWIO kernels; conv_transpose.py builds transposed convs on them.
 """
 
 import contextlib
@@ -29,7 +31,6 @@ from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 IMPLS = ('auto', 'xla', 'cpu', 'patches')
@@ -43,6 +44,7 @@ Padding = Sequence[tuple[int, int]]
 
 _process_impl = 'auto'  # set_impl; read at trace time through current_impl.
 _override: contextvars.ContextVar[str | None] = contextvars.ContextVar('conv_impl', default=None)
+_in_loop_body: contextvars.ContextVar[bool] = contextvars.ContextVar('in_loop', default=False)
 
 
 def _known(impl: str) -> str:
@@ -80,6 +82,17 @@ def using(impl: str) -> Iterator[None]:
     yield
   finally:
     _override.reset(token)
+
+
+@contextlib.contextmanager
+def loop_body(rolled: bool = True) -> Iterator[None]:
+  """Traces the convs inside the block as the body of a rolled loop (a scan) for rule 2, if
+  `rolled`: an unrolled scan is straight-line code again."""
+  token = _in_loop_body.set(_in_loop_body.get() or rolled)
+  try:
+    yield
+  finally:
+    _in_loop_body.reset(token)
 
 
 def for_second_derivatives() -> str:
@@ -182,27 +195,30 @@ def _forward(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding: Paddi
   return _xla_conv(x, w, stride)
 
 
-def _matmul_grads_pay(dy_shape: tuple[int, ...]) -> bool:
-  """Rule 2 wins from about 48² output pixels up; below, XLA's own gradients are as fast or
-  faster, except for single-channel outputs (PatchGAN's last conv: 0.5 ms vs 4.1 ms)."""
+def _matmul_grads_pay(dy_shape: tuple[int, ...], in_loop_body: bool) -> bool:
+  """Rule 2 wins from about 48² output pixels up, and in a loop body; below, XLA's own
+  gradients are as fast or faster, except for single-channel outputs (PatchGAN's last conv)."""
   _, out_h, out_w, features = dy_shape
-  return out_h * out_w >= _MIN_MATMUL_GRAD_PIXELS or features == 1
+  return in_loop_body or out_h * out_w >= _MIN_MATMUL_GRAD_PIXELS or features == 1
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding: Padding) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding: Padding,
+          in_loop_body: bool) -> jax.Array:
+  """`in_loop_body` is read when the forward pass is traced: the backward pass is traced
+  later, outside any `loop_body` block."""
   return _forward(x, w, stride, padding)
 
 
-def _conv_fwd(x, w, stride, padding):
+def _conv_fwd(x, w, stride, padding, in_loop_body):
   return _forward(x, w, stride, padding), (x, w)
 
 
-def _conv_bwd(stride, padding, residuals, dy):
+def _conv_bwd(stride, padding, in_loop_body, residuals, dy):
   """Both gradients through the stride-1 VALID form of the padded input (rules 1–3)."""
   x, w = residuals
   dy = dy.astype(x.dtype)
-  if not _matmul_grads_pay(dy.shape):
+  if not _matmul_grads_pay(dy.shape, in_loop_body):
     _, xla_vjp = jax.vjp(lambda x, w: lax.conv_general_dilated(
         x, w, stride, padding, dimension_numbers=_DIMENSIONS), x, w)
     return xla_vjp(dy)
@@ -224,7 +240,7 @@ def cpu_conv(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding: Paddi
   stride, padding = tuple(stride), tuple(tuple(pair) for pair in padding)
   if w.shape[:2] == (1, 1) and stride == (1, 1) and not any(sum(padding, ())):
     return jnp.einsum('nhwc,cd->nhwd', x, w[0, 0])  # A matmul; its derivative is too.
-  return _conv(x, w, stride, padding)
+  return _conv(x, w, stride, padding, _in_loop_body.get())
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -255,46 +271,3 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   if impl == 'patches':
     return patches_conv(lhs, rhs, tuple(window_strides), tuple(map(tuple, padding)))
   return cpu_conv(lhs, rhs, window_strides, padding)
-
-
-def _subpixel_taps(kernel_size: int, stride: int, padding: int):
-  """Which kernel tap output phase r takes from input offset d (kernel_size = none), and the
-  input padding (lo, hi) the sub-pixel convolution needs."""
-  d_min = -((kernel_size - 1 - padding) // stride)
-  d_max = (stride - 1 + padding) // stride
-  taps = np.full((stride, d_max - d_min + 1), kernel_size, np.int32)
-  for r in range(stride):
-    for j, d in enumerate(range(d_min, d_max + 1)):
-      torch_tap = r + padding - stride * d
-      if 0 <= torch_tap < kernel_size:
-        taps[r, j] = kernel_size - 1 - torch_tap  # Our kernels are torch's, flipped.
-  return taps, (-d_min, d_max)
-
-
-def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int, padding: int,
-                   output_padding: int, impl: str | None = None) -> jax.Array:
-  """torch ConvTranspose2d(k, stride, padding, output_padding) with a flipped HWIO kernel.
-
-  Computed as a sub-pixel convolution: one stride-1 conv yields all stride² output phases as
-  channels, then depth-to-space. The textbook form dilates the input with zeros, so 3/4 of its
-  multiply-adds are wasted, and XLA's CPU backward pass for it ran 13× slower (5.2 s vs 0.4 s
-  at 64²×256→128 channels).
-  """
-  kh, kw, cin, cout = kernel.shape
-  if kh != kw:
-    raise ValueError(f'square kernels only, got {kh}×{kw}')
-  taps, pad = _subpixel_taps(kh, stride, padding)
-  span = taps.shape[1]
-  zero_padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
-  sub = zero_padded[taps[:, :, None, None], taps[None, None, :, :]]  # [r, dh, s, dw, I, O]
-  sub = sub.transpose(1, 3, 4, 0, 2, 5).reshape(span, span, cin, stride * stride * cout)
-  y = conv_general_dilated(x, sub.astype(x.dtype), (1, 1), (pad, pad),
-                           dimension_numbers=_DIMENSIONS, impl=impl)
-  n, h, w, _ = y.shape
-  y = y.reshape(n, h, w, stride, stride, cout).transpose(0, 1, 3, 2, 4, 5)
-  y = y.reshape(n, h * stride, w * stride, cout)
-  out_h, out_w = ((size - 1) * stride - 2 * padding + kh + output_padding
-                  for size in x.shape[1:3])
-  if out_h > h * stride or out_w > w * stride:
-    raise ValueError(f'output_padding {output_padding} too large for stride {stride}')
-  return y[:, :out_h, :out_w]

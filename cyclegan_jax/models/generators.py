@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cyclegan_jax.models import layers
+from cyclegan_jax.models import convolution, layers
 from cyclegan_jax.models.block_layout import BLOCKS
 
 
@@ -109,7 +109,7 @@ class ResnetGenerator(_ModelOptions):
   same parameters, without the checkerboard that strided transposed convs leave.
 
   The blocks are one `nn.scan`, their variables stacked under BLOCKS (block_layout.py); rolled
-  (`unroll` False) it compiles one block body however many blocks there are. With `remat`, the
+  (`unroll` False), one block body (`convolution.loop_body`) compiles for all. With `remat`, the
   backward pass keeps each block's input and recomputes the block: less memory, more compute.
 
   The layers run as the entries of the reference's `nn.Sequential`, so `feature_layers` (CUT's
@@ -161,11 +161,12 @@ class ResnetGenerator(_ModelOptions):
     x = run(x.astype(self.dtype), encoder, 0)
     if last >= first:
       in_blocks = [i - first for i in range(first, after) if i in feature_layers]
-      # Only a rolled loop keeps XLA from scheduling remat's recomputation early (measured).
-      x, outputs = _scanned_blocks(self.n_blocks if self.unroll and not self.remat else 1)(
-          features=self.ngf * 4, train=train, remat=self.remat, emit=bool(in_blocks),
-          stop=last + 1 - first if last < after - 1 else None, name=BLOCKS,
-          **self.shared_options())(x, jnp.arange(self.n_blocks))
+      rolled = self.remat or not self.unroll  # Unrolled, XLA moved remat's recomputation.
+      with convolution.loop_body(rolled):
+        x, outputs = _scanned_blocks(1 if rolled else self.n_blocks)(
+            features=self.ngf * 4, train=train, remat=self.remat, emit=bool(in_blocks),
+            stop=last + 1 - first if last < after - 1 else None, name=BLOCKS,
+            **self.shared_options())(x, jnp.arange(self.n_blocks))
       features.extend(outputs[i] for i in in_blocks)
       x = run(x, decoder, after)
     return features if feature_layers else x.astype(jnp.float32)
@@ -260,16 +261,15 @@ GENERATORS = {
 
 
 def create_generator(model_config: ml_collections.ConfigDict) -> nn.Module:
-  """Builds the generator named by `model_config.generator` with the shared model options."""
+  """The generator named by `model_config.generator`, with the shared model options."""
   name = model_config.generator
   n_blocks = name[len('resnet_'):-len('blocks')]
   remat = model_config.get('remat', 'none')  # Configs saved by earlier versions have none.
   if remat not in ('none', 'blocks'):
     raise ValueError(f"model.remat={remat!r}: expected 'none' or 'blocks' (recompute blocks).")
   if name.startswith('resnet_') and name.endswith('blocks') and n_blocks.isdigit():
-    cls, extra = ResnetGenerator, {'n_blocks': int(n_blocks), 'antialias': model_config.antialias,
-                                   'remat': remat == 'blocks',
-                                   'unroll': model_config.get('unroll_blocks', False)}
+    cls, extra = ResnetGenerator, {'n_blocks': int(n_blocks), 'remat': remat == 'blocks',
+        'antialias': model_config.antialias, 'unroll': model_config.get('unroll_blocks', False)}
   elif name not in GENERATORS:
     raise ValueError(f'unknown generator {name!r}; expected one of {", ".join(GENERATORS)} '
                      'or resnet_<n>blocks')

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cyclegan_jax.models import convolution
+from cyclegan_jax.models import conv_transpose, convolution
 
 Initializer = Callable[..., jax.Array]
 
@@ -129,7 +129,7 @@ class ConvTranspose(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param('kernel', self.kernel_init,
                         (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
-    y = convolution.conv_transpose(x.astype(self.dtype), kernel, self.stride, self.padding,
+    y = conv_transpose.conv_transpose(x.astype(self.dtype), kernel, self.stride, self.padding,
                                    self.output_padding)
     if self.use_bias:
       y = y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(self.dtype)
