@@ -51,8 +51,8 @@ def get_config() -> ml_collections.ConfigDict:
   # and recomputes the block (less memory, e.g. for 512² crops, for more compute); or 'none'.
   model.remat = 'none'
   # ResNet generators: False runs the residual blocks as a loop over one compiled block body
-  # (faster compile, less memory, and as fast at 256² on CPU); True unrolls it, which small
-  # images need on CPU. With remat the loop stays rolled: unrolled, XLA undid remat's memory
+  # (faster compile, less memory); True unrolls it, which stepped faster at 128² on CPU and
+  # slower at 32² and 64². With remat the loop stays rolled: unrolled, XLA undid remat's memory
   # saving. README, Speed, has the figures.
   model.unroll_blocks = False
   model.nce_layers = '0,4,8,12,16'  # CUT: G's Sequential entries whose features PatchNCE uses.

@@ -31,7 +31,6 @@ def get_config(method: str = 'cut'):
   config.model.generator = 'resnet_6blocks'
   config.model.ngf = 32
   config.model.ndf = 32
-  config.model.unroll_blocks = True  # At 64² XLA:CPU runs a rolled loop of blocks slowly.
   config.optim.n_epochs = 1  # An epoch is data.demo_size steps at batch 1.
   config.optim.n_epochs_decay = 1
   config.data.source = 'demo'

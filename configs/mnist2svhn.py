@@ -54,7 +54,9 @@ def get_config():
   config.model.norm = 'batch'
   config.model.init_type = 'xavier'
   config.model.init_gain = 1.0
-  config.model.unroll_blocks = True  # At 32² XLA:CPU runs a rolled loop of blocks slowly.
+  # Unrolled blocks, as the README's digit accuracies were measured (rolled stepped 5% faster
+  # once convolution.loop_body existed; not retrained).
+  config.model.unroll_blocks = True
   config.loss.gan_mode = 'vanilla'
   config.loss.lambda_identity = 0.0
   config.optim.lr_policy = 'constant'

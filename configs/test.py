@@ -19,7 +19,6 @@ def get_config():
   config.model.generator = 'resnet_2blocks'
   config.model.ngf = 8
   config.model.ndf = 8
-  config.model.unroll_blocks = True  # At 32² XLA:CPU runs a rolled loop of blocks slowly.
   config.loss.pool_size = 10
   config.optim.n_epochs = 1
   config.optim.n_epochs_decay = 1
