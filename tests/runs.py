@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers import complete_steps
+from tests.helpers import complete_steps, xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 400  # Per run; a healthy one takes well under a minute even on 2 busy cores.
@@ -31,7 +31,7 @@ class Run:
     self.stdout_path = self.workdir.parent / f'{name}.stdout'
     self.stderr_path = self.workdir.parent / f'{name}.stderr'
     env = {**os.environ,
-           'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+           'XLA_FLAGS': xla_flags(devices),
            'JAX_COMPILATION_CACHE_DIR': str(cache), 'JAX_PLATFORMS': 'cpu',
            'CUDA_VISIBLE_DEVICES': '', 'TF_CPP_MIN_LOG_LEVEL': '2', **(extra_env or {})}
     with open(self.stdout_path, 'w') as out, open(self.stderr_path, 'w') as err:

@@ -23,7 +23,8 @@ from cyclegan_jax import divergence, families, losses
 from cyclegan_jax.families import base, dcgan
 from cyclegan_jax.models import discriminators, generators, layers
 from cyclegan_jax.parallel import AXIS_NAME
-from tests.helpers import complete_steps, host_tree, read_loss_csv, rel_error, restore
+from tests.helpers import (complete_steps, host_tree, read_loss_csv, rel_error, restore,
+                           xla_flags)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -300,7 +301,7 @@ def test_scored_samples_begin_with_the_sample_grid():
 
 
 def _start(workdir, cache, *flags, devices=8):
-  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+  env = {**os.environ, 'XLA_FLAGS': xla_flags(devices),
          'JAX_COMPILATION_CACHE_DIR': str(cache), 'JAX_PLATFORMS': 'cpu',
          'CUDA_VISIBLE_DEVICES': '', 'TF_CPP_MIN_LOG_LEVEL': '2'}
   return subprocess.Popen(

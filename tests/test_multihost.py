@@ -25,7 +25,7 @@ from configs import test as test_config
 from cyclegan_jax import parallel
 from cyclegan_jax.benchmarks import step as benchmark_step
 from cyclegan_jax.families import cyclegan
-from tests.helpers import complete_steps, read_loss_csv, restore
+from tests.helpers import FAST_COMPILE, complete_steps, read_loss_csv, restore, xla_flags
 from tests.runs import free_port
 
 pytestmark = pytest.mark.slow  # Real 2-process runs: minutes on 2 cores.
@@ -79,7 +79,7 @@ def runs(tmp_path_factory):
   workdir = root / 'workdir'
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
          'CUDA_VISIBLE_DEVICES': '', 'TF_CPP_MIN_LOG_LEVEL': '2', 'PYTHON': sys.executable}
-  env.pop('XLA_FLAGS', None)  # conftest's 8 devices must not reach the subprocesses.
+  env['XLA_FLAGS'] = FAST_COMPILE  # Not conftest's 8 devices: the launcher sets the count.
 
   def two_processes(name, *flags, while_running=None):
     log_dir = root / name
@@ -91,7 +91,7 @@ def runs(tmp_path_factory):
 
   def one_process(name, command, devices=4):
     return run(command, root / f'{name}.out',
-               {**env, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'})
+               {**env, 'XLA_FLAGS': xla_flags(devices)})
 
   def from_scratch(name, devices):
     """The same command on 1 process × `devices` devices, from an empty workdir."""

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from tests.helpers import xla_flags
 from tests.runs import free_port
 
 pytestmark = pytest.mark.slow  # Two subprocesses that start JAX: seconds.
@@ -31,7 +32,7 @@ except ValueError as e:
 def test_a_workdir_only_one_process_sees_is_refused_on_every_process(tmp_path):
   address = f'127.0.0.1:{free_port()}'
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
-         'XLA_FLAGS': '--xla_force_host_platform_device_count=1'}
+         'XLA_FLAGS': xla_flags(1)}
   procs = [subprocess.Popen([sys.executable, '-c', SCRIPT, address, str(i),
                              str(tmp_path / 'shared'), str(tmp_path / f'own{i}')],
                             cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
