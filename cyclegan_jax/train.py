@@ -21,7 +21,7 @@ from absl import logging
 from clu import metric_writers
 from etils import epath
 
-from cyclegan_jax import (checkpointing, convert, divergence, faults, families,
+from cyclegan_jax import (checkpointing, convert, divergence, faults, families, host_memory,
                           manifest as manifests, optim, parallel, results_page, visualize)
 from cyclegan_jax.data import input_pipeline
 from cyclegan_jax.families.base import TrainState
@@ -124,8 +124,8 @@ class Run:
     """(pmapped step, device batches) for training on from `state`'s step. Log rows past that
     step came from lost or rolled-back steps."""
     step = int(jax.device_get(state.step)[0])
-    p_step = parallel.pmap_step(functools.partial(self.family.train_step, models=self.models,
-                                                  config=self.config))
+    p_step = _compiled_at_first_call(parallel.pmap_step(functools.partial(
+        self.family.train_step, models=self.models, config=self.config)))
     batches = parallel.prefetch_to_device(
         self.data.train_iterator(step, domains=self.family.domains), self.config.data.prefetch)
     if self.is_chief:
@@ -235,6 +235,20 @@ class Run:
     with _writing('TensorBoard events', self.workdir):
       self.writer.flush()
     return state
+
+
+def _compiled_at_first_call(p_step):
+  """`p_step`, compiled ahead of its first run, after which the heap the compiler freed goes
+  back to the OS (host_memory): the first step's peak memory then does not sit on top of it."""
+  compiled = None
+
+  def step(state, batch):
+    nonlocal compiled
+    if compiled is None:
+      compiled = p_step.lower(state, batch).compile()
+      host_memory.release_freed()
+    return compiled(state, batch)
+  return step
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cyclegan_jax.models import convolution, layers
+from cyclegan_jax.models import convolution, instance_norm, layers
 from cyclegan_jax.models.block_layout import BLOCKS
 
 
@@ -77,16 +77,16 @@ class _BlockStep(_ModelOptions):
   output is also a scan output."""
   features: int = 256
   train: bool = True
-  remat: bool = False
+  keep: str = 'all'  # What the backward pass keeps of a block besides its input (the carry).
   stop: int | None = None
   emit: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-    # The backward pass keeps each block's input (the scan carry) and recomputes the rest.
+    policies = {'nothing': jax.checkpoint_policies.nothing_saveable,
+                'norms': jax.checkpoint_policies.save_only_these_names(instance_norm.SAVED)}
     block_type = (nn.remat(ResnetBlock, static_argnums=(2,), prevent_cse=False,
-                           policy=jax.checkpoint_policies.nothing_saveable)
-                  if self.remat else ResnetBlock)
+                           policy=policies[self.keep]) if self.keep in policies else ResnetBlock)
     block = block_type(features=self.features, name='block', **self.shared_options())
     if self.stop is None or self.is_initializing():
       x = block(x, self.train)
@@ -109,8 +109,9 @@ class ResnetGenerator(_ModelOptions):
   same parameters, without the checkerboard that strided transposed convs leave.
 
   The blocks are one `nn.scan`, their variables stacked under BLOCKS (block_layout.py); rolled
-  (`unroll` False), one block body (`convolution.loop_body`) compiles for all. With `remat`, the
-  backward pass keeps each block's input and recomputes the block: less memory, more compute.
+  (`unroll` False), one block body (`convolution.loop_body`) compiles for all, whose backward
+  pass keeps each block's input and instance norms' outputs and recomputes the pads and acts
+  between; with `remat`, it keeps the input only (less memory, more compute).
 
   The layers run as the entries of the reference's `nn.Sequential`, so `feature_layers` (CUT's
   nce_layers) index the same tensors as there: 0 is the reflect-padded input, 4 the first
@@ -162,9 +163,10 @@ class ResnetGenerator(_ModelOptions):
     if last >= first:
       in_blocks = [i - first for i in range(first, after) if i in feature_layers]
       rolled = self.remat or not self.unroll  # Unrolled, XLA moved remat's recomputation.
+      keep = 'nothing' if self.remat else 'norms' if rolled and self.norm == 'instance' else 'all'
       with convolution.loop_body(rolled):
         x, outputs = _scanned_blocks(1 if rolled else self.n_blocks)(
-            features=self.ngf * 4, train=train, remat=self.remat, emit=bool(in_blocks),
+            features=self.ngf * 4, train=train, keep=keep, emit=bool(in_blocks),
             stop=last + 1 - first if last < after - 1 else None, name=BLOCKS,
             **self.shared_options())(x, jnp.arange(self.n_blocks))
       features.extend(outputs[i] for i in in_blocks)
@@ -223,11 +225,9 @@ class DCGANGenerator(_ModelOptions):
   """z [b, nz] → [b, size, size, output_nc] as the DCGAN reference: a projection to
   4×4×(ngf·2^(n−1)), then n transposed convs k4 s2 p1 halving the channels (norm, ReLU after
   all but the last), tanh. At 64² that is 4×4×8ngf → 8² → 16² → 32² → 64²×3.
-
   The first layer, a dense projection, is ConvTranspose2d(nz, c, 4, 1, 0) on a 1×1 input. With
   `grey` the image is the mean of its channels, repeated: fakes of grey data held as RGB
-  (MNIST) cannot differ from the reals in colour, a cue that lets D win early (README, DCGAN).
-  """
+  (MNIST) cannot differ from the reals in colour, a cue that lets D win early (README, DCGAN)."""
   image_size: int = 64
   grey: bool = False
 
