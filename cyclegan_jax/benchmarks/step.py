@@ -166,14 +166,14 @@ def _compile_cold_and_warm(step, *args) -> tuple[Any, Any, float, float]:
   return lowered, compiled, *seconds
 
 
-def model_flops(config, family, state, batch) -> float | None:
-  """XLA's FLOP count of the step written with XLA's own convs (see the module docstring), and
-  with the residual blocks unrolled: XLA counts a loop's body once."""
+def step_flops(config, family, state, batch, impl: str) -> float | None:
+  """XLA's FLOP count of the step with `impl`'s convs ('xla': the model's FLOPs) and its
+  residual blocks unrolled: XLA counts a loop's body once."""
   config = config.copy_and_resolve_references()
   config.model.unroll_blocks = True
   models = family.create_models(config, 1)
   step = parallel.pmap_step(functools.partial(family.train_step, models=models, config=config))
-  with convolution.using('xla'):
+  with convolution.using(impl):
     return _flops(step.lower(state, batch))
 
 
@@ -232,7 +232,7 @@ def benchmark(config, steps: int, config_path: str | None = None, input_pipeline
     raise FloatingPointError('the benchmarked step produced a non-finite generator loss')
 
   median = statistics.median(times)
-  flops = model_flops(config, family, state, batch)
+  flops = step_flops(config, family, state, batch, 'xla')
   achieved = None if flops is None else flops / median
   peak_ratio = None if flops is None else statistics.median(
       flops / t / p for t, p in zip(times, peaks))
@@ -250,7 +250,8 @@ def benchmark(config, steps: int, config_path: str | None = None, input_pipeline
       'image_pairs_per_s': round(config.batch_size / median, 3),
       'input_images_per_s': (input_images_per_s(config, config_path, size)
                              if input_pipeline else None),
-      'flops_per_step': flops, 'executed_flops_per_step': _flops(compiled),
+      'flops_per_step': flops, 'executed_flops_per_step': step_flops(
+          config, family, state, batch, convolution.current_impl()),
       'flops_scope': 'per device',
       'allreduce_bytes_per_step': allreduce_bytes(lowered.as_text()),
       'allgather_bytes_per_step': allgather_bytes(lowered.as_text()),
