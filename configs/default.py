@@ -48,7 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
   model.antialias = False
   model.antialias_d = False  # PatchGAN D: the same blur-pool downsampling (CUT's D has it).
   # ResNet generators: 'blocks' keeps only each residual block's input for the backward pass
-  # and recomputes the block (less memory, e.g. for 512² crops, for more compute); or 'none'.
+  # and recomputes the block (less memory, e.g. for 512² crops, for more compute); or 'none'
+  # (rolled blocks with instance norm then keep their input and norm outputs, and recompute
+  # only pads and activations).
   model.remat = 'none'
   # ResNet generators: False runs the residual blocks as a loop over one compiled block body
   # (faster compile, less memory); True unrolls it, which stepped faster at 128² on CPU and

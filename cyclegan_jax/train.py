@@ -239,7 +239,10 @@ class Run:
 
 def _compiled_at_first_call(p_step):
   """`p_step`, compiled ahead of its first run, after which the heap the compiler freed goes
-  back to the OS (host_memory): the first step's peak memory then does not sit on top of it."""
+  back to the OS (host_memory): the first step's peak memory then does not sit on top of it.
+  Across processes pmap's ahead-of-time form expects global shapes, so there it stays as is."""
+  if jax.process_count() > 1:
+    return p_step
   compiled = None
 
   def step(state, batch):
