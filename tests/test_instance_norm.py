@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from cyclegan_jax import host_memory
+from cyclegan_jax.benchmarks import input as input_benchmark
 from cyclegan_jax.models import generators, instance_norm
 
 EPS = 1e-5
@@ -79,6 +80,12 @@ def test_rolled_blocks_keep_norm_outputs_not_padded_maps(unroll):
     assert shapes.count(block_map) == 3  # Each block's input and its two norms' outputs.
 
 
-@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc only')
-def test_release_freed_trims_the_heap_on_glibc():
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc and /proc only')
+def test_release_freed_returns_freed_heap_pages_to_the_os():
+  blocks = [bytearray(16 * 1024) for _ in range(16 * 1024)]  # 256 MiB of heap (not mmap) blocks.
+  pin = bytearray(16 * 1024)  # Above them on the heap: freeing them cannot shrink its top.
+  del blocks
+  before = input_benchmark.memory_mib()['VmRSS']
   assert host_memory.release_freed()
+  assert before - input_benchmark.memory_mib()['VmRSS'] >= 128  # MiB handed back.
+  del pin
