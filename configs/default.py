@@ -98,6 +98,9 @@ def get_config() -> ml_collections.ConfigDict:
   optim.lr_policy = 'linear'  # linear | step | cosine | constant
   optim.n_epochs = 100  # Epochs at the initial lr ('linear').
   optim.n_epochs_decay = 100  # Epochs of linear decay to 0 ('linear').
+  # The same two phases counted in steps, for runs shorter than an epoch; None: n_epochs(_decay).
+  optim.n_steps = ml_collections.config_dict.placeholder(int)
+  optim.n_steps_decay = ml_collections.config_dict.placeholder(int)
   optim.lr_decay_epochs = 50  # 'step': multiply lr by 0.1 every this many epochs.
 
   config.data = data = ml_collections.ConfigDict()

@@ -12,6 +12,19 @@ def check_config(optim: ml_collections.ConfigDict) -> None:
   if optim.lr_policy not in LR_POLICIES:
     raise ValueError(f'unknown lr_policy {optim.lr_policy!r}; expected one of '
                      f'{", ".join(LR_POLICIES)}')
+  for name in ('n_steps', 'n_steps_decay'):
+    if optim.get(name) is not None and optim[name] < 0:
+      raise ValueError(f'optim.{name} must be >= 0 (or None: count in epochs), got {optim[name]}')
+
+
+def phase_steps(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> tuple[int, int]:
+  """(steps at the initial lr, steps of decay): optim.n_steps and optim.n_steps_decay where
+  set, for runs sized in steps (an epoch of MNIST at batch 8 is 7,500 steps, more than a digit
+  run takes), else n_epochs and n_epochs_decay epochs."""
+  constant = optim.get('n_steps')
+  decay = optim.get('n_steps_decay')
+  return (optim.n_epochs * steps_per_epoch if constant is None else constant,
+          optim.n_epochs_decay * steps_per_epoch if decay is None else decay)
 
 
 def create_schedule(optim: ml_collections.ConfigDict, lr: float,
@@ -20,14 +33,14 @@ def create_schedule(optim: ml_collections.ConfigDict, lr: float,
 
   `linear` keeps lr for n_epochs epochs, then decays linearly to 0 at the end of
   n_epochs_decay more (the reference steps once per epoch and stops at lr/(n_decay+1); we
-  decay per step). `step` multiplies by 0.1 every lr_decay_epochs; `cosine` anneals to 0 over
-  the whole run.
+  decay per step); n_steps and n_steps_decay, where set, give the two phases in steps.
+  `step` multiplies by 0.1 every lr_decay_epochs; `cosine` anneals to 0 over both phases.
   """
   check_config(optim)
   if steps_per_epoch <= 0:
     raise ValueError(f'steps_per_epoch must be positive, got {steps_per_epoch}')
-  constant_steps = optim.n_epochs * steps_per_epoch
-  total_steps = (optim.n_epochs + optim.n_epochs_decay) * steps_per_epoch
+  constant_steps, decay_steps = phase_steps(optim, steps_per_epoch)
+  total_steps = constant_steps + decay_steps
   if optim.lr_policy == 'linear':
     decay = optax.linear_schedule(lr, 0.0, max(total_steps - constant_steps, 1))
     return optax.join_schedules([optax.constant_schedule(lr), decay], [constant_steps])
@@ -42,7 +55,7 @@ def create_schedule(optim: ml_collections.ConfigDict, lr: float,
 def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
   if config.num_train_steps >= 0:
     return config.num_train_steps
-  return (config.optim.n_epochs + config.optim.n_epochs_decay) * steps_per_epoch
+  return sum(phase_steps(config.optim, steps_per_epoch))
 
 
 def create_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int,

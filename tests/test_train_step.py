@@ -461,6 +461,21 @@ def test_constant_schedule():
   assert [sched(s) for s in (0, 1, 100, 10**6)] == [pytest.approx(LR)] * 4
 
 
+def test_linear_schedule_counted_in_steps():
+  # 7 steps at LR, then 4 of decay: the epochs (N_EPOCHS · E = 30) no longer count.
+  sched = schedule_for('linear', n_steps=7, n_steps_decay=4)
+  assert [sched(s) for s in (0, 6, 7, 8, 9, 10, 11, 50)] == [
+      pytest.approx(LR), pytest.approx(LR), pytest.approx(LR), pytest.approx(0.75 * LR),
+      pytest.approx(0.5 * LR), pytest.approx(0.25 * LR), 0.0, 0.0]
+  # One phase in steps, the other still in epochs: 2 steps, then N_DECAY · E = 20 of decay.
+  mixed = schedule_for('linear', n_steps=2)
+  assert mixed(2) == pytest.approx(LR) and mixed(12) == pytest.approx(LR / 2)
+  c = tiny_config(n_steps=7, n_steps_decay=4)
+  assert optim.total_train_steps(c, E) == 11
+  with pytest.raises(ValueError, match=r'optim.n_steps_decay must be >= 0.*got -1'):
+    schedule_for('linear', n_steps_decay=-1)
+
+
 def test_unknown_lr_policy_is_rejected():
   with pytest.raises(ValueError, match=r"unknown lr_policy 'plateau'.*linear, step, cosine"):
     schedule_for('plateau')
