@@ -3,9 +3,9 @@
 Row 1 holds test digits of the domain that is translated into MNIST (MNIST-M, SVHN), chosen among
 the first `pool`: the first `columns`, the `columns` with the lightest backgrounds (where strokes
 break most often), and the first `columns` whose translation the scoring classifier misreads.
-Row 2 holds their translations, a red frame around each misread one, so the failures show. Rows 3 and 4: MNIST test digits and their
-translations the other way. The generators come from the workdir's latest checkpoint, the data
-and the classifier from the config stored with it.
+Row 2 holds their translations, a red frame around each misread one, so the failures show.
+Rows 3 and 4: MNIST test digits and their translations the other way. The generators come from
+the workdir's latest checkpoint, the data and the classifier from the config stored with it.
 """
 
 import argparse
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--out', required=True, help='the PNG to write')
   parser.add_argument('--columns', type=int, default=8, help='ordinary digits, and as many light')
   parser.add_argument('--pool', type=int, default=2000,
-                      help='the lightest backgrounds among this many test digits')
+                      help='the lightest and the misread digits among this many test digits')
   args = parser.parse_args(argv)
   try:
     write(args.workdir, args.out, args.columns, args.pool)

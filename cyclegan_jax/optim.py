@@ -42,7 +42,7 @@ def create_schedule(optim: ml_collections.ConfigDict, lr: float,
   constant_steps, decay_steps = phase_steps(optim, steps_per_epoch)
   total_steps = constant_steps + decay_steps
   if optim.lr_policy == 'linear':
-    decay = optax.linear_schedule(lr, 0.0, max(total_steps - constant_steps, 1))
+    decay = optax.linear_schedule(lr, 0.0, max(decay_steps, 1))
     return optax.join_schedules([optax.constant_schedule(lr), decay], [constant_steps])
   if optim.lr_policy == 'step':
     return optax.exponential_decay(lr, optim.lr_decay_epochs * steps_per_epoch, 0.1,
