@@ -9,8 +9,8 @@ cached in data.path, as are the scoring classifier and the teacher of the label-
 loss. As mnist2svhn, but instance norm (no running statistics to drift between training and
 evaluation), two losses that keep the digit through the translation, dropout in the
 generators, and 2,400 steps at batch 8 whose second half decays the lr to 0: training and the
-evaluation together fit 30 minutes on 2 CPU cores (README, Digits, has the figures, the levers that did not help, and
-docs/mnist2mnistm_translations.png).
+evaluation together fit 30 minutes on 2 CPU cores (README, Digits, has the figures, the levers
+that did not help, and docs/mnist2mnistm_translations.png).
 """
 
 from configs import mnist2svhn
