@@ -7,6 +7,7 @@ import pickle
 import types
 
 from configs import default, mnist2mnistm
+from cyclegan_jax import digits_data as public_digits_data  # The name outside scorers load.
 from cyclegan_jax import families, parallel, visualize
 from cyclegan_jax.data import digits_data, input_pipeline
 from cyclegan_jax.families import dcgan
@@ -140,7 +141,7 @@ def test_mnistm_from_bundled_photos_is_cached(data_dir):
 
 
 def test_public_load_digits_reads_the_data_directory(data_dir):
-  from cyclegan_jax import digits_data as public  # The name outside scoring scripts load.
+  public = public_digits_data
   mnist = public.load_digits('mnist', 'test', str(data_dir), seed=0)
   assert isinstance(mnist, public.Digits) and mnist.images.shape == (N_TEST, 28, 28, 1)
   np.testing.assert_array_equal(mnist.labels, digits_data.read_mnist_idx(data_dir, 'test').labels)
