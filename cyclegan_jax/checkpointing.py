@@ -250,12 +250,12 @@ def _with_model(config: ml_collections.ConfigDict,
   return config
 
 
-def _load_step(manager: Manager, config: ml_collections.ConfigDict | None,
-               step: int) -> Loaded:
+def _load_step(manager: Manager, config: ml_collections.ConfigDict | None, step: int) -> Loaded:
   saved = restored_config(manager, step)
   config = ml_collections.ConfigDict(saved) if config is None else _with_model(config, saved)
   family = families.get(config)
-  models = family.create_models(config, 1)  # Steps per epoch only shape the lr schedule.
+  # Steps per epoch only shape the lr schedule; a loaded model trains no more (train.py resumes).
+  models = family.create_models(config, 1, training_losses=False)
   template = family.create_train_state(config, models, jax.random.key(config.seed))
   state = restore(manager, template, step)
   params, batch_stats = parallel.unreplicate((state.params, state.batch_stats))

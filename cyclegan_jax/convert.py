@@ -215,7 +215,7 @@ def write_workdir(config: ml_collections.ConfigDict, workdir: str,
   """A step-0 workdir, as a fresh training run would write it, with the trees in `params`
   replacing freshly initialised ones."""
   family = families.get(config)
-  models = family.create_models(config, steps_per_epoch=1)
+  models = family.create_models(config, steps_per_epoch=1, training_losses=False)
   state = family.create_train_state(config, models, jax.random.key(config.seed))
   state = state.replace(params={**state.params, **jax.tree.map(jnp.asarray, params)})
   Path(workdir).mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,8 @@ from cyclegan_jax.families import dcgan
 from cyclegan_jax.families import cyclegan
 from cyclegan_jax.metrics import digits as digit_eval
 from cyclegan_jax.models import classifier as classifier_lib
-from cyclegan_jax import evaluation
+from cyclegan_jax import evaluation, translate
+from cyclegan_jax.families import base
 from tests.helpers import needs_inception, save_fresh_checkpoint
 import flax.linen as nn
 import jax
@@ -405,3 +406,31 @@ def test_the_step_adds_label_consistency_on_the_mnist_cycle(config, monkeypatch)
   terms = ('g_adv_a', 'g_adv_b', 'cycle_a', 'cycle_b', 'idt_a', 'idt_b', 'digit')
   assert float(metrics['digit'][0]) > 0
   np.testing.assert_allclose(metrics['g_total'][0], sum(metrics[t][0] for t in terms), rtol=1e-5)
+
+
+def test_a_trained_digit_model_loads_without_its_training_teacher(config, monkeypatch, tmp_path):
+  """load_translator (what outside scorers call) builds no training loss: a workdir trained
+  with the label-consistency loss translates on a machine that lacks its teacher's cache."""
+  config.digit_teacher = config.digit_classifier.copy_and_resolve_references()
+  config.digit_teacher.update(features=(8,), dense=16, seed=1)
+  config.loss.lambda_digit = 1.0
+  config.model.ngf = config.model.ndf = 8
+  config.model.generator = 'resnet_2blocks'
+  asked = []
+
+  def fake_teacher(cfg, which='digit_classifier'):
+    asked.append(which)
+    model = classifier_lib.create_classifier(cfg[which])
+    return model.init(jax.random.key(0), np.zeros((1, 32, 32, 3)))['params']
+
+  monkeypatch.setattr(digit_eval, 'load_classifier', fake_teacher)
+  _, state = save_fresh_checkpoint(config, tmp_path)
+  assert asked == ['digit_teacher']  # Training builds the loss and reads the teacher.
+  asked.clear()
+  translator = translate.load_translator(str(tmp_path), 'BtoA')
+  assert asked == []
+  image = np.random.default_rng(0).uniform(-1, 1, (32, 32, 3)).astype(np.float32)
+  expected = base.apply(cyclegan.create_models(config, 1).generators['g_ba'],
+                        state.params['g_ba'], state.batch_stats['g_ba'], image[None])[0]
+  np.testing.assert_array_equal(translator.apply(image), np.asarray(expected))
+  assert (translator.step, translator.channels) == (0, 3)

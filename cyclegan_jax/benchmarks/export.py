@@ -38,7 +38,7 @@ def fresh_generator(config, size: int) -> checkpointing.Loaded:
   """A Loaded holding only the config's AtoB generator, freshly initialised, so that translate
   and export run on it as on a workdir's."""
   family = families.get(config)
-  models = family.create_models(config, 1)
+  models = family.create_models(config, 1, training_losses=False)
   name, _ = family.translators['AtoB']
   module = models.generators[name]
   init = jax.jit(lambda key: base.init_variables(module, key,

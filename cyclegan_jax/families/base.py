@@ -64,7 +64,9 @@ class Family:
   """What a model family does its own way. Per-device steps are pure and use only explicit
   collectives over `parallel.AXIS_NAME`."""
   check_config: Callable[[ml_collections.ConfigDict], None]  # Raises naming the key.
-  create_models: Callable[..., Models]  # (config, steps_per_epoch, lr_scale=1.0)
+  # (config, steps_per_epoch, lr_scale=1.0, training_losses=True); training_losses=False leaves
+  # out the networks only training losses read (a trained model's users need none of them).
+  create_models: Callable[..., Models]
   create_train_state: Callable[..., TrainState]  # (config, models, key), unreplicated.
   train_step: Callable[..., Any]  # Per device: (state, batch, *, models, config).
   domains: str  # The training domains its batches hold ('ab' or 'a').

@@ -3,9 +3,8 @@ Image-to-Image Translation", ECCV 2020): one generator G (A → B), one PatchGAN
 and a projection head F, trained with an adversarial loss and PatchNCE instead of a cycle.
 
 Three parameter trees ('g', 'd', 'f'). PatchNCE asks each patch of G(x), seen through G's own
-encoder and F, to pick out the patch of x at the same location among the other locations of
-x. FastCUT is the same step with other settings (configs/fastcut.py): no identity term, λ_NCE
-10 and flip-equivariance.
+encoder and F, to pick out the patch of x at the same location among the other locations of x.
+FastCUT (configs/fastcut.py): the same step, no identity term, λ_NCE 10, flip-equivariance.
 
 The step is pure and uses only explicit collectives over `parallel.AXIS_NAME`. The patch
 locations and the flip are drawn from the step's key alone, the same on every device (the
@@ -63,7 +62,8 @@ def nce_layers(model: ml_collections.ConfigDict) -> tuple[int, ...]:
 
 
 def create_models(config: ml_collections.ConfigDict, steps_per_epoch: int,
-                  lr_scale: float = 1.0) -> Models:
+                  lr_scale: float = 1.0, training_losses: bool = True) -> Models:
+  del training_losses  # PatchNCE's projection is a trained network, in the state.
   model = config.model
   return Models(generators={'g': generators.create_generator(model)},
                 discriminator=discriminators.create_discriminator(model),

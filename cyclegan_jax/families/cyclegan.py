@@ -60,14 +60,17 @@ def make_semantic_loss(loss_config: ml_collections.ConfigDict) -> SemanticLoss |
 
 
 def create_models(config: ml_collections.ConfigDict, steps_per_epoch: int,
-                  lr_scale: float = 1.0) -> Models:
+                  lr_scale: float = 1.0, training_losses: bool = True) -> Models:
+  """Without `training_losses`, no VGG16 or digit teacher is read: translating, exporting or
+  evaluating a trained model must not need the training run's data directory."""
   to_a = config.model.copy_and_resolve_references()
   to_a.output_nc = config.model.input_nc
   return Models(generators={'g_ab': generators.create_generator(config.model),
                             'g_ba': generators.create_generator(to_a)},
                 discriminator=discriminators.create_discriminator(config.model),
-                semantic_loss=make_semantic_loss(config.loss),
-                digit_loss=digits.make_label_consistency_loss(config),
+                semantic_loss=make_semantic_loss(config.loss) if training_losses else None,
+                digit_loss=(digits.make_label_consistency_loss(config) if training_losses
+                            else None),
                 **optim.create_optimizers(config, steps_per_epoch, lr_scale))
 
 

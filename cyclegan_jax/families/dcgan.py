@@ -31,8 +31,9 @@ SAMPLE_STREAM = 1  # fold_in tag of the fixed z behind every sample grid.
 
 
 def create_models(config: ml_collections.ConfigDict, steps_per_epoch: int,
-                  lr_scale: float = 1.0) -> Models:
+                  lr_scale: float = 1.0, training_losses: bool = True) -> Models:
   """G ('dcgan' generator by default) → data.crop_size² images; D judges them."""
+  del training_losses  # Its losses read no networks of their own.
   return Models(generators={'g': generators.create_generator(config.model)},
                 discriminator=discriminators.create_discriminator(config.model),
                 **optim.create_optimizers(config, steps_per_epoch, lr_scale))
