@@ -10,12 +10,10 @@ from configs import default, mnist2mnistm
 from cyclegan_jax import digits_data as public_digits_data  # The name outside scorers load.
 from cyclegan_jax import families, parallel, visualize
 from cyclegan_jax.data import digits_data, input_pipeline
-from cyclegan_jax.families import dcgan
-from cyclegan_jax.families import cyclegan
+from cyclegan_jax.families import base, cyclegan, dcgan
 from cyclegan_jax.metrics import digits as digit_eval
 from cyclegan_jax.models import classifier as classifier_lib
 from cyclegan_jax import evaluation, translate
-from cyclegan_jax.families import base
 from tests.helpers import needs_inception, save_fresh_checkpoint
 import flax.linen as nn
 import jax
@@ -378,23 +376,29 @@ def test_label_consistency_settings_are_checked(config):
     digit_eval.check_label_consistency(config)
 
 
+def stand_in_classifiers(monkeypatch) -> list[str]:
+  """digit_eval.load_classifier replaced by fresh parameters of the asked-for classifier (the
+  wiring, not the classifier's training, is under test); returns the list of what was asked."""
+  asked = []
+
+  def fresh(cfg, which='digit_classifier'):
+    asked.append(which)
+    model = classifier_lib.create_classifier(cfg[which])
+    return model.init(jax.random.key(0), np.zeros((1, 32, 32, 3)))['params']
+
+  monkeypatch.setattr(digit_eval, 'load_classifier', fresh)
+  return asked
+
+
 def test_the_step_adds_label_consistency_on_the_mnist_cycle(config, monkeypatch):
-  """With a stand-in teacher (fresh parameters: the loss's wiring, not the classifier's
-  training, is under test), the step reports `digit`, counts it in g_total, and the teacher
+  """With a stand-in teacher, the step reports `digit`, counts it in g_total, and the teacher
   is asked for config.digit_teacher's weights, never the scoring classifier's."""
   config.digit_teacher = config.digit_classifier.copy_and_resolve_references()
   config.digit_teacher.update(features=(8,), dense=16, seed=1)
   config.loss.lambda_digit = 2.0
   config.model.ngf = config.model.ndf = 8
   config.model.generator = 'resnet_2blocks'
-  asked = []
-
-  def fake_teacher(cfg, which='digit_classifier'):
-    asked.append(which)
-    model = classifier_lib.create_classifier(cfg[which])
-    return model.init(jax.random.key(0), np.zeros((1, 32, 32, 3)))['params']
-
-  monkeypatch.setattr(digit_eval, 'load_classifier', fake_teacher)
+  asked = stand_in_classifiers(monkeypatch)
   models = cyclegan.create_models(config, steps_per_epoch=10)
   assert asked == ['digit_teacher']
   state = parallel.replicate(cyclegan.create_train_state(config, models, jax.random.key(0)))
@@ -416,21 +420,14 @@ def test_a_trained_digit_model_loads_without_its_training_teacher(config, monkey
   config.loss.lambda_digit = 1.0
   config.model.ngf = config.model.ndf = 8
   config.model.generator = 'resnet_2blocks'
-  asked = []
-
-  def fake_teacher(cfg, which='digit_classifier'):
-    asked.append(which)
-    model = classifier_lib.create_classifier(cfg[which])
-    return model.init(jax.random.key(0), np.zeros((1, 32, 32, 3)))['params']
-
-  monkeypatch.setattr(digit_eval, 'load_classifier', fake_teacher)
+  asked = stand_in_classifiers(monkeypatch)
   _, state = save_fresh_checkpoint(config, tmp_path)
   assert asked == ['digit_teacher']  # Training builds the loss and reads the teacher.
   asked.clear()
   translator = translate.load_translator(str(tmp_path), 'BtoA')
   assert asked == []
   image = np.random.default_rng(0).uniform(-1, 1, (32, 32, 3)).astype(np.float32)
-  expected = base.apply(cyclegan.create_models(config, 1).generators['g_ba'],
-                        state.params['g_ba'], state.batch_stats['g_ba'], image[None])[0]
+  g_ba = cyclegan.create_models(config, 1, training_losses=False).generators['g_ba']
+  expected = base.apply(g_ba, state.params['g_ba'], state.batch_stats['g_ba'], image[None])[0]
   np.testing.assert_array_equal(translator.apply(image), np.asarray(expected))
   assert (translator.step, translator.channels) == (0, 3)
