@@ -376,9 +376,16 @@ def test_label_consistency_settings_are_checked(config):
     digit_eval.check_label_consistency(config)
 
 
-def stand_in_classifiers(monkeypatch) -> list[str]:
-  """digit_eval.load_classifier replaced by fresh parameters of the asked-for classifier (the
-  wiring, not the classifier's training, is under test); returns the list of what was asked."""
+def with_label_consistency(config, weight: float, monkeypatch) -> list[str]:
+  """`config` with a tiny CycleGAN and the label-consistency loss at `weight`, its teacher
+  unlike the scorer; digit_eval.load_classifier gives fresh parameters of the asked-for
+  classifier (the wiring, not the classifier's training, is under test). Returns the list of
+  what was asked for."""
+  config.digit_teacher = config.digit_classifier.copy_and_resolve_references()
+  config.digit_teacher.update(features=(8,), dense=16, seed=1)
+  config.loss.lambda_digit = weight
+  config.model.ngf = config.model.ndf = 8
+  config.model.generator = 'resnet_2blocks'
   asked = []
 
   def fresh(cfg, which='digit_classifier'):
@@ -393,12 +400,7 @@ def stand_in_classifiers(monkeypatch) -> list[str]:
 def test_the_step_adds_label_consistency_on_the_mnist_cycle(config, monkeypatch):
   """With a stand-in teacher, the step reports `digit`, counts it in g_total, and the teacher
   is asked for config.digit_teacher's weights, never the scoring classifier's."""
-  config.digit_teacher = config.digit_classifier.copy_and_resolve_references()
-  config.digit_teacher.update(features=(8,), dense=16, seed=1)
-  config.loss.lambda_digit = 2.0
-  config.model.ngf = config.model.ndf = 8
-  config.model.generator = 'resnet_2blocks'
-  asked = stand_in_classifiers(monkeypatch)
+  asked = with_label_consistency(config, 2.0, monkeypatch)
   models = cyclegan.create_models(config, steps_per_epoch=10)
   assert asked == ['digit_teacher']
   state = parallel.replicate(cyclegan.create_train_state(config, models, jax.random.key(0)))
@@ -415,12 +417,7 @@ def test_the_step_adds_label_consistency_on_the_mnist_cycle(config, monkeypatch)
 def test_a_trained_digit_model_loads_without_its_training_teacher(config, monkeypatch, tmp_path):
   """load_translator (what outside scorers call) builds no training loss: a workdir trained
   with the label-consistency loss translates on a machine that lacks its teacher's cache."""
-  config.digit_teacher = config.digit_classifier.copy_and_resolve_references()
-  config.digit_teacher.update(features=(8,), dense=16, seed=1)
-  config.loss.lambda_digit = 1.0
-  config.model.ngf = config.model.ndf = 8
-  config.model.generator = 'resnet_2blocks'
-  asked = stand_in_classifiers(monkeypatch)
+  asked = with_label_consistency(config, 1.0, monkeypatch)
   _, state = save_fresh_checkpoint(config, tmp_path)
   assert asked == ['digit_teacher']  # Training builds the loss and reads the teacher.
   asked.clear()
