@@ -140,15 +140,14 @@ def test_mnistm_from_bundled_photos_is_cached(data_dir):
 
 
 def test_public_load_digits_reads_the_data_directory(data_dir):
-  public = public_digits_data
-  mnist = public.load_digits('mnist', 'test', str(data_dir), seed=0)
-  assert isinstance(mnist, public.Digits) and mnist.images.shape == (N_TEST, 28, 28, 1)
+  mnist = public_digits_data.load_digits('mnist', 'test', str(data_dir), seed=0)
+  assert isinstance(mnist, public_digits_data.Digits) and mnist.images.shape == (N_TEST, 28, 28, 1)
   np.testing.assert_array_equal(mnist.labels, digits_data.read_mnist_idx(data_dir, 'test').labels)
-  mnistm = public.load_digits('mnistm', 'test', str(data_dir), seed=0)
+  mnistm = public_digits_data.load_digits('mnistm', 'test', str(data_dir), seed=0)
   np.testing.assert_array_equal(mnistm.labels, mnist.labels)  # MNIST-M keeps MNIST's labels.
   assert mnistm.images.shape == (N_TEST, 28, 28, 3)
   with pytest.raises(ValueError, match="unknown digit domain 'usps'"):
-    public.load_digits('usps', 'test', str(data_dir), seed=0)
+    public_digits_data.load_digits('usps', 'test', str(data_dir), seed=0)
 
 
 @pytest.fixture
