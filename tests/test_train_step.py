@@ -12,6 +12,7 @@ import math
 import os
 
 import flax.jax_utils
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -567,3 +568,22 @@ def test_channel_flips_are_signs_drawn_for_the_global_batch():
                    axis_name=parallel.AXIS_NAME)(np.zeros(1))
   np.testing.assert_array_equal(np.asarray(on_devices).reshape(16, 1, 1, 3), whole[0])
   assert set(np.unique(whole)) == {-1.0, 1.0} and whole.shape == (1, 16, 1, 1, 3)
+
+
+def test_the_step_traces_each_network_once(monkeypatch):
+  """A step applies the generators six times (translations, round trips, identities) and the
+  discriminators four times, but traces each module and input shape once (base.Networks): with
+  3 channels on both sides, G_AB and G_BA are one module with two parameter trees, as are D_A
+  and D_B, so the lowered program shares one generator and one discriminator function."""
+  c = tiny_config()
+  assert c.loss.lambda_identity > 0
+  models = cyclegan.create_models(c, steps_per_epoch=STEPS_PER_EPOCH)
+  state = parallel.replicate(cyclegan.create_train_state(c, models, jax.random.key(c.seed)))
+  step = parallel.pmap_step(functools.partial(cyclegan.train_step, models=models, config=c))
+  traced = []
+  original = flax.linen.Module.apply
+  monkeypatch.setattr(flax.linen.Module, 'apply', lambda module, *args, **kwargs: (
+      traced.append(type(module).__name__) or original(module, *args, **kwargs)))
+  jax.clear_caches()
+  step.lower(state, parallel.shard_batch(input_batches(1)[0]))
+  assert sorted(traced) == ['PatchDiscriminator', 'ResnetGenerator']

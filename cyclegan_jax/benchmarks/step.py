@@ -84,8 +84,8 @@ def _result_bytes(pattern: re.Pattern, stablehlo: str) -> int:
 
 
 def allreduce_bytes(stablehlo: str) -> int:
-  """Bytes that one step all-reduces across devices (gradients, batch statistics, metrics),
-  summed over the results of every all_reduce."""
+  """Bytes that one step all-reduces (gradients, metrics), summed over every all_reduce in the
+  text: one inside a loop body or a network the step applies twice (batch norm) counts once."""
   return _result_bytes(_ALL_REDUCE_RESULT, stablehlo)
 
 
