@@ -587,3 +587,23 @@ def test_the_step_traces_each_network_once(monkeypatch):
   jax.clear_caches()
   step.lower(state, parallel.shard_batch(input_batches(1)[0]))
   assert sorted(traced) == ['PatchDiscriminator', 'ResnetGenerator']
+
+
+def test_gradient_penalty_with_batch_norm_leaves_running_statistics_alone():
+  """WGAN-GP's discriminator forward runs inside a derivative; with batch norm its statistics
+  are dropped, so one step leaves exactly the running statistics that an lsgan step leaves
+  (both see the same real and pooled fake images) and its penalties are finite."""
+  after = {}
+  for mode in ('lsgan', 'wgangp'):
+    c = tiny_config()
+    c.model.norm = 'batch'
+    c.loss.gan_mode = mode
+    models = cyclegan.create_models(c, steps_per_epoch=STEPS_PER_EPOCH)
+    state = cyclegan.create_train_state(c, models, jax.random.key(c.seed))
+    step = parallel.pmap_step(functools.partial(cyclegan.train_step, models=models, config=c))
+    states, metrics, _ = run_steps(step, state, input_batches(1))
+    after[mode] = device_copy(states[0], 0).batch_stats
+  assert np.all(np.isfinite([metrics[0]['d_a_gp'][0], metrics[0]['d_b_gp'][0]]))
+  assert metrics[0]['d_a_gp'][0] > 0
+  assert jax.tree.leaves(after['lsgan']['d_a'])
+  jax.tree.map(np.testing.assert_array_equal, after['lsgan'], after['wgangp'])

@@ -143,12 +143,18 @@ class Networks:
     self.modules, self.params, self.batch_stats = modules, params, dict(batch_stats)
     self.key, self.calls = key, 0
 
-  def __call__(self, name: str, x: jax.Array, **kwargs) -> Any:
-    """Tree `name`'s module on x (kwargs go to the module, e.g. feature_layers)."""
+  def __call__(self, name: str, x: jax.Array, *, keep_stats: bool = True, **kwargs) -> Any:
+    """Tree `name`'s module on x (kwargs go to the module, e.g. feature_layers).
+
+    keep_stats=False: the call's batch statistics are dropped, as a call inside a derivative
+    (a gradient penalty) must do: they are values of that derivative's trace only.
+    """
     self.calls += 1
-    y, self.batch_stats[name] = _apply_train_in_step(
+    y, batch_stats = _apply_train_in_step(
         self.modules[name], self.params[name], self.batch_stats[name], x,
         rngs={'dropout': jax.random.fold_in(self.key, self.calls)}, **kwargs)
+    if keep_stats:
+      self.batch_stats[name] = batch_stats
     return y
 
 

@@ -194,7 +194,8 @@ def train_step(state: base.TrainState, batch: dict[str, jax.Array], *, models: M
         alpha = parallel.share_of_global(lambda n, k=gp_k: jax.random.uniform(k, (n,)),
                                          real.shape[0])
         terms[f'{name}_gp'] = losses.gradient_penalty(
-            lambda x, name=name: net(name, x), real, fake, alpha, loss.lambda_gp)
+            lambda x, name=name: net(name, x, keep_stats=False), real, fake, alpha,
+            loss.lambda_gp)
       terms[f'{name}_real'] = jnp.mean(pred_real)
       terms[f'{name}_fake'] = jnp.mean(pred_fake)
       total += terms[name] + terms.get(f'{name}_gp', 0.0)
