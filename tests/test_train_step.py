@@ -246,6 +246,7 @@ def test_crop_too_small_for_the_discriminator_is_named():
     families.check_config(config)
 
 
+@pytest.mark.slow  # A whole-step compile of its own.
 def test_bfloat16_compute_keeps_float32_state():
   config = tiny_config()
   config.model.dtype = 'bfloat16'
