@@ -590,7 +590,6 @@ def test_the_step_traces_each_network_once(monkeypatch):
   assert sorted(traced) == ['PatchDiscriminator', 'ResnetGenerator']
 
 
-
 class _BatchNormOnly(flax.linen.Module):
   @flax.linen.compact
   def __call__(self, x, train):
