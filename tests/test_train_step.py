@@ -523,6 +523,26 @@ def test_shard_batch_shapes():
     parallel.shard_batch({'a': np.zeros((12, 2))})
 
 
+def test_replicate_gives_each_device_a_buffer_the_first_step_can_donate():
+  """On CPU a device_put of a 64-byte aligned numpy array aliases it; replicate once put that
+  one host buffer in all 8 devices, and the first donating step had to allocate anew."""
+  storage = np.zeros(1024 + 16, np.float32)
+  offset = (-storage.ctypes.data % 64) // 4
+  host = storage[offset:offset + 1024]
+  host[:] = np.arange(1024)
+  assert host.ctypes.data % 64 == 0
+  replicated = parallel.replicate({'w': host, 'key': jax.random.key(3)})
+  pointers = [s.data.unsafe_buffer_pointer() for s in replicated['w'].addressable_shards]
+  assert len(set(pointers)) == 8 and host.ctypes.data not in pointers
+  step = jax.pmap(lambda t: {'w': t['w'] + 1, 'key': t['key']}, donate_argnums=0)
+  out = step(replicated)
+  assert [s.data.unsafe_buffer_pointer() for s in out['w'].addressable_shards] == pointers
+  np.testing.assert_array_equal(np.asarray(out['w']), np.tile(np.arange(1, 1025), (8, 1)))
+  np.testing.assert_array_equal(host, np.arange(1024))
+  np.testing.assert_array_equal(jax.random.key_data(out['key']),
+                                np.tile(jax.random.key_data(jax.random.key(3)), (8, 1)))
+
+
 def test_config_problems_are_named_together_before_any_work():
   """main checks a config once: every bad setting found is in the one message."""
   config = tiny_config()
