@@ -9,6 +9,7 @@ terminal.
 
 import errno
 import os
+import re
 import shutil
 import sys
 import threading
@@ -97,12 +98,13 @@ def write_error(what: str, error: BaseException, workdir: epath.PathLike,
 
 def silence_teardown_noise() -> None:
   """Drops the `RuntimeError: Event loop is closed` tracebacks that orbax's background writes
-  print when they finish after their event loop (after a failed save), and asyncio's "Task
-  exception was never retrieved" for the reads of a checkpoint that failed (the run reports
-  both itself). Everything else still reaches the original hooks."""
+  print when they finish after their event loop (after a failed save), and asyncio's "Task (or
+  Future) exception was never retrieved" for the reads of a checkpoint that failed and for the
+  writes of a failed save, collected at exit (the run reports both itself). Everything else
+  still reaches the original hooks."""
   import logging as std_logging
-  std_logging.getLogger('asyncio').addFilter(
-      lambda r: not r.getMessage().startswith('Task exception was never retrieved'))
+  unretrieved = re.compile(r'(Task|Future) exception was never retrieved')
+  std_logging.getLogger('asyncio').addFilter(lambda r: not unretrieved.match(r.getMessage()))
   def noise(exc_type, exc) -> bool:
     return exc_type is RuntimeError and str(exc) == 'Event loop is closed'
 

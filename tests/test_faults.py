@@ -12,14 +12,20 @@
 The in-process tests check the error texts and the atomic writers on hand-made failures.
 """
 
+import asyncio
 import errno
+import gc
+import logging
 import os
 import pathlib
 import re
 import shutil
 import signal
 import subprocess
+import sys
+import threading
 import time
+import types
 
 from etils import epath
 import numpy as np
@@ -260,3 +266,45 @@ def test_atomic_writes_leave_the_old_table_whole_when_the_disk_is_full(tmp_path,
   png = np.zeros((4, 4, 3), np.uint8)
   visualize.write_png(tmp_path / 'grid.png', png)
   assert (tmp_path / 'grid.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def _drop_a_failed(kind: str, loop: asyncio.AbstractEventLoop) -> None:
+  """A Future (or Task) whose error no one reads, collected: asyncio logs it, as tensorstore's
+  writes of a failed save do when the run exits."""
+  error = ValueError('RESOURCE_EXHAUSTED: Error writing "x": No space left on device')
+  if kind == 'Future':
+    failed = loop.create_future()
+    failed.set_exception(error)
+  else:
+    async def write():
+      raise error
+    failed = loop.create_task(write())
+    loop.run_until_complete(asyncio.sleep(0))
+  del failed
+  gc.collect()
+
+
+def test_teardown_noise_is_dropped_and_everything_else_still_reported(monkeypatch, caplog):
+  reported = []
+  monkeypatch.setattr(sys, 'unraisablehook', reported.append)
+  monkeypatch.setattr(threading, 'excepthook', reported.append)
+  asyncio_logger = logging.getLogger('asyncio')
+  monkeypatch.setattr(asyncio_logger, 'filters', list(asyncio_logger.filters))
+  loop = asyncio.new_event_loop()
+  _drop_a_failed('Future', loop)
+  assert 'Future exception was never retrieved' in caplog.text  # What CI once ended with.
+  caplog.clear()
+
+  faults.silence_teardown_noise()
+  for kind in ('Future', 'Task'):
+    _drop_a_failed(kind, loop)
+  asyncio_logger.error('a real asyncio error')
+  assert [r.getMessage() for r in caplog.records] == ['a real asyncio error']
+  loop.close()
+  closed = types.SimpleNamespace(exc_type=RuntimeError,
+                                 exc_value=RuntimeError('Event loop is closed'))
+  other = types.SimpleNamespace(exc_type=ValueError, exc_value=ValueError('a real error'))
+  for hook in (sys.unraisablehook, threading.excepthook):
+    hook(closed)
+    hook(other)
+  assert reported == [other, other]
