@@ -22,7 +22,8 @@ from clu import metric_writers
 from etils import epath
 
 from cyclegan_jax import (checkpointing, convert, divergence, faults, families, host_memory,
-                          manifest as manifests, optim, parallel, results_page, visualize)
+                          manifest as manifests, optim, parallel, results_page, step_cache,
+                          visualize)
 from cyclegan_jax.data import input_pipeline
 from cyclegan_jax.families.base import TrainState
 from cyclegan_jax.preemption import StopRequest
@@ -125,7 +126,8 @@ class Run:
     step came from lost or rolled-back steps."""
     step = int(jax.device_get(state.step)[0])
     p_step = _compiled_at_first_call(parallel.pmap_step(functools.partial(
-        self.family.train_step, models=self.models, config=self.config)))
+        self.family.train_step, models=self.models, config=self.config)),
+        built_from=(self.config.to_json_best_effort(), self.epoch_steps, self.guard.lr_scale))
     batches = parallel.prefetch_to_device(
         self.data.train_iterator(step, domains=self.family.domains), self.config.data.prefetch)
     if self.is_chief:
@@ -237,10 +239,12 @@ class Run:
     return state
 
 
-def _compiled_at_first_call(p_step):
-  """`p_step`, compiled ahead of its first run, after which the heap the compiler freed goes
-  back to the OS (host_memory): the first step's peak memory then does not sit on top of it.
-  Across processes pmap's ahead-of-time form expects global shapes, so there it stays as is."""
+def _compiled_at_first_call(p_step, built_from):
+  """`p_step`, compiled ahead of its first run (step_cache: loaded without tracing if a run
+  before compiled it from the same `built_from`: config and models' inputs), after which the
+  heap the compiler freed goes back to the OS (host_memory): the first step's peak memory then
+  does not sit on top of it. Across processes pmap's ahead-of-time form expects global shapes,
+  so there it stays as is."""
   if jax.process_count() > 1:
     return p_step
   compiled = None
@@ -248,7 +252,7 @@ def _compiled_at_first_call(p_step):
   def step(state, batch):
     nonlocal compiled
     if compiled is None:
-      compiled = p_step.lower(state, batch).compile()
+      compiled = step_cache.compile_step(p_step, (state, batch), built_from)
       host_memory.release_freed()
     return compiled(state, batch)
   return step

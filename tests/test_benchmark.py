@@ -28,8 +28,9 @@ def test_record_has_the_issue_keys_and_consistent_numbers():
 
   for key in ('s_per_step_median', 's_per_step_min', 'flops_per_step', 'achieved_flops_per_s',
               'dot_peak_flops_per_s', 'peak_ratio', 'compile_s', 'compile_warm_s',
-              'peak_rss_mb', 'image_pairs_per_s', 'jax_version', 'jaxlib_version',
-              'device_kind', 'allreduce_bytes_per_step', 'allgather_bytes_per_step'):
+              'compile_warm_traced_s', 'peak_rss_mb', 'image_pairs_per_s', 'jax_version',
+              'jaxlib_version', 'device_kind', 'allreduce_bytes_per_step',
+              'allgather_bytes_per_step'):
     assert record[key] is not None, key
   assert record['conv_impl'] == 'cpu' and record['platform'] == 'cpu'
   assert record['devices'] == 8 and record['batch'] == config.batch_size

@@ -3,8 +3,8 @@
 Builds the models and a fresh state for the config at --size² crops and times the pmapped train
 step on synthetic inputs already on the devices, on whatever devices JAX sees: CPU, GPU or TPU.
 Prints one JSON record:
-- state-init time; step-compile time cold (empty persistent compilation cache) and warm (the
-  same compile again, served from that cache, as a restarted run would be);
+- state-init time; step-compile time cold (empty caches), warm (as a restarted run: loaded by
+  step_cache) and warm_traced (from JAX's persistent cache alone, traced and lowered);
 - seconds per step, median and min over --steps timed steps after two warm-up steps; image
   pairs per second (one A image plus one B image is one pair);
 - `flops_per_step`: the model's FLOPs, XLA's count for the step traced with XLA's own convs
@@ -12,12 +12,9 @@ Prints one JSON record:
   across impls; it is per device, since every device runs the same program on its share of
   the batch; `executed_flops_per_step` is XLA's count for the impl timed, which also
   multiplies the zeros its rearrangements add;
-- `achieved_flops_per_s` (model FLOPs / median step) and `peak_ratio`, its fraction of a
-  jnp.dot peak measured in the same process just before and after each timed step (the best
-  of the two kept): the median over steps of each step's rate over its own peak. On a shared
-  virtual machine the dot rate itself moved between 140 and 265 GFLOP/s within one hour, so
-  a peak taken minutes away from a step would misstate the ratio. `dot_peak_flops_per_s` is
-  the median of those peaks;
+- `achieved_flops_per_s` (model FLOPs / median step) and `peak_ratio`, the median over steps
+  of each step's rate over a jnp.dot peak measured just before and after it (the better one):
+  a shared machine's dot rate moves within minutes. `dot_peak_flops_per_s`: their median;
 - the bytes each step all-reduces and all-gathers across devices (what multi-host training
   sends over the interconnect); peak memory; the bytes XLA assigns the compiled step per
   device (`compiled_memory`: arguments, outputs, temporaries, code);
@@ -46,7 +43,7 @@ import jaxlib
 from ml_collections import config_flags
 import numpy as np
 
-from cyclegan_jax import families, host_memory, parallel
+from cyclegan_jax import families, host_memory, parallel, step_cache
 from cyclegan_jax.benchmarks import input as input_benchmark
 from cyclegan_jax.models import convolution
 
@@ -141,12 +138,13 @@ def _device_peak_memory_mb() -> float | None:
   return None if peak is None else peak / 2**20
 
 
-def _compile_cold_and_warm(step, *args) -> tuple[Any, Any, float, float]:
-  """Lowers and compiles `step` twice through a fresh persistent compilation cache: the first
-  fills it (cold), the second, after dropping JAX's in-memory caches, reads it back (warm), as
-  a restarted run would. Returns the lowered and compiled step and both times."""
+def _compile_cold_and_warm(step, args, built_from) -> tuple[Any, Any, float, float, float]:
+  """Compiles `step` through fresh caches, after dropping JAX's in-memory ones each time: cold
+  and warm as training does (step_cache.compile_step: warm is a restarted run's, which loads
+  the step), then traced (JAX's persistent cache alone: trace, lower, read XLA's executable
+  back). Returns the lowered and compiled step and the three times."""
   with tempfile.TemporaryDirectory() as cache_dir:
-    settings = {'jax_compilation_cache_dir': cache_dir,
+    settings = {'jax_enable_compilation_cache': True, 'jax_compilation_cache_dir': cache_dir,
                 'jax_persistent_cache_min_compile_time_secs': 0.0,
                 'jax_persistent_cache_min_entry_size_bytes': 0}
     previous = {name: getattr(jax.config, name) for name in settings}
@@ -154,16 +152,16 @@ def _compile_cold_and_warm(step, *args) -> tuple[Any, Any, float, float]:
       jax.config.update(name, value)
     try:
       seconds = []
-      for _ in range(2):
+      for compile_step in (step_cache.compile_step, step_cache.compile_step,
+                           lambda step, args, _: step.lower(*args).compile()):
         jax.clear_caches()
         start = time.perf_counter()
-        lowered = step.lower(*args)
-        compiled = lowered.compile()
+        compiled = compile_step(step, args, built_from)
         seconds.append(time.perf_counter() - start)
     finally:
       for name, value in previous.items():
         jax.config.update(name, value)
-  return lowered, compiled, *seconds
+  return step.lower(*args), compiled, *seconds
 
 
 def step_flops(config, family, state, batch, impl: str) -> float | None:
@@ -210,7 +208,8 @@ def benchmark(config, steps: int, config_path: str | None = None, input_pipeline
   batch = parallel.device_put_sharded(
       parallel.shard_batch({d: images(channels[d]) for d in family.domains}))
   step = parallel.pmap_step(functools.partial(family.train_step, models=models, config=config))
-  lowered, compiled, compile_s, compile_warm_s = _compile_cold_and_warm(step, state, batch)
+  lowered, compiled, compile_s, compile_warm_s, compile_traced_s = _compile_cold_and_warm(
+      step, (state, batch), built_from=(config.to_json_best_effort(), 1, 1.0))
   host_memory.release_freed()  # As training does after its compile.
   times, peaks = [], []
   for i in range(WARMUP_STEPS + steps):
@@ -245,7 +244,8 @@ def benchmark(config, steps: int, config_path: str | None = None, input_pipeline
       'device_kind': jax.devices()[0].device_kind,
       'jax_version': jax.__version__, 'jaxlib_version': jaxlib.__version__,
       'init_s': round(init_s, 3), 'compile_s': round(compile_s, 3),
-      'compile_warm_s': round(compile_warm_s, 3), 'steps': steps,
+      'compile_warm_s': round(compile_warm_s, 3),
+      'compile_warm_traced_s': round(compile_traced_s, 3), 'steps': steps,
       's_per_step_median': round(median, 5), 's_per_step_min': round(min(times), 5),
       'image_pairs_per_s': round(config.batch_size / median, 3),
       'input_images_per_s': (input_images_per_s(config, config_path, size)
