@@ -2,6 +2,7 @@
 
 import csv
 import io
+import os
 
 import numpy as np
 from etils import epath
@@ -43,9 +44,11 @@ def write_png(path: epath.PathLike, image: np.ndarray) -> None:
 
 def write_atomically(path: epath.PathLike, data: str | bytes) -> None:
   """Writes a sibling file, then renames it over `path`: a kill or a full disk mid-write leaves
-  the old file whole instead of a truncated one (and no partial file behind)."""
+  the old file whole instead of a truncated one (and no partial file behind). The sibling is
+  this process's own, so that processes writing one path at once (a shared step cache) each
+  rename a whole file."""
   path = epath.Path(path)
-  partial = path.with_name(path.name + '.partial')
+  partial = path.with_name(f'{path.name}.{os.getpid()}.partial')
   try:
     if isinstance(data, bytes):
       partial.write_bytes(data)

@@ -308,3 +308,23 @@ def test_teardown_noise_is_dropped_and_everything_else_still_reported(monkeypatc
     hook(closed)
     hook(other)
   assert reported == [other, other]
+
+
+def test_two_processes_writing_one_file_at_once_each_rename_a_whole_file(tmp_path, monkeypatch):
+  """As runs that share a step cache may: another process has written its partial file and is
+  about to rename it when this one writes and renames the same file."""
+  target = tmp_path / 'step'
+  path_type = type(epath.Path(target))
+  rename, own_pid = path_type.replace, os.getpid
+
+  def this_process_writes_first(partial, to):
+    monkeypatch.setattr(path_type, 'replace', rename)
+    monkeypatch.setattr(os, 'getpid', own_pid)
+    visualize.write_atomically(target, b'first to finish')
+    return rename(partial, to)
+
+  monkeypatch.setattr(os, 'getpid', lambda: own_pid() + 1)  # The other process.
+  monkeypatch.setattr(path_type, 'replace', this_process_writes_first)
+  visualize.write_atomically(target, b'last to finish')
+  assert target.read_bytes() == b'last to finish'
+  assert [p.name for p in tmp_path.iterdir()] == ['step']
