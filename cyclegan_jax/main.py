@@ -66,6 +66,11 @@ _COMPILATION_CACHE = flags.DEFINE_string(
     'Directory of the persistent cache of compiled programs, which later runs, translate and '
     "export reuse; '' or none turns it off. Default: env JAX_COMPILATION_CACHE_DIR, else "
     '$XDG_CACHE_HOME/cyclegan_jax/jax (~/.cache/cyclegan_jax/jax).')
+_COMPILATION_CACHE_MAX_GB = flags.DEFINE_float(
+    'compilation_cache_max_gb', 2.0,
+    'At start, the least recently used entries of the compilation cache (compiled programs and '
+    'train steps) are removed until it holds at most this many GB; 0: no limit. A local cache '
+    'only: a remote one (gs://) is left as it is.')
 _VERBOSE = flags.DEFINE_bool(
     'verbose', False, 'Show the tracebacks and library errors behind a one-line error.')
 flags.mark_flags_as_required(['workdir'])
@@ -97,6 +102,13 @@ def enable_compilation_cache(directory: str | None) -> None:
   if directory is not None:
     jax.config.update('jax_compilation_cache_dir', directory)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+
+
+def limit_compilation_cache(directory: str | None, max_gb: float) -> None:
+  """Prunes a local cache to `max_gb` (cache_limit); no cache, a remote one or 0: nothing."""
+  if directory and '://' not in directory and max_gb > 0:
+    from cyclegan_jax import cache_limit
+    cache_limit.prune(directory, int(max_gb * 1e9))
 
 
 def _quiet_library_logs(verbose: bool) -> None:
@@ -134,7 +146,9 @@ def main(argv):
   _quiet_library_logs(_VERBOSE.value)
   from cyclegan_jax.models import convolution
   convolution.set_impl(_CONV_IMPL.value)
-  enable_compilation_cache(compilation_cache_dir(_COMPILATION_CACHE.value, os.environ))
+  cache = compilation_cache_dir(_COMPILATION_CACHE.value, os.environ)
+  enable_compilation_cache(cache)
+  limit_compilation_cache(cache, _COMPILATION_CACHE_MAX_GB.value)
   if _MODE.value == 'translate':
     if not _INPUT.value or not _OUTPUT.value:
       raise app.UsageError('--mode=translate needs --input and --output')

@@ -84,12 +84,19 @@ def load(folder: epath.Path, step_key: str, args: Sequence[Any]) -> jax.stages.C
     return None
   try:
     executable, out_tree = pickle.loads(path.read_bytes())
-    return serialize_executable.deserialize_and_load(
+    compiled = serialize_executable.deserialize_and_load(
         executable, jax.tree.structure((tuple(args), {})), out_tree)
+  except FileNotFoundError:  # Pruned by another process since `exists` (cache_limit).
+    return None
   except Exception as e:  # A damaged or foreign file: compile instead.
     logging.warning('the cached train step %s cannot be loaded (%s: %s); compiling it instead',
                     path, type(e).__name__, str(e).splitlines()[0] if str(e) else '')
     return None
+  try:
+    os.utime(os.fspath(path))  # Marks it used: cache_limit prunes the least recently used.
+  except OSError:  # A remote cache (gs://) keeps its own times.
+    pass
+  return compiled
 
 
 def store(folder: epath.Path, step_key: str, compiled: jax.stages.Compiled) -> None:

@@ -1,5 +1,6 @@
 """main's persistent compilation cache: its directory from --compilation_cache and the
-environment, and that a run with it on stores compiled programs there and with it off, none."""
+environment, that a run with it on stores compiled programs there and with it off, none, and
+that it is pruned to --compilation_cache_max_gb, least recently used first (cache_limit)."""
 
 import os
 import pathlib
@@ -8,7 +9,7 @@ import sys
 
 import pytest
 
-from cyclegan_jax import main
+from cyclegan_jax import cache_limit, main, step_cache
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -29,7 +30,7 @@ def test_the_directory_from_the_flag_and_the_environment():
 _COMPILE = """
 import os, sys
 import jax
-from cyclegan_jax import main
+from cyclegan_jax import cache_limit, main, step_cache
 main.enable_compilation_cache(main.compilation_cache_dir(sys.argv[1] if sys.argv[1:] else None,
                                                          os.environ))
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
@@ -59,3 +60,48 @@ def test_on_by_default_in_the_user_cache_or_the_environments_and_off_with_none(t
   compile_once(tmp_path, 'none', JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'env_off'),
                XDG_CACHE_HOME=str(tmp_path / 'xdg_off'))
   assert not files(tmp_path / 'env_off') and not files(tmp_path / 'xdg_off')
+
+
+def _entry(path, size, used, accessed=None):
+  """A cache file of `size` bytes last written at `used` (and read at `accessed`)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(b'x' * size)
+  os.utime(path, (accessed or used, used))
+  return path
+
+
+def _cache(root):
+  """JAX's entries a (oldest), b (written long ago but read last) and c, a train step between
+  them, and files that are no entries."""
+  _entry(root / 'jit_a-cache', 100, used=1_000)
+  _entry(root / 'jit_a-atime', 8, used=1_000)
+  _entry(root / 'jit_b-cache', 200, used=500, accessed=9_000)
+  _entry(root / 'jit_c-cache', 150, used=4_000)
+  _entry(root / step_cache.FOLDER / 'k.step', 300, used=2_000)
+  _entry(root / '.lockfile', 0, used=10)
+  _entry(root / 'notes.txt', 5_000, used=10)
+  return root
+
+
+def names(root):
+  return sorted(str(p.relative_to(root)) for p in files(root))
+
+
+def test_pruning_removes_the_least_recently_used_entries_until_under_the_limit(tmp_path):
+  root = _cache(tmp_path)
+  # 750 bytes of entries: a (100, with its -atime), then the step (300) go; c and b (350) stay.
+  assert cache_limit.prune(root, 400) == 400
+  assert names(root) == ['.lockfile', 'jit_b-cache', 'jit_c-cache', 'notes.txt']
+  assert cache_limit.prune(root, 350) == 0
+  assert cache_limit.prune(root, 349) == 150  # c was used before b was read.
+  assert names(root) == ['.lockfile', 'jit_b-cache', 'notes.txt']
+
+
+def test_main_prunes_a_local_cache_only_and_zero_means_no_limit(tmp_path):
+  root = _cache(tmp_path)
+  main.limit_compilation_cache(str(root), 0)
+  main.limit_compilation_cache(None, 1e-7)
+  main.limit_compilation_cache('gs://a-bucket/jax', 1e-7)  # Remote: never listed.
+  assert len(names(root)) == 7
+  main.limit_compilation_cache(str(root), 400e-9)
+  assert names(root) == ['.lockfile', 'jit_b-cache', 'jit_c-cache', 'notes.txt']

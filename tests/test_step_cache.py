@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 import uuid
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -144,6 +145,22 @@ def test_a_damaged_step_file_is_compiled_again_and_replaced(folder, caplog):
   jax.clear_caches()
   step_cache.compile_step(_tiny_step(traces), _tiny_args(), 'tiny')
   assert len(traces) == 2  # The file written over the damaged one loads.
+
+
+def test_a_loaded_step_is_marked_used_and_one_pruned_meanwhile_is_compiled(folder, caplog):
+  """cache_limit prunes the least recently used: loading a step must count as a use; a step
+  that another process pruned between the check and the read is compiled, without a warning."""
+  traces = []
+  step_cache.compile_step(_tiny_step(traces), _tiny_args(), 'tiny')
+  (path,) = folder.iterdir()
+  os.utime(path, (1_000, 1_000))
+  jax.clear_caches()
+  step_cache.compile_step(_tiny_step(traces), _tiny_args(), 'tiny')
+  assert len(traces) == 1 and path.stat().st_mtime > 1_000
+  args = _tiny_args()
+  with mock.patch.object(pathlib.Path, 'read_bytes', side_effect=FileNotFoundError(path)):
+    assert step_cache.load(folder, path.stem, args) is None
+  assert 'cannot be loaded' not in caplog.text
 
 
 def test_nothing_is_kept_while_the_compilation_cache_is_off():
