@@ -10,6 +10,7 @@ which every existing cache holds. Pruning once when a process starts needs neith
 import dataclasses
 import os
 import pathlib
+import time
 
 from absl import logging
 
@@ -17,6 +18,9 @@ from cyclegan_jax import step_cache
 
 # JAX's files: <key>-cache, and with its own limit on, <key>-atime beside it.
 JAX_ENTRY, JAX_ACCESS = '-cache', '-atime'
+# A train step's partial file (visualize.write_atomically) untouched this long belongs to a
+# writer that was killed: a live one renames it within seconds.
+ABANDONED_AFTER_S = 3600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,10 +46,23 @@ def entries(directory: pathlib.Path) -> list[_Entry]:
   return [e for e in found if e is not None]
 
 
+def remove_abandoned(directory: pathlib.Path, now: float) -> int:
+  """Deletes the partial train-step files that killed writers left; returns the bytes freed."""
+  freed = 0
+  for path in (directory / step_cache.FOLDER).glob('*.partial'):
+    entry = _entry(path)
+    if entry is not None and entry.last_used < now - ABANDONED_AFTER_S:
+      path.unlink(missing_ok=True)
+      freed += entry.size
+  return freed
+
+
 def prune(directory: str | os.PathLike[str], max_bytes: int) -> int:
   """Deletes the least recently used entries of the local cache at `directory` until the rest
-  hold at most `max_bytes`; returns the bytes freed. Files of other kinds are left alone."""
+  hold at most `max_bytes`, and any abandoned partial file; returns the bytes freed. Files of
+  other kinds are left alone."""
   directory = pathlib.Path(directory)
+  abandoned = remove_abandoned(directory, time.time())
   found = sorted(entries(directory), key=lambda e: e.last_used)
   total = sum(e.size for e in found)
   freed = removed = 0
@@ -56,8 +73,9 @@ def prune(directory: str | os.PathLike[str], max_bytes: int) -> int:
       path.unlink(missing_ok=True)
     freed += entry.size
     removed += 1
-  if removed:
+  if removed or abandoned:
     logging.info('compilation cache %s: removed the %d least recently used entries (%.0f MB) '
-                 'to keep it under %g GB (--compilation_cache_max_gb)', directory, removed,
-                 freed / 1e6, max_bytes / 1e9)
-  return freed
+                 'to keep it under %g GB (--compilation_cache_max_gb), and %.0f MB of abandoned '
+                 'partial files', directory, removed, freed / 1e6, max_bytes / 1e9,
+                 abandoned / 1e6)
+  return freed + abandoned

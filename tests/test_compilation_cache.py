@@ -6,6 +6,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -95,6 +96,20 @@ def test_pruning_removes_the_least_recently_used_entries_until_under_the_limit(t
   assert cache_limit.prune(root, 350) == 0
   assert cache_limit.prune(root, 349) == 150  # c was used before b was read.
   assert names(root) == ['.lockfile', 'jit_b-cache', 'notes.txt']
+
+
+def test_pruning_removes_partial_steps_that_killed_writers_left(tmp_path):
+  """A partial file untouched for over an hour is removed whatever the limit; one being
+  written now is not, and neither counts as an entry."""
+  root = _cache(tmp_path)
+  now = time.time()
+  _entry(root / step_cache.FOLDER / 'k.step.123.partial', 70, used=now - 3700)
+  _entry(root / step_cache.FOLDER / 'k.step.456.partial', 40, used=now - 60)
+  assert cache_limit.prune(root, 10_000) == 70
+  assert 'train_steps/k.step.123.partial' not in names(root)
+  assert 'train_steps/k.step.456.partial' in names(root)
+  assert cache_limit.prune(root, 400) == 400  # The live partial is no entry to prune.
+  assert 'train_steps/k.step.456.partial' in names(root)
 
 
 def test_main_prunes_a_local_cache_only_and_zero_means_no_limit(tmp_path):
