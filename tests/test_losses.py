@@ -229,6 +229,21 @@ def test_patch_nce_means_over_images_and_patches_and_keys_get_no_gradient():
   assert float(jnp.abs(jax.grad(lambda q: losses.patch_nce_loss(q, k, tau))(q)).max()) > 0
 
 
+def test_confident_label_loss_counts_only_confident_images():
+  """The 'classifier' is the identity on [n, 2] logits. [3, 0] reads class 0 at p = 0.953
+  (≥ 0.9): CE = log(1 + e⁻³); [0.5, 0] reads p = 0.62 and adds 0; the mean is over both."""
+  images = jnp.array([[3.0, 0.0], [0.5, 0.0]])
+  value = losses.confident_label_loss(lambda x: x, images, 0.9, 2.0)
+  assert float(value) == pytest.approx(2 * math.log1p(math.exp(-3)) / 2, rel=1e-6)
+  grad = jax.grad(lambda x: losses.confident_label_loss(lambda y: y, x, 0.9, 2.0))(images)
+  p = 1 / (1 + math.exp(-3))  # d CE / d logits = softmax − onehot, times weight / n.
+  np.testing.assert_allclose(grad, [[p - 1, 1 - p], [0.0, 0.0]], rtol=1e-5)
+  # Below both images' confidence everything counts; the target is each one's own argmax.
+  everything = losses.confident_label_loss(lambda x: x, images, 0.5, 1.0)
+  assert float(everything) == pytest.approx(
+      (math.log1p(math.exp(-3)) + math.log1p(math.exp(-0.5))) / 2, rel=1e-6)
+
+
 def test_label_consistency_on_hand_made_logits():
   """The 'classifier' is the identity on [n, 10] logits: targets are argmax of real."""
   real = jnp.array([[0.0, 5.0] + [0.0] * 8, [9.0] + [0.0] * 9])

@@ -38,6 +38,7 @@ _NOT_APPLICABLE = {
     'loss.lambda_semantic': (0.0, 'there is no cycle for the semantic cycle loss'),
     'loss.lambda_invariance_b': (0.0, 'there is no G_BA to hold invariant'),
     'loss.lambda_digit': (0.0, 'there is no cycle for the label-consistency loss'),
+    'loss.lambda_digit_self': (0.0, 'the CUT step has no digit teacher'),
     'loss.r1_gamma': (0.0, 'R1 is a DCGAN option'),
 }
 

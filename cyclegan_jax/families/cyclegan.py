@@ -42,7 +42,8 @@ class Models(base.Models):
   one discriminator module serves both domains. `semantic_loss` holds the VGG16 weights, read
   when the models are built, never inside the step's trace."""
   semantic_loss: SemanticLoss | None = None
-  digit_loss: SemanticLoss | None = None  # The same signature; digits.make_label_consistency_loss.
+  # digit_loss(real_a, rec_a, real_b, rec_b, fake_a, fake_b) -> {term: weighted scalar}.
+  digit_loss: Callable[..., dict[str, jax.Array]] | None = None
 
 
 def make_semantic_loss(loss_config: ml_collections.ConfigDict) -> SemanticLoss | None:
@@ -164,7 +165,7 @@ def train_step(state: base.TrainState, batch: dict[str, jax.Array], *, models: M
     if models.semantic_loss is not None:
       terms['semantic'] = models.semantic_loss(real_a, rec_a, real_b, rec_b)
     if models.digit_loss is not None:
-      terms['digit'] = models.digit_loss(real_a, rec_a, real_b, rec_b)
+      terms.update(models.digit_loss(real_a, rec_a, real_b, rec_b, fake_a, fake_b))
     if loss.lambda_invariance_b > 0:
       terms['invariance_b'] = loss.lambda_invariance_b * losses.l1_loss(
           fake_a, net('g_ba', real_b * channel_flips(
@@ -279,7 +280,7 @@ FAMILY = base.Family(
     translators={'AtoB': ('g_ab', 'a'), 'BtoA': ('g_ba', 'b')},
     loss_groups={
         'generator': ['g_adv_a', 'g_adv_b', 'cycle_a', 'cycle_b', 'idt_a', 'idt_b', 'semantic',
-                      'invariance_b', 'digit'],
+                      'invariance_b', 'digit', 'digit_self'],
         'discriminator': ['d_a', 'd_b', 'd_a_gp', 'd_b_gp'],
         'totals': ['g_total', 'd_total']},
     log_columns=log_columns)

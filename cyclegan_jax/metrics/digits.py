@@ -123,28 +123,44 @@ def load_classifier(config, which: str = 'digit_classifier') -> Any:
   return params
 
 
-def make_label_consistency_loss(config) -> Callable[..., jax.Array] | None:
-  """loss(real_a, rec_a, real_b, rec_b): losses.label_consistency_loss on the MNIST domain's
-  cycle, with config.digit_teacher (a classifier of its own: the one that scores must stay
-  unseen by training), or None when loss.lambda_digit is 0. Its weights are read here."""
-  if config.loss.lambda_digit <= 0:
+def _uses_teacher(loss_config) -> bool:
+  return loss_config.lambda_digit > 0 or loss_config.lambda_digit_self > 0
+
+
+def make_label_consistency_loss(config) -> Callable[..., dict[str, jax.Array]] | None:
+  """loss(real_a, rec_a, real_b, rec_b, fake_a, fake_b) -> weighted terms, with
+  config.digit_teacher (a classifier of its own: the one that scores must stay unseen by
+  training), or None when neither weight is set. Its weights are read here, once.
+  - 'digit' (loss.lambda_digit): losses.label_consistency_loss on the MNIST domain's cycle;
+  - 'digit_self' (loss.lambda_digit_self): losses.confident_label_loss on the translation of
+    the other domain into MNIST, at loss.digit_self_threshold."""
+  loss_config = config.loss
+  if not _uses_teacher(loss_config):
     return None
-  domain = 'a' if config.data.domain_a == 'mnist' else 'b'  # check_label_consistency: one is.
+  mnist_is_a = config.data.domain_a == 'mnist'  # check_label_consistency: one domain is.
   teacher = classifier_lib.create_classifier(config.digit_teacher)
   params = load_classifier(config, 'digit_teacher')
   logits_fn = lambda x: teacher.apply({'params': params}, x)
 
-  def loss(real_a, rec_a, real_b, rec_b):
-    real, rec = (real_a, rec_a) if domain == 'a' else (real_b, rec_b)
-    return losses.label_consistency_loss(logits_fn, real, rec, config.loss.lambda_digit)
+  def loss(real_a, rec_a, real_b, rec_b, fake_a, fake_b):
+    terms = {}
+    if loss_config.lambda_digit > 0:
+      real, rec = (real_a, rec_a) if mnist_is_a else (real_b, rec_b)
+      terms['digit'] = losses.label_consistency_loss(logits_fn, real, rec,
+                                                     loss_config.lambda_digit)
+    if loss_config.lambda_digit_self > 0:
+      terms['digit_self'] = losses.confident_label_loss(
+          logits_fn, fake_a if mnist_is_a else fake_b, loss_config.digit_self_threshold,
+          loss_config.lambda_digit_self)
+    return terms
 
   return loss
 
 
 def check_label_consistency(config) -> None:
-  """loss.lambda_digit needs digit data with an MNIST domain and a config.digit_teacher that
-  differs from the scoring config.digit_classifier."""
-  if config.loss.lambda_digit <= 0:
+  """loss.lambda_digit and loss.lambda_digit_self need digit data with an MNIST domain and a
+  config.digit_teacher that differs from the scoring config.digit_classifier."""
+  if not _uses_teacher(config.loss):
     return
   data = config.data
   if data.source != 'digits' or 'mnist' not in (data.domain_a, data.domain_b):
@@ -156,6 +172,9 @@ def check_label_consistency(config) -> None:
   if scorer is not None and config.digit_teacher.to_dict() == scorer.to_dict():
     raise ValueError('config.digit_teacher equals config.digit_classifier: the classifier that '
                      'scores must not be one that a training loss sees.')
+  if not 0 <= config.loss.digit_self_threshold < 1:
+    raise ValueError('loss.digit_self_threshold is a probability in [0, 1), got '
+                     f'{config.loss.digit_self_threshold!r}.')
 
 
 def translations_into_mnist(data) -> list[tuple[str, str]]:
