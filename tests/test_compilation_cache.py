@@ -108,8 +108,8 @@ def test_pruning_removes_partial_steps_that_killed_writers_left(tmp_path):
   assert cache_limit.prune(root, 10_000) == 70
   assert 'train_steps/k.step.123.partial' not in names(root)
   assert 'train_steps/k.step.456.partial' in names(root)
-  assert cache_limit.prune(root, 400) == 400  # The live partial is no entry to prune.
-  assert 'train_steps/k.step.456.partial' in names(root)
+  assert cache_limit.prune(root, 0) == 750  # Every entry goes; the live partial is none.
+  assert names(root) == ['.lockfile', 'notes.txt', 'train_steps/k.step.456.partial']
 
 
 def test_main_prunes_a_local_cache_only_and_zero_means_no_limit(tmp_path):
