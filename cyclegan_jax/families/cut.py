@@ -142,8 +142,7 @@ def create_train_state(config: ml_collections.ConfigDict, models: Models,
 
   params, batch_stats, opt_state_g, opt_state_d = init(init_key)
   return base.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                         opt_state_g=opt_state_g, opt_state_d=opt_state_d, pools={},
-                         rng=step_key)
+                         opt_state_g=opt_state_g, opt_state_d=opt_state_d, pools={}, rng=step_key)
 
 
 def _flip(x: jax.Array, flipped: jax.Array) -> jax.Array:
