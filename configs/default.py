@@ -46,6 +46,9 @@ def get_config() -> ml_collections.ConfigDict:
   # ResNet generators: blur-pool downsampling and blur upsampling (Zhang 2019, as CUT's
   # generator) in place of strided and transposed convs; the same parameters.
   model.antialias = False
+  # ResNet generators: stride-2 halvings before the residual blocks (and doublings after); the
+  # reference has 2. At 32² digits, 1 lets the blocks see 16² maps (README, Digits).
+  model.n_downsampling = 2
   model.antialias_d = False  # PatchGAN D: the same blur-pool downsampling (CUT's D has it).
   # ResNet generators: 'blocks' keeps only each residual block's input for the backward pass
   # and recomputes the block (less memory, e.g. for 512² crops, for more compute); or 'none'

@@ -38,7 +38,8 @@ from cyclegan_jax.models import block_layout, discriminators, generators, weight
 # The model options of every published reference model (instance norm, no dropout).
 _REFERENCE_MODEL = dict(input_nc=3, output_nc=3, norm='instance', init_type='normal',
                         init_gain=0.02, dropout=0.0, activation='relu', leaky_slope=0.2,
-                        dtype='float32', n_layers_d=3, antialias=False, antialias_d=False)
+                        dtype='float32', n_layers_d=3, antialias=False, antialias_d=False,
+                        n_downsampling=2)
 _IGNORED_SUFFIXES = ('.running_mean', '.running_var', '.num_batches_tracked')
 _DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / 'configs' / 'default.py'
 
@@ -188,10 +189,12 @@ def discriminator_params_from_pth(path: str, discriminator_name: str,
 def init_params_from_pth(config: ml_collections.ConfigDict,
                          params: dict[str, Any]) -> dict[str, Any]:
   """`params` with the trees named in `config.init_from_pth` replaced by reference weights."""
-  if (config.model.antialias or config.model.antialias_d) and any(config.init_from_pth.values()):
+  if ((config.model.antialias or config.model.antialias_d or config.model.n_downsampling != 2)
+      and any(config.init_from_pth.values())):
     raise PthMismatchError('init_from_pth: the reference CycleGAN models have strided and '
-                           'transposed convs; set model.antialias and model.antialias_d to False '
-                           'to start from them.')
+                           'transposed convs, two of each; set model.antialias and '
+                           'model.antialias_d to False and model.n_downsampling to 2 to start '
+                           'from them.')
   params = dict(params)
   for name, path in config.init_from_pth.items():
     if not path:

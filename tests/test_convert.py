@@ -190,6 +190,10 @@ def test_init_from_pth_maps_reference_names(tmp_path):
     assert jax.tree.structure(params[name]) == jax.tree.structure(want), name
     for a, b in zip(jax.tree.leaves(params[name]), jax.tree.leaves(want)):
       np.testing.assert_array_equal(a, b)
+  config.model.n_downsampling = 1
+  with pytest.raises(convert.PthMismatchError, match=r'model\.n_downsampling to 2'):
+    convert.init_params_from_pth(config, fresh)
+  config.model.n_downsampling = 2
   config.init_from_pth.g_ba = g_a
   config.model.ngf = 16
   with pytest.raises(convert.PthMismatchError, match=r'init_from_pth\.g_ab: .*G_A\.pth does not '

@@ -161,6 +161,31 @@ def test_resnet_generator_any_block_count():
   assert layers.count_params(params) == 11_378_179 - 7 * block
 
 
+@pytest.mark.parametrize('antialias', [False, True])
+@pytest.mark.parametrize('halvings, expected_params, multiple', [(1, 13_971, 2), (0, 4_699, 1)])
+def test_n_downsampling_sets_the_halvings_and_the_width_of_the_blocks(antialias, halvings,
+                                                                       expected_params, multiple):
+  """ngf 8, 2 blocks, 3 channels, by hand. One halving: c7s1-8 (1,184), d16 (1,168), blocks of
+  16 features (4 × 2,320), u8 (1,160), c7s1-3 (1,179). None: c7s1-8, blocks of 8 (4 × 584),
+  c7s1-3. The blocks see (side / 2**halvings)² maps; the image keeps its size."""
+  model = generators.create_generator(model_config(
+      generator='resnet_2blocks', ngf=8, n_downsampling=halvings, antialias=antialias))
+  x = random_images(1, 12, 20, 3)
+  variables = model.init(KEY, x)
+  assert layers.count_params(variables['params']) == expected_params
+  assert (generators.size_multiple(model), generators.min_size(model)) == (multiple, 2 * multiple)
+  first_block = 4 + halvings * (4 if antialias else 3)  # Stem, then conv, norm, act (blur).
+  block, = model.apply(variables, x, feature_layers=(first_block,))
+  assert block.shape == (1, 12 // multiple, 20 // multiple, 8 * multiple)
+  y = model.apply(variables, x)
+  assert y.shape == x.shape and float(y.std()) > 0
+
+
+def test_n_downsampling_below_zero_is_refused():
+  with pytest.raises(ValueError, match=r'model\.n_downsampling=-1: expected 0 or more\.'):
+    generators.create_generator(model_config(generator='resnet_2blocks', n_downsampling=-1))
+
+
 @pytest.mark.parametrize('size, expected', [(256, 30), (128, 14), (70, 6)])
 def test_basic_discriminator_shapes(size, expected):
   model = discriminators.create_discriminator(model_config())

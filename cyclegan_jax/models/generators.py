@@ -102,7 +102,8 @@ def _scanned_blocks(unroll: int):
 
 
 class ResnetGenerator(_ModelOptions):
-  """Encoder (c7s1-ngf, d2ngf, d4ngf), `n_blocks` residual blocks, decoder (u2ngf, ungf, c7s1-3).
+  """Encoder (c7s1-ngf, d2ngf, d4ngf: `n_downsampling` 2 halvings), `n_blocks` residual blocks,
+  decoder (u2ngf, ungf, c7s1-3).
 
   With `antialias` (CUT's generator), each stride-2 conv becomes a stride-1 conv, norm, act and a
   blur-pool, and each transposed conv a blur upsampling, then a 3×3 conv, norm and act: the
@@ -115,9 +116,9 @@ class ResnetGenerator(_ModelOptions):
 
   The layers run as the entries of the reference's `nn.Sequential`, so `feature_layers` (CUT's
   nce_layers) index the same tensors as there: 0 is the reflect-padded input, 4 the first
-  down conv's output, 12 the first residual block's (with antialias).
-  """
+  down conv's output, 12 the first residual block's (with antialias)."""
   n_blocks: int = 9
+  n_downsampling: int = 2
   antialias: bool = False
   remat: bool = False
   unroll: bool = False
@@ -127,16 +128,15 @@ class ResnetGenerator(_ModelOptions):
     reflect = lambda x: jnp.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)), mode='reflect')
     norm_act = lambda: [functools.partial(self.norm_layer(), train=train), self.act()]
     encoder = [reflect, self.conv(self.ngf, 7), *norm_act()]
-    for mult in (2, 4):
+    mults = [2**i for i in range(1, self.n_downsampling + 1)]  # Of ngf, after each halving.
+    for mult in mults:
       encoder += [self.conv(self.ngf * mult, 3, stride=1 if self.antialias else 2, padding=1),
                   *norm_act()] + ([layers.blur_downsample] if self.antialias else [])
     decoder = []
-    for mult in (2, 1):
-      if self.antialias:
-        decoder += [layers.blur_upsample, self.conv(self.ngf * mult, 3, padding=1)]
-      else:
-        decoder += [self.conv_transpose(self.ngf * mult)]
-      decoder += norm_act()
+    for mult in (m // 2 for m in reversed(mults)):
+      up = ([layers.blur_upsample, self.conv(self.ngf * mult, 3, padding=1)] if self.antialias
+            else [self.conv_transpose(self.ngf * mult)])
+      decoder += up + norm_act()
     return encoder, decoder + [reflect, self.conv(self.output_nc, 7, use_bias=True), jnp.tanh]
 
   @nn.compact
@@ -166,7 +166,7 @@ class ResnetGenerator(_ModelOptions):
       keep = 'nothing' if self.remat else 'norms' if rolled and self.norm == 'instance' else 'all'
       with convolution.loop_body(rolled):
         x, outputs = _scanned_blocks(1 if rolled else self.n_blocks)(
-            features=self.ngf * 4, train=train, keep=keep, emit=bool(in_blocks),
+            features=x.shape[-1], train=train, keep=keep, emit=bool(in_blocks),
             stop=last + 1 - first if last < after - 1 else None, name=BLOCKS,
             **self.shared_options())(x, jnp.arange(self.n_blocks))
       features.extend(outputs[i] for i in in_blocks)
@@ -269,7 +269,10 @@ def create_generator(model_config: ml_collections.ConfigDict) -> nn.Module:
     raise ValueError(f"model.remat={remat!r}: expected 'none' or 'blocks' (recompute blocks).")
   if name.startswith('resnet_') and name.endswith('blocks') and n_blocks.isdigit():
     cls, extra = ResnetGenerator, {'n_blocks': int(n_blocks), 'remat': remat == 'blocks',
-        'antialias': model_config.antialias, 'unroll': model_config.get('unroll_blocks', False)}
+        'antialias': model_config.antialias, 'unroll': model_config.get('unroll_blocks', False),
+        'n_downsampling': model_config.get('n_downsampling', 2)}  # Earlier configs: 2.
+    if extra['n_downsampling'] < 0:
+      raise ValueError(f'model.n_downsampling={extra["n_downsampling"]}: expected 0 or more.')
   elif name not in GENERATORS:
     raise ValueError(f'unknown generator {name!r}; expected one of {", ".join(GENERATORS)} '
                      'or resnet_<n>blocks')
@@ -287,14 +290,11 @@ def create_generator(model_config: ml_collections.ConfigDict) -> nn.Module:
 
 
 def size_multiple(generator: nn.Module) -> int:
-  """The factor every input side must divide by: 4 for ResNets (two stride-2 convs); the U-Net
-  halves num_downs times."""
-  if isinstance(generator, UnetGenerator):
-    return 2**generator.num_downs
-  return 4
+  """The factor every input side must divide by: 2**halvings (4 for the reference ResNets)."""
+  unet = isinstance(generator, UnetGenerator)
+  return 2**(generator.num_downs if unet else generator.n_downsampling)
 
 
 def min_size(generator: nn.Module) -> int:
-  """The smallest input side: a ResNet reflect-pads its residual blocks' (side / 4)-pixel maps
-  by 1, which needs 2 pixels; the U-Net's innermost map may be 1×1."""
+  """The smallest side: a ResNet reflect-pads its blocks' maps by 1, which needs 2 pixels."""
   return size_multiple(generator) * (1 if isinstance(generator, UnetGenerator) else 2)
