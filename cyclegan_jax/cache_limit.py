@@ -57,13 +57,13 @@ def remove_abandoned(directory: pathlib.Path, now: float) -> int:
   return freed
 
 
-def prune(directory: str | os.PathLike[str], max_bytes: int) -> int:
+def prune(directory: str | os.PathLike[str], max_bytes: int | None) -> int:
   """Deletes the least recently used entries of the local cache at `directory` until the rest
-  hold at most `max_bytes`, and any abandoned partial file; returns the bytes freed. Files of
-  other kinds are left alone."""
+  hold at most `max_bytes` (None: no limit), and any abandoned partial file; returns the bytes
+  freed. Files of other kinds are left alone."""
   directory = pathlib.Path(directory)
   abandoned = remove_abandoned(directory, time.time())
-  found = sorted(entries(directory), key=lambda e: e.last_used)
+  found = [] if max_bytes is None else sorted(entries(directory), key=lambda e: e.last_used)
   total = sum(e.size for e in found)
   freed = removed = 0
   for entry in found:
@@ -73,9 +73,11 @@ def prune(directory: str | os.PathLike[str], max_bytes: int) -> int:
       path.unlink(missing_ok=True)
     freed += entry.size
     removed += 1
-  if removed or abandoned:
+  if removed:
     logging.info('compilation cache %s: removed the %d least recently used entries (%.0f MB) '
-                 'to keep it under %g GB (--compilation_cache_max_gb), and %.0f MB of abandoned '
-                 'partial files', directory, removed, freed / 1e6, max_bytes / 1e9,
-                 abandoned / 1e6)
+                 'to keep it under %g GB (--compilation_cache_max_gb)', directory, removed,
+                 freed / 1e6, max_bytes / 1e9)
+  if abandoned:
+    logging.info('compilation cache %s: removed %.0f MB of partial files that killed writers '
+                 'left', directory, abandoned / 1e6)
   return freed + abandoned

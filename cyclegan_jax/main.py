@@ -69,8 +69,9 @@ _COMPILATION_CACHE = flags.DEFINE_string(
 _COMPILATION_CACHE_MAX_GB = flags.DEFINE_float(
     'compilation_cache_max_gb', 2.0,
     'At start, the least recently used entries of the compilation cache (compiled programs and '
-    'train steps) are removed until it holds at most this many GB; 0: no limit. A local cache '
-    'only: a remote one (gs://) is left as it is.')
+    'train steps) are removed until it holds at most this many GB; 0: no limit (partial files '
+    'that killed writers left still go). A local cache only: a remote one (gs://) is left as it '
+    'is.')
 _VERBOSE = flags.DEFINE_bool(
     'verbose', False, 'Show the tracebacks and library errors behind a one-line error.')
 flags.mark_flags_as_required(['workdir'])
@@ -105,10 +106,11 @@ def enable_compilation_cache(directory: str | None) -> None:
 
 
 def limit_compilation_cache(directory: str | None, max_gb: float) -> None:
-  """Prunes a local cache to `max_gb` (cache_limit); no cache, a remote one or 0: nothing."""
-  if directory and '://' not in directory and max_gb > 0:
+  """Prunes a local cache to `max_gb` (cache_limit; 0: no limit, yet abandoned partial files
+  still go); no cache or a remote one: nothing."""
+  if directory and '://' not in directory:
     from cyclegan_jax import cache_limit
-    cache_limit.prune(directory, int(max_gb * 1e9))
+    cache_limit.prune(directory, int(max_gb * 1e9) if max_gb > 0 else None)
 
 
 def _quiet_library_logs(verbose: bool) -> None:

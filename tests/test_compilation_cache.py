@@ -114,9 +114,11 @@ def test_pruning_removes_partial_steps_that_killed_writers_left(tmp_path):
 
 def test_main_prunes_a_local_cache_only_and_zero_means_no_limit(tmp_path):
   root = _cache(tmp_path)
-  main.limit_compilation_cache(str(root), 0)
+  _entry(root / step_cache.FOLDER / 'k.step.123.partial', 70, used=time.time() - 3700)
   main.limit_compilation_cache(None, 1e-7)
   main.limit_compilation_cache('gs://a-bucket/jax', 1e-7)  # Remote: never listed.
-  assert len(names(root)) == 7
+  assert len(names(root)) == 8
+  main.limit_compilation_cache(str(root), 0)  # No limit: only the abandoned partial file goes.
+  assert len(names(root)) == 7 and 'train_steps/k.step.123.partial' not in names(root)
   main.limit_compilation_cache(str(root), 400e-9)
   assert names(root) == ['.lockfile', 'jit_b-cache', 'jit_c-cache', 'notes.txt']
