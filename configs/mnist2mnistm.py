@@ -31,6 +31,10 @@ def get_config():
   # Dropout in the residual blocks while training: a G_AB that draws varied textures gives the
   # label loss more backgrounds to read through (seeds 0-2: 92.4-92.8% against 91.1-91.9%).
   config.model.dropout = 0.5
+  # One halving: the residual blocks see 16² maps of 64 features (the same FLOPs as 8² of 128),
+  # which keep a digit's thin strokes and gaps (seeds 0-2: 94.15 / 94.15 / 94.1% against
+  # 93.8 / 93.15 / 93.4% with two halvings).
+  config.model.n_downsampling = 1
   config.data.domain_b = 'mnistm'
   # G_BA must read a digit the same on a light or a dark background (inverted channels).
   config.loss.lambda_invariance_b = 10.0
