@@ -10,8 +10,8 @@ from configs import default, mnist2mnistm
 from cyclegan_jax import digits_data as public_digits_data  # The name outside scorers load.
 from cyclegan_jax import families, losses, parallel, visualize
 from cyclegan_jax.data import digits_data, input_pipeline
-from cyclegan_jax.families import base, cyclegan, dcgan
-from cyclegan_jax.metrics import digits as digit_eval
+from cyclegan_jax.families import base, cut, cyclegan, dcgan
+from cyclegan_jax.metrics import digits as digit_eval, fid
 from cyclegan_jax.models import classifier as classifier_lib
 from cyclegan_jax import evaluation, translate
 from tests.helpers import needs_inception, save_fresh_checkpoint
@@ -213,6 +213,9 @@ def _identity_digit_metrics(config, num_images):
 class _ZeroScorer:
   """FID/KID stand-in: these tests are about the digit metrics beside them."""
 
+  def sample(self, images):
+    return images
+
   def score(self, fake, real, domain):
     return {'fid': 0.0, 'kid': 0.0, 'kid_std': 0.0}
 
@@ -248,6 +251,45 @@ def test_evaluate_mode_scores_digits_like_the_train_loop(config):
   _, metrics = cyclegan.evaluate(config, _StubModels(), input_pipeline.open(config), _NO_PARAMS,
                                  _NO_PARAMS, _ZeroScorer())
   assert not any(k.startswith('digit') for k in metrics)
+
+
+def _projection_scorer(cache_dir, max_images):
+  """A real fid.Scorer on fixed random projections of the pixels (no Inception), seed 7."""
+  projection = np.random.default_rng(0).normal(size=(32 * 32 * 3, 6))
+  return fid.Scorer(lambda x: x.reshape(len(x), -1) @ projection, 'weights', cache_dir,
+                    kid_subsets=3, kid_subset_size=100, seed=7, max_images=max_images)
+
+
+@pytest.mark.parametrize('family, domains, read_in_full, digit_metric', [
+    (cyclegan, ('mnist', 'mnistm'), {'g_ba': 100, 'g_ab': 10}, 'digit_acc_b2a'),
+    (cut, ('mnistm', 'mnist'), {'g': 100}, 'digit_acc_a2b'),
+    (cut, ('mnist', 'mnistm'), {'g': 10}, None)])
+def test_evaluate_translates_all_digits_into_mnist_and_only_the_fid_sample_otherwise(
+    config, tmp_path, monkeypatch, family, domains, read_in_full, digit_metric):
+  """eval.fid_samples=10 of 100 test images: the digit accuracy reads all 100 translations into
+  MNIST, the other direction makes only FID/KID's 10, and the scores are those of sampling all
+  100 translations (identity generators: any mix-up of the sample shows)."""
+  config.data.domain_a, config.data.domain_b = domains
+  config.eval.num_images = 100
+  translated = {}
+
+  def identity(models, params, batch_stats, *args):
+    *name, images, _ = args
+    translated[name[0] if name else 'g'] = len(images)
+    return images
+
+  monkeypatch.setattr(family, 'translate', identity)
+  data = input_pipeline.open(config)
+  _, metrics = family.evaluate(config, None, data, {}, {}, _projection_scorer(tmp_path / 'a', 10))
+  assert translated == read_in_full
+  real = {d: data.eval_images(d, 100) for d in 'ab'}
+  everything = _projection_scorer(tmp_path / 'b', 10)
+  for source, target in (('a', 'b'), ('b', 'a'))[:len(read_in_full)]:
+    expected = everything.score(real[source], real[target], target)
+    assert metrics[f'fid_{source}_to_{target}'] == pytest.approx(expected['fid'], rel=1e-9)
+    assert metrics[f'kid_{source}_to_{target}'] == pytest.approx(expected['kid'], rel=1e-9)
+  assert [k for k in metrics if k.startswith('digit_acc_') and '2' in k] == (
+      [digit_metric] if digit_metric else [])
 
 
 def test_metric_needs_mnist_as_a_domain(config):

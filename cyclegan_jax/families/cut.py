@@ -135,8 +135,7 @@ def create_train_state(config: ml_collections.ConfigDict, models: Models,
                                                         (size, size, model.input_nc))
     params['d'], batch_stats['d'] = base.init_variables(models.discriminator, d_key,
                                                         (size, size, model.output_nc))
-    params['f'] = models.projection.init(f_key, patches)['params']
-    batch_stats['f'] = {}
+    params['f'], batch_stats['f'] = models.projection.init(f_key, patches)['params'], {}
     opt_state_g = {'g': models.tx_g.init(params['g']), 'f': models.tx_g.init(params['f'])}
     return params, batch_stats, opt_state_g, models.tx_d.init(params['d'])
 
@@ -273,12 +272,13 @@ def digit_metrics(config: ml_collections.ConfigDict, models: Models, data: input
 def evaluate(config: ml_collections.ConfigDict, models: Models, data: input_pipeline.Data,
              params: dict[str, Any], batch_stats: dict[str, Any],
              scorer: fid.Scorer) -> tuple[dict[str, int], dict[str, float]]:
-  """G(test A) against the real test images of B (fid_a_to_b, kid_a_to_b); on digits with
-  MNIST as B also the digit accuracy of the translations."""
+  """G(test A) against test B (fid_a_to_b, kid_a_to_b); with MNIST as B, the digit accuracy too."""
   real = {d: data.eval_images(d, config.eval.num_images) for d in 'ab'}
-  fake_b = translate(models, params, batch_stats, real['a'], config.eval.batch_size)
+  into_mnist = config.data.source == 'digits' and config.data.domain_b == 'mnist'
+  source = real['a'] if into_mnist else scorer.sample(real['a'])
+  fake_b = translate(models, params, batch_stats, source, config.eval.batch_size)
   metrics = base.fid_and_kid(scorer, fake_b, real['b'], 'b', '_a_to_b')
-  if config.data.source == 'digits' and config.data.domain_b == 'mnist':
+  if into_mnist:
     metrics.update(digits.accuracy_of_translations(config, real, {'a': fake_b}))
   return {d: len(real[d]) for d in 'ab'}, metrics
 
