@@ -158,9 +158,11 @@ def test_a_full_disk_ends_the_run_with_one_line_and_the_next_start_cleans_up(tin
   assert line.endswith('Free some space or move the workdir, then run the same command to '
                        'resume.')
   assert [p.name.split('.')[0] for p in (workdir / 'checkpoints').iterdir()] == ['2']
-  # The save of step 2 failed in the background; the run stopped at the next save, step 4,
-  # and the loss table it wrote up to there is whole.
-  assert [int(r['step']) for r in read_loss_csv(workdir)] == [2, 4]
+  # The save of step 2 fails in the background and the run stops at the next save, step 4; or,
+  # when the loss row of step 4 is written while that save fills the disk, at that row (a race;
+  # the checkpoint's error is the one reported, it is the cause). Either way the loss table
+  # holds whole rows only, up to the stop.
+  assert [int(r['step']) for r in read_loss_csv(workdir)] in ([2], [2, 4])
   subprocess.run(['mount', '-o', 'remount,size=64m', str(tiny_disk)], check=True)
   again = Run(workdir, *SIX_STEPS, cache=cache).wait().succeeded()
   assert_quiet(again)
