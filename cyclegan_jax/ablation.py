@@ -79,8 +79,9 @@ def markdown_table(config: ml_collections.ConfigDict, results: dict[str, dict[st
   if reported:
     header.append(config.ablation.reported_title)
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-  score = lambda r, d: ([f'{r[f"fid_{d}"]:.2f}', f'{1e3 * r[f"kid_{d}"]:.2f} ± '
-                         f'{1e3 * r[f"kid_{d}_std"]:.2f}'] if f'fid_{d}' in r else ['—', '—'])
+  spread = lambda std: '' if std is None else f' ± {1e3 * std:.2f}'
+  score = lambda r, d: ([f'{r[f"fid_{d}"]:.2f}', f'{1e3 * r[f"kid_{d}"]:.2f}'
+                         f'{spread(r[f"kid_{d}_std"])}'] if f'fid_{d}' in r else ['—', '—'])
   descriptions = config.ablation.get('descriptions') or {}
   for name, r in results.items():
     changes = ', '.join(f'`{c}`' for c in _changes(config.ablation.variants[name].to_dict(),

@@ -35,8 +35,9 @@ def create_scorer(config: ml_collections.ConfigDict, eval_dir: Path) -> fid.Scor
                     cfg.kid_subsets, cfg.kid_subset_size, config.seed, cfg.fid_samples)
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Scores the latest checkpoint in `workdir`; writes workdir/eval/metrics.json."""
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float | None]:
+  """Scores the latest checkpoint in `workdir`; writes workdir/eval/metrics.json (a KID std of
+  None where there is no spread: fid.kernel_inception_distance)."""
   workdir = Path(workdir)
   eval_dir = workdir / 'eval'
   loaded = checkpointing.load(workdir, config)
@@ -47,11 +48,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
   limit = loaded.config.eval.fid_samples
   fid_images = {d: fid.sample_size(n, limit) for d, n in num_images.items()}
   logging.info('step %d: %s', loaded.step,
-               ', '.join(f'{k} {v:.4g}' for k, v in metrics.items()))
+               ', '.join(f'{k} {v:.4g}' for k, v in metrics.items() if v is not None))
   logging.info('FID/KID on %s%s', ', '.join(f'{fid_images[d]:,} of {n:,} images of {d}'
                                             for d, n in num_images.items()),
                f' (eval.fid_samples={limit}: a fixed, seeded sample; the other metrics on all)'
                if fid_images != num_images else '')
+  no_spread = [k for k, v in metrics.items() if v is None]
+  if no_spread:
+    logging.info('%s: none; each set fits one KID subset (eval.kid_subset_size=%d), so KID is '
+                 'the whole sets\' MMD² and has no spread over subsets; a subset size below the '
+                 'sets\' gives one', ', '.join(no_spread), loaded.config.eval.kid_subset_size)
   if jax.process_index() == 0:
     eval_dir.mkdir(parents=True, exist_ok=True)
     result = {'step': loaded.step, 'num_images': num_images, 'fid_images': fid_images,
@@ -59,6 +65,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     visualize.write_atomically(eval_dir / 'metrics.json', json.dumps(result, indent=2) + '\n')
     results_page.write(workdir)
     writer = metric_writers.create_default_writer(str(eval_dir))
-    writer.write_scalars(loaded.step, {f'eval/{k}': v for k, v in metrics.items()})
+    writer.write_scalars(loaded.step, {f'eval/{k}': v for k, v in metrics.items()
+                                       if v is not None})
     writer.close()
   return metrics

@@ -28,17 +28,22 @@ def tiny_config(**model):
 
 @pytest.mark.slow
 @needs_inception
-def test_evaluate_scores_both_directions_with_the_checkpoints_model(tmp_path):
+def test_evaluate_scores_both_directions_with_the_checkpoints_model(tmp_path, caplog):
   trained = tiny_config(activation='leaky_relu', leaky_slope=0.3)
   models, state = save_fresh_checkpoint(trained, tmp_path)
 
-  metrics = evaluation.evaluate(tiny_config(), str(tmp_path))  # Given relu; the checkpoint wins.
+  with caplog.at_level('INFO'):  # Given relu; the checkpoint wins.
+    metrics = evaluation.evaluate(tiny_config(), str(tmp_path))
 
   written = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
   assert written == {'step': 0, 'num_images': {'a': 4, 'b': 4}, 'fid_images': {'a': 4, 'b': 4},
                      **metrics}
   assert sorted(metrics) == sorted(METRIC_KEYS)
   assert all(np.isfinite(metrics[k]) and metrics[k] > 0 for k in ('fid_a_to_b', 'fid_b_to_a'))
+  # 4 images a set, KID subsets of up to 1,000: every subset is both whole sets, so no spread.
+  assert metrics['kid_a_to_b_std'] is None and metrics['kid_b_to_a_std'] is None
+  assert ('kid_a_to_b_std, kid_b_to_a_std: none; each set fits one KID subset '
+          '(eval.kid_subset_size=1000)') in caplog.text
   data = input_pipeline.open(trained)
   real = {d: data.eval_images(d, 4) for d in 'ab'}
   scorer = evaluation.create_scorer(trained, tmp_path / 'eval')
@@ -114,6 +119,12 @@ def test_ablation_table_names_the_changes_and_the_reported_figures():
       '| hybrid | `loss.lambda_semantic=1.0`, `model.activation=leaky_relu`, '
       '`model.leaky_slope=0.01` | 90.50 | 12.30 ± 0.40 | 181.00 | 500.00 ± 10.00 | 200 | 0.250 '
       '| 2.00 GiB | 189.71 |']
+
+
+def test_ablation_table_shows_no_spread_where_kid_has_none():
+  row = {**_row(100.0), 'kid_a_to_b_std': None}
+  table = ablation.markdown_table(methods_demo.get_config(), {'cyclegan': row})
+  assert '| 100.00 | 12.30 | 200.00 | 500.00 ± 10.00 |' in table.splitlines()[2]
 
 
 def test_method_table_leaves_directions_a_variant_lacks_empty():

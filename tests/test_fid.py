@@ -75,7 +75,20 @@ def test_kid_with_whole_sets_equals_brute_force_mmd():
   x, y = rng.normal(size=(6, 3)), rng.normal(size=(6, 3)) + 1
   mean, std = fid.kernel_inception_distance(x, y, num_subsets=3, max_subset_size=6)
   assert mean == pytest.approx(brute_force_mmd2(x, y), rel=1e-12)
-  assert std == pytest.approx(0, abs=1e-12)  # Every subset is the whole (permuted) set.
+  assert std is None  # Every subset would be both whole sets: no spread to report.
+  assert fid.kernel_inception_distance(x, y, num_subsets=1, max_subset_size=4)[1] is None
+
+
+def test_kid_over_subsets_is_the_mean_and_std_of_their_mmds():
+  """Subsets of 4 from sets of 6 and 9, drawn as the estimator draws them."""
+  rng = np.random.default_rng(4)
+  x, y = rng.normal(size=(6, 3)), rng.normal(size=(9, 3)) + 1
+  draw = np.random.default_rng(11)
+  mmds = [brute_force_mmd2(x[draw.choice(6, 4, replace=False)], y[draw.choice(9, 4, replace=False)])
+          for _ in range(5)]
+  mean, std = fid.kernel_inception_distance(x, y, num_subsets=5, max_subset_size=4, seed=11)
+  assert (mean, std) == pytest.approx((np.mean(mmds), np.std(mmds)), rel=1e-10)
+  assert std > 0.01 * abs(mean)
 
 
 def test_kid_is_unbiased_for_one_distribution():

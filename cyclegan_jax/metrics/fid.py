@@ -77,12 +77,13 @@ def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
 
 def kernel_inception_distance(features1: np.ndarray, features2: np.ndarray,
                               num_subsets: int = 100, max_subset_size: int = 1000,
-                              seed: int = 0) -> tuple[float, float]:
+                              seed: int = 0) -> tuple[float, float | None]:
   """(mean, std) over subsets of the unbiased MMD² with the kernel k(x, y) = (x·y/d + 1)³.
 
   Each subset draws m = min(n₁, n₂, max_subset_size) rows of each set without replacement
   (clean-fid's estimator); the diagonal terms are left out, so the mean is ≈ 0, and may be
-  negative, for two samples of one distribution.
+  negative, for two samples of one distribution. The std is None where there is no spread to
+  report: one subset, or both sets whole in every subset (then computed once).
   """
   x_all, y_all = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
   if x_all.ndim != 2 or y_all.ndim != 2 or x_all.shape[1] != y_all.shape[1]:
@@ -91,6 +92,8 @@ def kernel_inception_distance(features1: np.ndarray, features2: np.ndarray,
   m = min(len(x_all), len(y_all), max_subset_size)
   if m < 2:
     raise ValueError(f'KID needs at least 2 samples per set, got {len(x_all)} and {len(y_all)}.')
+  if m == len(x_all) == len(y_all):
+    num_subsets = 1
   rng = np.random.default_rng(seed)
   kernel = lambda a, b: (a @ b.T / d + 1) ** 3
   values = []
@@ -100,7 +103,7 @@ def kernel_inception_distance(features1: np.ndarray, features2: np.ndarray,
     k_xx, k_yy = kernel(x, x), kernel(y, y)
     within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
     values.append(within - 2 * kernel(x, y).sum() / (m * m))
-  return float(np.mean(values)), float(np.std(values))
+  return float(np.mean(values)), (float(np.std(values)) if num_subsets > 1 else None)
 
 
 def to_inception_input(images: jax.Array) -> jax.Array:
@@ -194,7 +197,8 @@ class Scorer:
     return sample(images, self._max_images, self._seed)
 
   def score(self, fake: np.ndarray, real: np.ndarray, domain: str) -> dict[str, float]:
-    """{'fid', 'kid', 'kid_std'} of `fake` against `real` (the images of `domain`)."""
+    """{'fid', 'kid', 'kid_std'} of `fake` against `real` (the images of `domain`); kid_std
+    None where both samples fit one KID subset (kernel_inception_distance)."""
     fake, real = self.sample(fake), self.sample(real)
     real_features = self._real_features(real, domain)
     fake_features = self._features(fake)
