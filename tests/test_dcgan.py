@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ import pytest
 from configs import dcgan_dogs, dcgan_mnist, dcgan_test, default
 from cyclegan_jax import divergence, families, losses
 from cyclegan_jax.families import base, dcgan
+from cyclegan_jax.metrics import fid
 from cyclegan_jax.models import discriminators, generators, layers
 from cyclegan_jax.parallel import AXIS_NAME
 from tests.helpers import (complete_steps, host_tree, read_loss_csv, rel_error, restore,
@@ -300,6 +302,35 @@ def test_scored_samples_begin_with_the_sample_grid():
   np.testing.assert_array_equal(samples[:len(grid_z)], grid)
   assert not np.allclose(samples[4:8], grid)  # Later batches have z of their own.
 
+
+
+def test_evaluate_draws_only_the_fid_sample_where_nothing_else_reads_samples(tmp_path):
+  """On images (no digit scores), eval.fid_samples=3 of 10 test images: 3 samples are drawn,
+  and FID/KID are those of the first 3 samples against the real sample."""
+  config = model_config(32)
+  config.eval.fid_samples = 3
+  models = dcgan.create_models(config, 10)
+  state = dcgan.create_train_state(config, models, jax.random.key(0))
+  real = np.random.default_rng(0).uniform(-1, 1, (10, 32, 32, 3)).astype(np.float32)
+  data = types.SimpleNamespace(eval_images=lambda domain, num: real)
+  seen = []
+
+  def features(images):
+    seen.append(len(images))
+    return images.reshape(len(images), -1)[:, :6].astype(np.float64)
+
+  scorer = fid.Scorer(features, 'weights', tmp_path, kid_subsets=2, kid_subset_size=2, seed=7,
+                      max_images=3)
+  drawn = []
+  generate = dcgan.generate_samples
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(dcgan, 'generate_samples', lambda *a: drawn.append(a[-1]) or generate(*a))
+    num_images, metrics = dcgan.evaluate(config, models, data, state.params, state.batch_stats,
+                                         scorer)
+  assert num_images == {'a': 10} and drawn == [3] and seen == [3, 3]
+  samples = generate(config, models, state.params, state.batch_stats, 3)
+  expected = fid.fid_from_features(features(samples), features(fid.sample(real, 3, 7)))
+  assert metrics['fid'] == pytest.approx(expected, rel=1e-6)
 
 def _start(workdir, cache, *flags, devices=8):
   env = {**os.environ, 'XLA_FLAGS': xla_flags(devices),

@@ -195,11 +195,14 @@ def evaluate(config: ml_collections.ConfigDict, models: Models, data: input_pipe
              scorer: fid.Scorer) -> tuple[dict[str, int], dict[str, float]]:
   """fid, kid, kid_std of as many samples as test images of A, against them; on digits also
   digit_confident and digit_score, over all samples and over the first num_sample_images
-  (`_grid`: the images of the sample grid)."""
+  (`_grid`: the images of the sample grid). Without digit scores, only the samples that FID/KID
+  see (eval.fid_samples) are drawn."""
   real = data.eval_images('a', config.eval.num_images)
-  samples = generate_samples(config, models, params, batch_stats, len(real))
+  digit_scores = config.data.source == 'digits'
+  samples = generate_samples(config, models, params, batch_stats,
+                             len(real) if digit_scores else len(scorer.sample(real)))
   metrics = base.fid_and_kid(scorer, samples, real, 'a', '')
-  if config.data.source == 'digits':
+  if digit_scores:
     metrics.update(digits.sample_scores(config, samples))
     grid = digits.sample_scores(config, samples[:config.num_sample_images])
     metrics.update({f'{k}_grid': v for k, v in grid.items()})
