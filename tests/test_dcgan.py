@@ -303,7 +303,6 @@ def test_scored_samples_begin_with_the_sample_grid():
   assert not np.allclose(samples[4:8], grid)  # Later batches have z of their own.
 
 
-
 def test_evaluate_draws_only_the_fid_sample_where_nothing_else_reads_samples(tmp_path):
   """On images (no digit scores), eval.fid_samples=3 of 10 test images: 3 samples are drawn,
   and FID/KID are those of the first 3 samples against the real sample."""
@@ -331,6 +330,7 @@ def test_evaluate_draws_only_the_fid_sample_where_nothing_else_reads_samples(tmp
   samples = generate(config, models, state.params, state.batch_stats, 3)
   expected = fid.fid_from_features(features(samples), features(fid.sample(real, 3, 7)))
   assert metrics['fid'] == pytest.approx(expected, rel=1e-6)
+
 
 def _start(workdir, cache, *flags, devices=8):
   env = {**os.environ, 'XLA_FLAGS': xla_flags(devices),

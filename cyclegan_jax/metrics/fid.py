@@ -196,7 +196,8 @@ class Scorer:
     that size whole) gives the same scores for a fraction of the generator passes."""
     return sample(images, self._max_images, self._seed)
 
-  def score(self, fake: np.ndarray, real: np.ndarray, domain: str) -> dict[str, float]:
+  def score(self, fake: np.ndarray, real: np.ndarray,
+            domain: str) -> dict[str, float | None]:
     """{'fid', 'kid', 'kid_std'} of `fake` against `real` (the images of `domain`); kid_std
     None where both samples fit one KID subset (kernel_inception_distance)."""
     fake, real = self.sample(fake), self.sample(real)
