@@ -199,8 +199,9 @@ def evaluate(config: ml_collections.ConfigDict, models: Models, data: input_pipe
   see (eval.fid_samples) are drawn."""
   real = data.eval_images('a', config.eval.num_images)
   digit_scores = config.data.source == 'digits'
-  samples = generate_samples(config, models, params, batch_stats,
-                             len(real) if digit_scores else len(scorer.sample(real)))
+  samples = generate_samples(
+      config, models, params, batch_stats,
+      len(real) if digit_scores else fid.sample_size(len(real), config.eval.fid_samples))
   metrics = base.fid_and_kid(scorer, samples, real, 'a', '')
   if digit_scores:
     metrics.update(digits.sample_scores(config, samples))
