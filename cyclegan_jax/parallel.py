@@ -5,7 +5,7 @@ Everything else works on per-device values. The step is written with explicit co
 """
 
 import collections
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 import secrets
 from typing import Any
 import zlib
@@ -46,10 +46,11 @@ def shard_batch(host_batch: Any, local_devices: int | None = None) -> Any:
   return jax.tree.map(reshape, host_batch)
 
 
-def _pmap_sharding() -> jax.sharding.NamedSharding:
-  """Leading axis over the local devices, named like pmap's own outputs: any other axis name
-  makes a step's outputs look unlike its inputs and costs a second full compilation."""
-  mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (AXIS_NAME,))
+def _pmap_sharding(devices: Sequence[jax.Device] | None = None) -> jax.sharding.NamedSharding:
+  """Leading axis over `devices` (default: the local ones), named like pmap's own outputs: any
+  other axis name makes a step's outputs look unlike its inputs and costs a second full
+  compilation."""
+  mesh = jax.sharding.Mesh(np.array(devices or jax.local_devices()), (AXIS_NAME,))
   return jax.NamedSharding(mesh, jax.P(AXIS_NAME))
 
 
@@ -57,16 +58,17 @@ def _is_key(x: Any) -> bool:
   return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
-def replicate(tree: Any) -> Any:
-  """Puts one copy of `tree` on every local device (leading device axis).
+def replicate(tree: Any, devices: Sequence[jax.Device] | None = None) -> Any:
+  """Puts one copy of `tree` on every one of `devices` (default: the local ones; leading
+  device axis), laid out as a `jax.pmap` over those devices lays out its outputs.
 
   Each device gets its own buffer, copied by a transfer, so no per-leaf stacking op is compiled
   (flax's replicate compiled ~70 tiny programs per run start). On CPU a plain `device_put` of
   a numpy array may alias its memory instead, in every device at once; the first step could
   then not donate the state, and would hold two copies of it at its peak.
   """
-  devices = jax.local_devices()
-  sharding = _pmap_sharding()
+  devices = devices or jax.local_devices()
+  sharding = _pmap_sharding(devices)
 
   def put(x):
     data = np.asarray(jax.random.key_data(x) if _is_key(x) else x)

@@ -7,7 +7,6 @@ A tiny CUT (configs/cut_test.py) on 32² inputs; full-size shapes are checked wi
 import functools
 import json
 
-import flax.jax_utils
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,7 +42,7 @@ def pmapped(config, models, devices):
 def run(config, models, state, batch_list, devices):
   """Per step: (metrics of device 0, host copy of the state), from `state` on `devices`."""
   step = pmapped(config, models, devices)
-  replicated = flax.jax_utils.replicate(state, devices=devices)
+  replicated = parallel.replicate(state, devices)
   out = []
   for batch in batch_list:
     sharded = jax.tree.map(lambda x: x.reshape((len(devices), -1) + x.shape[1:]), batch)
@@ -160,9 +159,7 @@ def test_resume_from_a_checkpoint_is_bit_identical(tiny, eight_devices, tmp_path
   config, models, state = tiny
   manager = checkpointing.create_manager(tmp_path, 2)
   first = run(config, models, state, batches(3)[:1], jax.local_devices()[:8])
-  replicated = flax.jax_utils.replicate(
-      jax.tree.map(jnp.asarray, first[0][1]).replace(rng=state.rng),
-      devices=jax.local_devices()[:8])
+  replicated = parallel.replicate(first[0][1].replace(rng=state.rng), jax.local_devices()[:8])
   checkpointing.save(manager, replicated, config)
   manager.wait_until_finished()
   restored = jax.tree.map(lambda x: x[0], checkpointing.restore(manager, state))

@@ -351,19 +351,20 @@ def _finish(proc, expect_rc=0):
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
   """six (8 devices) → resumed (to 12), twelve straight, six on one device, and a collapse
-  (D lr 1.0) that the guard rolls back twice and then stops."""
+  (D lr 1.0) that the guard rolls back twice and then stops. The 8-device runs after six read
+  its compiled programs from the cache instead of compiling them beside it."""
   root, cache = tmp_path_factory.mktemp('dcgan_runs'), tmp_path_factory.mktemp('dcgan_cache')
   six = _start(root / 'six', cache)
   six_on_one = _start(root / 'six_on_one', cache, devices=1)
+  _finish(six)
   twelve = _start(root / 'twelve', cache, '--config.num_train_steps=12')
   collapse = _start(root / 'collapse', cache, '--config.optim.lr_d=1.0',
                     '--config.num_train_steps=40', '--config.log_every_steps=1',
                     '--config.checkpoint_every_steps=4', '--config.divergence.action=rollback',
                     '--config.divergence.max_rollbacks=2')
-  _finish(six)
-  _finish(six_on_one)
   shutil.copytree(root / 'six', root / 'resumed')
   resumed = _start(root / 'resumed', cache, '--config.num_train_steps=12')
+  _finish(six_on_one)
   return {'root': root, 'twelve': _finish(twelve), 'resumed': _finish(resumed),
           'collapse': _finish(collapse, expect_rc=1)}
 

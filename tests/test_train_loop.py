@@ -51,12 +51,15 @@ def runs(tmp_path_factory, cache):
   six: 6 steps on 8 devices (the issue's end-to-end command); twelve: 12 straight; resumed:
   a copy of six continued to 12; to_one: another copy continued on 1 device; nan: an lr
   that overflows the parameters; timed: 12 steps with a time limit already past at step 1.
+  twelve and timed start once six has checkpointed, so they read its compiled programs from
+  the cache instead of compiling the same ones beside it.
   """
   root = tmp_path_factory.mktemp('runs')
   start = lambda name, *flags, devices=8: Run(root / name, *flags, cache=cache, devices=devices)
   six = start('six', '--config.num_train_steps=6')
-  twelve = start('twelve', '--config.num_train_steps=12')
   nan = start('nan', '--config.optim.lr=1e30', '--config.checkpoint_every_steps=1')
+  wait_for_checkpoint(six)
+  twelve = start('twelve', '--config.num_train_steps=12')
   timed = start('timed', '--config.num_train_steps=12', '--config.max_train_minutes=1e-6')
   done = {'six': six.wait().succeeded(), 'timed': timed.wait().succeeded()}
   for name in ('resumed', 'to_one'):
