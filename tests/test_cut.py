@@ -46,7 +46,7 @@ def run(config, models, state, batch_list, devices):
   out = []
   for batch in batch_list:
     sharded = jax.tree.map(lambda x: x.reshape((len(devices), -1) + x.shape[1:]), batch)
-    replicated, metrics = step(replicated, sharded)
+    replicated, metrics = jax.block_until_ready(step(replicated, sharded))
     out.append(({k: float(v[0]) for k, v in metrics.items()},
                 host_tree(jax.tree.map(lambda x: x[0], replicated))))
   return out

@@ -523,6 +523,22 @@ def test_shard_batch_shapes():
     parallel.shard_batch({'a': np.zeros((12, 2))})
 
 
+def test_a_step_over_some_devices_compiles_once_on_what_replicate_puts_there():
+  """replicate(tree, devices) lays the copies out as a pmap over those devices lays out its
+  outputs, so the step's second call reuses the first's program (flax's replicate did not)."""
+  devices = jax.local_devices()[2:5]
+  step = jax.pmap(lambda t: {'w': t['w'] * 2}, axis_name=parallel.AXIS_NAME, devices=devices)
+  state = parallel.replicate({'w': np.arange(3, dtype=np.float32)}, devices)
+  assert [s.device for s in state['w'].addressable_shards] == devices
+  compiles = []
+  for _ in range(2):
+    with count_compiles() as step_compiles:
+      state = jax.block_until_ready(step(state))
+    compiles.append(len(step_compiles))
+  assert compiles == [1, 0]
+  np.testing.assert_array_equal(np.asarray(state['w']), np.tile(np.arange(3) * 4.0, (3, 1)))
+
+
 def test_replicate_gives_each_device_a_buffer_the_first_step_can_donate():
   """On CPU a device_put of a 64-byte aligned numpy array aliases it; replicate once put that
   one host buffer in all 8 devices, and the first donating step had to allocate anew."""
