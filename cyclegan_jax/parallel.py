@@ -78,10 +78,7 @@ def replicate(tree: Any, devices: Sequence[jax.Device] | None = None) -> Any:
                                                    copies)
     return jax.random.wrap_key_data(out, impl=jax.random.key_impl(x)) if _is_key(x) else out
 
-  # Waits for the copies, so a step dispatched next finds XLA:CPU's thread pool free for its
-  # device programs. One such step once hung in a full test run (7 of 8 programs waiting in an
-  # all-reduce for the eighth; not reproduced since); the wait costs a start nothing.
-  return jax.block_until_ready(jax.tree.map(put, tree))
+  return jax.tree.map(put, tree)
 
 
 def unreplicate(tree: Any) -> Any:
