@@ -53,10 +53,12 @@ _PROCESS_ID = flags.DEFINE_integer(
     'process_id', _env_int('CYCLEGAN_PROCESS_ID'),
     'This process\'s index, with --jax_distributed off TPU (env CYCLEGAN_PROCESS_ID).')
 _CONV_IMPL = flags.DEFINE_enum(
-    'conv_impl', os.environ.get('CYCLEGAN_CONV_IMPL', 'auto'), ['auto', 'xla', 'cpu', 'patches'],
-    'How this process computes convolutions (env CYCLEGAN_CONV_IMPL): auto picks cpu on the CPU '
-    'backend (the forms its XLA runs fastest) and xla on GPU/TPU. Results and parameters are the '
-    'same; a machine setting, so it is stored in no config or checkpoint.')
+    'conv_impl', os.environ.get('CYCLEGAN_CONV_IMPL', 'auto'),
+    ['auto', 'xla', 'cpu', 'winograd', 'patches'],
+    'How this process computes convolutions (env CYCLEGAN_CONV_IMPL): auto picks winograd on the '
+    'CPU backend (the forms its XLA runs fastest, and Winograd tiles for large 3x3 convs) and xla '
+    'on GPU/TPU. Parameters are the same and results agree to float32 rounding (winograd: 1e-6); '
+    'a machine setting, so it is stored in no config or checkpoint.')
 _PEER_TIMEOUT = flags.DEFINE_float(
     'peer_timeout_s', float(os.environ.get('CYCLEGAN_PEER_TIMEOUT_S', 180)),
     'Multi-process: when another process has been silent this long (killed, out of memory, a '

@@ -32,7 +32,7 @@ def test_record_has_the_issue_keys_and_consistent_numbers():
               'jaxlib_version', 'device_kind', 'allreduce_bytes_per_step',
               'allgather_bytes_per_step'):
     assert record[key] is not None, key
-  assert record['conv_impl'] == 'cpu' and record['platform'] == 'cpu'
+  assert record['conv_impl'] == 'winograd' and record['platform'] == 'cpu'
   assert record['devices'] == 8 and record['batch'] == config.batch_size
   assert record['steps'] == steps and record['input_images_per_s'] is None
   assert 0 < record['s_per_step_min'] <= record['s_per_step_median']

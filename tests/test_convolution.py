@@ -182,11 +182,11 @@ def test_models_match_across_impls(generator, discriminator, size):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_auto_is_cpu_on_the_cpu_backend_and_unknown_impls_are_named():
-  assert convolution.resolve_impl('auto') == 'cpu'
-  assert convolution.current_impl() == 'cpu'  # The process default is auto.
+def test_auto_is_winograd_on_the_cpu_backend_and_unknown_impls_are_named():
+  assert convolution.resolve_impl('auto') == 'winograd'
+  assert convolution.current_impl() == 'winograd'  # The process default is auto.
   assert 'conv_impl' not in test_config.get_config().model  # A machine setting, not a model's.
-  with pytest.raises(ValueError, match="unknown conv_impl 'fast'; expected one of auto, xla, cpu"):
+  with pytest.raises(ValueError, match="unknown conv_impl 'fast'; expected one of auto, xla, cpu, winograd"):
     convolution.set_impl('fast')
   with pytest.raises(ValueError, match="unknown conv_impl 'fast'"):
     with convolution.using('fast'):
@@ -200,12 +200,12 @@ def test_the_process_impl_is_overridden_inside_using_blocks_only():
     with convolution.using('patches'):
       assert convolution.current_impl() == 'patches'
       with convolution.using('auto'):
-        assert convolution.current_impl() == 'cpu'
+        assert convolution.current_impl() == 'winograd'
       assert convolution.current_impl() == 'patches'
     assert convolution.current_impl() == 'xla'
   finally:
     convolution.set_impl('auto')
-  assert convolution.current_impl() == 'cpu'
+  assert convolution.current_impl() == 'winograd'
 
 
 def test_cpu_impl_refuses_what_it_does_not_compute():

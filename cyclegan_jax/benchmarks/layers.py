@@ -28,7 +28,7 @@ from cyclegan_jax.benchmarks import input as input_benchmark
 from cyclegan_jax.models import (conv_transpose, convolution, discriminators, generators,
                                  layers)
 
-IMPLS = ('xla', 'cpu')
+IMPLS = ('xla', 'cpu', 'winograd')
 
 
 def conv_shapes(config, size: int) -> list[dict[str, Any]]:

@@ -1,0 +1,140 @@
+"""Winograd convolutions (`conv_impl` winograd, the CPU default): XLA's conv, its input and kernel
+gradients to the stated rounding, on which convs they run, and whole generators."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from configs import default
+from cyclegan_jax.models import convolution, generators, winograd
+
+# Max-abs error over the max-abs of the exact result (measured: 8e-7 for 2×2 tiles).
+REL_TOL = 3e-6
+
+
+def _exact_conv(x, w):
+  return lax.conv_general_dilated(x, w, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                  precision=lax.Precision.HIGHEST)
+
+
+def _output_and_grads(conv, x, w, dy):
+  y, back = jax.vjp(conv, x, w)
+  return (y, *back(dy))
+
+
+def _inputs(shape, features, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.uniform(-1, 1, shape).astype(np.float32)
+  w = (rng.normal(size=(3, 3, shape[-1], features)) / np.sqrt(9 * shape[-1])).astype(np.float32)
+  dy = rng.normal(size=(shape[0], shape[1] - 2, shape[2] - 2, features)).astype(np.float32)
+  return x, w, dy
+
+
+@pytest.mark.parametrize('m', winograd.TILES)
+@pytest.mark.parametrize('shape, features', [
+    ((2, 18, 18, 16), 24),  # Whole tiles of either size.
+    ((3, 9, 13, 5), 7),  # Outputs of 7×11: the last tiles overhang and are cropped.
+    ((1, 4, 3, 8), 4)])  # Smaller than one tile.
+def test_each_tile_size_gives_xlas_conv_and_both_gradients(m, shape, features):
+  x, w, dy = _inputs(shape, features)
+  expected = jax.jit(functools.partial(_output_and_grads, _exact_conv))(x, w, dy)
+  got = jax.jit(functools.partial(_output_and_grads, functools.partial(
+      winograd.conv3x3, m=m)))(x, w, dy)
+  for name, a, b in zip(('output', 'input grad', 'kernel grad'), got, expected):
+    assert a.shape == b.shape and a.dtype == jnp.float32, name
+    error = float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+    assert error < REL_TOL, f'{name}: {error:.1e}'
+
+
+def test_tile_for_takes_2x2_tiles_for_enough_tiles_per_image_and_features():
+  assert (winograd.TILES, winograd.MIN_TILES, winograd.MIN_FEATURES) == ((2,), 256, 256)
+  f32, w = jnp.float32, (3, 3, 256, 256)
+  assert winograd.tile_for((1, 66, 66, 256), w, f32) == 2  # 256² images' blocks: 32² tiles.
+  assert winograd.tile_for((1, 34, 34, 256), w, f32) == 2  # 128²: 16² tiles.
+  assert winograd.tile_for((1, 18, 18, 256), w, f32) is None  # 64²: 8² tiles.
+  assert winograd.tile_for((64, 18, 18, 256), w, f32) is None  # Per image, whatever the batch.
+  assert winograd.tile_for((1, 33, 33, 256), w, f32) == 2  # 31² outputs: 16² tiles.
+  assert winograd.tile_for((1, 32, 32, 256), w, f32) is None  # 30² outputs: 15² = 225 tiles.
+  assert winograd.tile_for((1, 66, 66, 128), (3, 3, 128, 256), f32) is None  # 128 features in.
+  assert winograd.tile_for((1, 130, 130, 64), (3, 3, 64, 128), f32) is None  # CUT's full size.
+  assert winograd.tile_for((1, 66, 66, 256), w, jnp.bfloat16) is None
+
+
+def test_each_image_gets_the_same_arithmetic_in_any_batch():
+  """So a step over 1 or 8 devices computes every image alike (the 1-vs-N device tests)."""
+  x, w, _ = _inputs((4, 34, 34, 16), 8)
+  for m in winograd.TILES:
+    conv = jax.jit(functools.partial(winograd.conv3x3, m=m))
+    together = conv(x, w)
+    for i in range(4):
+      np.testing.assert_array_equal(conv(x[i:i + 1], w), together[i:i + 1])
+
+
+def _convs_and_tiles(x, w, stride, padding, monkeypatch):
+  """(conv ops in the traced `winograd` impl, tile sizes it ran)."""
+  tiles = []
+  original = winograd.conv3x3
+
+  def spy(x, w, m):
+    tiles.append(m)
+    return original(x, w, m)
+
+  monkeypatch.setattr(winograd, 'conv3x3', spy)
+  jaxpr = jax.make_jaxpr(lambda x, w: convolution.conv_general_dilated(
+      x, w, stride, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'), impl='winograd'))(x, w)
+  return str(jaxpr).count('conv_general_dilated'), tiles
+
+
+def test_the_impl_runs_winograd_only_on_large_float32_3x3_stride_1_convs(monkeypatch):
+  big, small = jnp.zeros((1, 66, 66, 256)), jnp.zeros((8, 18, 18, 256))
+  w3, w4 = jnp.zeros((3, 3, 256, 256)), jnp.zeros((4, 4, 256, 256))
+  same = ((1, 1), (1, 1))
+  assert _convs_and_tiles(big, w3, (1, 1), same, monkeypatch) == (0, [2])
+  assert _convs_and_tiles(big, w3, (1, 1), ((0, 0), (0, 0)), monkeypatch) == (0, [2])
+  assert _convs_and_tiles(small, w3, (1, 1), same, monkeypatch) == (1, [])
+  assert _convs_and_tiles(big, w3, (2, 2), same, monkeypatch) == (1, [])
+  assert _convs_and_tiles(big, w4, (1, 1), same, monkeypatch) == (1, [])
+  assert _convs_and_tiles(big, w3[:, :, :, :128], (1, 1), same, monkeypatch) == (1, [])
+  assert _convs_and_tiles(big.astype(jnp.bfloat16), w3.astype(jnp.bfloat16), (1, 1), same,
+                          monkeypatch) == (1, [])
+
+
+def test_zero_padding_is_applied_before_the_tiles():
+  x, w, _ = _inputs((2, 12, 12, 4), 3)
+  expected = lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                      precision=lax.Precision.HIGHEST)
+  got = winograd.conv3x3(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), w, 2)
+  np.testing.assert_allclose(got, expected, rtol=0, atol=REL_TOL * float(np.abs(expected).max()))
+
+
+@pytest.mark.slow
+def test_a_resnet_generator_and_its_gradients_match_xla(monkeypatch):
+  """resnet_6blocks at 128²: its blocks run on 32² maps of 256 features in Winograd tiles; the
+  output, and the parameter gradients as one vector, against XLA's convs."""
+  config = default.get_config().model
+  config.update(generator='resnet_6blocks', unroll_blocks=True)
+  g = generators.create_generator(config)
+  x = jax.random.uniform(jax.random.key(1), (1, 128, 128, 3), minval=-1)
+  variables = g.init(jax.random.key(2), x)
+  tiles, original = [], winograd.conv3x3
+  monkeypatch.setattr(winograd, 'conv3x3', lambda x, w, m: tiles.append(m) or original(x, w, m))
+
+  def loss(params):
+    y = g.apply({**variables, 'params': params}, x)
+    return jnp.mean(y * jnp.linspace(-1, 1, y.size).reshape(y.shape)), y
+
+  results = {}
+  for impl in ('xla', 'winograd'):
+    with convolution.using(impl):
+      (_, y), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params'])
+    results[impl] = y, np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(grads)])
+  assert set(tiles) == {2}  # The blocks are one scan: each conv is traced a few times.
+  (y, grads), (y_xla, grads_xla) = results['winograd'], results['xla']
+  np.testing.assert_allclose(y, y_xla, rtol=0, atol=1e-5)
+  error = np.linalg.norm(grads - grads_xla) / np.linalg.norm(grads_xla)  # Measured: 2.5e-5.
+  assert error < 1e-4, error
