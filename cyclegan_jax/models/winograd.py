@@ -7,10 +7,10 @@ products back: 4 multiply-adds per pixel and channel pair, 2.25× fewer. The tra
 additions, slices and stacks, and so are their derivatives: autodiff turns the gradients of both
 the input and the kernel into the same batched matmuls, so the backward pass gains as much.
 
-The price is rounding: about 1e-6 of the output's scale in float32 where a direct conv is at
-1e-7 (tests/test_winograd.py), so it runs only in float32. 4×4 tiles (F(4×4, 3×3), 4× fewer)
-were faster still at 256², but through a generator's gradients their rounding reached 2e-3 of
-the largest gradient (2×2 tiles: 7e-5; XLA's own convs in another order: 6e-6), so the module
+The price is rounding: about 1e-6 of the output's scale in float32 (tests/test_winograd.py),
+so it runs only in float32. 4×4 tiles (F(4×4, 3×3), 4× fewer) were faster still at 256², but
+through a small generator's gradients their rounding reached 2e-3 of the largest gradient (2×2
+tiles: 7e-5; the `patches` impl, which only sums in another order: 7e-5 too), so the module
 keeps 2×2 tiles; another tile size is one more entry in _TRANSFORMS. `tile_for` decides where
 they pay: CycleGAN's residual blocks (256 features) from 128² images up.
 """
