@@ -52,7 +52,7 @@ def tile_for(x_shape: tuple[int, ...], w_shape: tuple[int, ...], dtype) -> int |
 
 
 def _weighted_sums(matrix: np.ndarray, taps: list[jax.Array]) -> jax.Array:
-  """[Σ_k matrix[a, k] · taps[k]] stacked over a, as additions (the entries are 0, ±1 or few)."""
+  """[Σ_k matrix[a, k] · taps[k]] stacked over a: additions, the entries being mostly 0 or ±1."""
   sums = []
   for coefficients in matrix:
     terms = [tap if c == 1 else -tap if c == -1 else tap * c
@@ -81,9 +81,10 @@ def conv3x3(x: jax.Array, w: jax.Array, m: int) -> jax.Array:
   rows, cols = -(-out_h // m), -(-out_w // m)
   x = jnp.pad(x, ((0, 0), (0, m * rows + 2 - h), (0, m * cols + 2 - width), (0, 0)))
   t = m + 2
-  # Each transform puts its axis first, so the second one's leads: [j, i, …] below.
-  v = _tile_transform(b_t, _tile_transform(b_t, x, 1, m, rows), 3, m, cols)  # [t, t, n, rows, cols, c]
-  u = _transform(g, _transform(g, w, 0), 1)  # [t, t, c, d]
+  # Each transform puts its axis first, so the second one's leads: v is [t (column), t (row), n,
+  # rows, cols, c], and u [t, t, c, d] in the same order.
+  v = _tile_transform(b_t, _tile_transform(b_t, x, 1, m, rows), 3, m, cols)
+  u = _transform(g, _transform(g, w, 0), 1)
   products = lax.dot_general(v.reshape(t * t, -1, c), u.reshape(t * t, c, -1),
                              (((2,), (1,)), ((0,), (0,))))
   y = _transform(a_t, _transform(a_t, products.reshape(t, t, n, rows, cols, -1), 0), 1)
