@@ -36,7 +36,7 @@ def _inputs(shape, features, seed=0):
 
 @pytest.mark.parametrize('m', winograd.TILES)
 @pytest.mark.parametrize('shape, features', [
-    ((2, 18, 18, 16), 24),  # Whole tiles of either size.
+    ((2, 18, 18, 16), 24),  # Whole tiles.
     ((3, 9, 13, 5), 7),  # Outputs of 7×11: the last tiles overhang and are cropped.
     ((1, 4, 3, 8), 4)])  # Smaller than one tile.
 def test_each_tile_size_gives_xlas_conv_and_both_gradients(m, shape, features):
@@ -74,33 +74,33 @@ def test_each_image_gets_the_same_arithmetic_in_any_batch():
       np.testing.assert_array_equal(conv(x[i:i + 1], w), together[i:i + 1])
 
 
-def _convs_and_tiles(x, w, stride, padding, monkeypatch):
-  """(conv ops in the traced `winograd` impl, tile sizes it ran)."""
-  tiles = []
-  original = winograd.conv3x3
-
-  def spy(x, w, m):
-    tiles.append(m)
-    return original(x, w, m)
-
-  monkeypatch.setattr(winograd, 'conv3x3', spy)
-  jaxpr = jax.make_jaxpr(lambda x, w: convolution.conv_general_dilated(
-      x, w, stride, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'), impl='winograd'))(x, w)
-  return str(jaxpr).count('conv_general_dilated'), tiles
+@pytest.fixture
+def tiles_run(monkeypatch):
+  """The tile size of every `winograd.conv3x3` traced during the test, in order."""
+  tiles, original = [], winograd.conv3x3
+  monkeypatch.setattr(winograd, 'conv3x3', lambda x, w, m: tiles.append(m) or original(x, w, m))
+  return tiles
 
 
-def test_the_impl_runs_winograd_only_on_large_float32_3x3_stride_1_convs(monkeypatch):
+def test_the_impl_runs_winograd_only_on_large_float32_3x3_stride_1_convs(tiles_run):
+  def convs_and_tiles(x, w, stride, padding):
+    """(conv ops in the traced `winograd` impl, tile sizes it ran)."""
+    tiles_run.clear()
+    jaxpr = jax.make_jaxpr(lambda x, w: convolution.conv_general_dilated(
+        x, w, stride, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'), impl='winograd'))(x, w)
+    return str(jaxpr).count('conv_general_dilated'), list(tiles_run)
+
   big, small = jnp.zeros((1, 66, 66, 256)), jnp.zeros((8, 18, 18, 256))
   w3, w4 = jnp.zeros((3, 3, 256, 256)), jnp.zeros((4, 4, 256, 256))
   same = ((1, 1), (1, 1))
-  assert _convs_and_tiles(big, w3, (1, 1), same, monkeypatch) == (0, [2])
-  assert _convs_and_tiles(big, w3, (1, 1), ((0, 0), (0, 0)), monkeypatch) == (0, [2])
-  assert _convs_and_tiles(small, w3, (1, 1), same, monkeypatch) == (1, [])
-  assert _convs_and_tiles(big, w3, (2, 2), same, monkeypatch) == (1, [])
-  assert _convs_and_tiles(big, w4, (1, 1), same, monkeypatch) == (1, [])
-  assert _convs_and_tiles(big, w3[:, :, :, :128], (1, 1), same, monkeypatch) == (1, [])
-  assert _convs_and_tiles(big.astype(jnp.bfloat16), w3.astype(jnp.bfloat16), (1, 1), same,
-                          monkeypatch) == (1, [])
+  assert convs_and_tiles(big, w3, (1, 1), same) == (0, [2])
+  assert convs_and_tiles(big, w3, (1, 1), ((0, 0), (0, 0))) == (0, [2])
+  assert convs_and_tiles(small, w3, (1, 1), same) == (1, [])
+  assert convs_and_tiles(big, w3, (2, 2), same) == (1, [])
+  assert convs_and_tiles(big, w4, (1, 1), same) == (1, [])
+  assert convs_and_tiles(big, w3[:, :, :, :128], (1, 1), same) == (1, [])
+  assert convs_and_tiles(big.astype(jnp.bfloat16), w3.astype(jnp.bfloat16), (1, 1),
+                         same) == (1, [])
 
 
 def test_zero_padding_is_applied_before_the_tiles():
@@ -113,7 +113,7 @@ def test_zero_padding_is_applied_before_the_tiles():
 
 
 @pytest.mark.slow
-def test_a_resnet_generator_and_its_gradients_match_xla(monkeypatch):
+def test_a_resnet_generator_and_its_gradients_match_xla(tiles_run):
   """resnet_6blocks at 128²: its blocks run on 32² maps of 256 features in Winograd tiles; the
   output, and the parameter gradients as one vector, against XLA's convs."""
   config = default.get_config().model
@@ -121,8 +121,6 @@ def test_a_resnet_generator_and_its_gradients_match_xla(monkeypatch):
   g = generators.create_generator(config)
   x = jax.random.uniform(jax.random.key(1), (1, 128, 128, 3), minval=-1)
   variables = g.init(jax.random.key(2), x)
-  tiles, original = [], winograd.conv3x3
-  monkeypatch.setattr(winograd, 'conv3x3', lambda x, w, m: tiles.append(m) or original(x, w, m))
 
   def loss(params):
     y = g.apply({**variables, 'params': params}, x)
@@ -133,7 +131,7 @@ def test_a_resnet_generator_and_its_gradients_match_xla(monkeypatch):
     with convolution.using(impl):
       (_, y), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params'])
     results[impl] = y, np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(grads)])
-  assert set(tiles) == {2}  # The blocks are one scan: each conv is traced a few times.
+  assert set(tiles_run) == {2}  # The blocks are one scan: each conv is traced a few times.
   (y, grads), (y_xla, grads_xla) = results['winograd'], results['xla']
   np.testing.assert_allclose(y, y_xla, rtol=0, atol=1e-5)
   error = np.linalg.norm(grads - grads_xla) / np.linalg.norm(grads_xla)  # Measured: 2.5e-5.

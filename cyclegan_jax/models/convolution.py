@@ -255,10 +255,12 @@ def winograd_conv(x: jax.Array, w: jax.Array, stride: tuple[int, int],
   """The `winograd` impl: a 3×3 stride-1 float32 conv in Winograd tiles where `winograd.tile_for`
   finds enough of them; any other conv as `cpu_conv`."""
   if w.shape[:2] == (3, 3) and tuple(stride) == (1, 1):
-    padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-    tile = winograd.tile_for(padded.shape, w.shape, jnp.result_type(x, w))
+    (top, bottom), (left, right) = padding
+    n, h, width, c = x.shape
+    tile = winograd.tile_for((n, h + top + bottom, width + left + right, c), w.shape,
+                             jnp.result_type(x, w))
     if tile:
-      return winograd.conv3x3(padded, w, tile)
+      return winograd.conv3x3(jnp.pad(x, ((0, 0), *padding, (0, 0))), w, tile)
   return cpu_conv(x, w, stride, padding)
 
 
