@@ -69,8 +69,12 @@ def _tile_transform(matrix: np.ndarray, x: jax.Array, axis: int, m: int, count: 
 
 
 def _transform(matrix: np.ndarray, x: jax.Array, axis: int) -> jax.Array:
-  """Transforms `axis` as a whole: it leaves, and the transform's axis leads."""
-  return _weighted_sums(matrix, [jnp.take(x, k, axis) for k in range(matrix.shape[1])])
+  """Transforms `axis` as a whole: it leaves, and the transform's axis leads. Its entries are
+  taken by slicing, not by gathering (`jnp.take`): a slice's derivative is a pad, which XLA
+  fuses with the sums, where a gather's is a scatter-add of its own, so the step compiles
+  faster."""
+  return _weighted_sums(matrix, [lax.index_in_dim(x, k, axis, keepdims=False)
+                                 for k in range(matrix.shape[1])])
 
 
 def conv3x3(x: jax.Array, w: jax.Array, m: int) -> jax.Array:
