@@ -158,14 +158,28 @@ def _kernel_grad(x: jax.Array, dy: jax.Array, kh: int, kw: int) -> jax.Array:
     grad = jnp.stack([_contract(flat[:, o:o + length], dy) for o in offsets])
     grad = grad.reshape(kh, kw, c, d)
   elif c <= d:  # Patches of x: [n, length, taps·c].
-    patches = jnp.concatenate([flat[:, o:o + length] for o in offsets], axis=-1)
-    grad = _contract(patches, dy).reshape(kh, kw, c, d)
+    grad = _contract(_shifted(flat, kh, kw, width, length, -1), dy).reshape(kh, kw, c, d)
   else:  # dy shifted by every offset: [n, flat length, taps·d].
-    total = flat.shape[1]
-    shifted = jnp.concatenate(
-        [jnp.pad(dy, ((0, 0), (o, total - length - o), (0, 0))) for o in offsets], axis=-1)
+    shifted = _shifted(dy, kh, kw, width, flat.shape[1], 1)
     grad = _contract(flat, shifted).reshape(c, kh, kw, d).transpose(1, 2, 0, 3)
   return grad.astype(x.dtype)
+
+
+def _shifted(a: jax.Array, kh: int, kw: int, width: int, length: int, sign: int) -> jax.Array:
+  """[n, length, kh·kw·channels]: `a` ([n, l, channels]) moved along l by sign·(i·width + j)
+  for every tap (i, j), zero where it has no value, the taps side by side in row-major order.
+  Built in two rounds, the kw moves and then the kh moves of those, so kh + kw slices instead
+  of kh·kw: XLA compiles each operand of a wide concatenation as a loop of its own."""
+
+  def move(b: jax.Array, offsets: Sequence[int], out_length: int) -> jax.Array:
+    shifts = [sign * o for o in offsets]
+    before, after = max(max(shifts), 0), max(out_length - b.shape[1] - min(shifts), 0)
+    b = jnp.pad(b, ((0, 0), (before, after), (0, 0)))
+    return jnp.concatenate([lax.slice_in_dim(b, before - s, before - s + out_length, axis=1)
+                            for s in shifts], axis=-1)
+
+  rows = move(a, range(kw), length + (kh - 1) * width if sign < 0 else length)
+  return move(rows, [i * width for i in range(kh)], length)
 
 
 def _contract(a: jax.Array, b: jax.Array) -> jax.Array:
