@@ -120,6 +120,24 @@ def test_both_gradient_paths_are_taken():
   assert 0 < len(big) < len(SHAPES)
 
 
+@pytest.mark.parametrize('kh, kw, width, out_h', [(7, 7, 20, 14), (4, 4, 9, 6), (3, 3, 5, 3),
+                                                  (1, 4, 8, 8)])
+def test_tap_shifted_matrices_hold_every_tap_exactly(kh, kw, width, out_h):
+  """The kernel gradients' matrices, built in two rounds of moves, equal the kh·kw taps' own
+  slices (patches of x) and zero-padded shifts (of dy) side by side, bit for bit."""
+  rng = np.random.default_rng(0)
+  length = out_h * width
+  flat = rng.normal(size=(2, (out_h + kh - 1) * width + kw - 1, 3)).astype(np.float32)
+  dy = rng.normal(size=(2, length, 3)).astype(np.float32)
+  offsets = [i * width + j for i in range(kh) for j in range(kw)]
+  patches = np.concatenate([flat[:, o:o + length] for o in offsets], axis=-1)
+  shifts = np.concatenate([np.pad(dy, ((0, 0), (o, flat.shape[1] - length - o), (0, 0)))
+                           for o in offsets], axis=-1)
+  np.testing.assert_array_equal(convolution._shifted(flat, kh, kw, width, length, -1), patches)
+  np.testing.assert_array_equal(
+      convolution._shifted(dy, kh, kw, width, flat.shape[1], 1), shifts)
+
+
 def test_in_a_loop_body_every_kernel_gradient_takes_the_matmul_form():
   """XLA:CPU runs its own conv gradients as naive loops in the body of a rolled loop, so convs
   traced in `loop_body` take rule 2 at any size, with the same gradients."""
