@@ -13,7 +13,7 @@ import pytest
 from configs import default, test as test_config
 from cyclegan_jax import losses
 from cyclegan_jax.benchmarks import layers as benchmark_layers
-from cyclegan_jax.models import convolution, discriminators, generators
+from cyclegan_jax.models import convolution, discriminators, generators, kernel_grad
 
 F32_TOL = 1e-5  # Max-abs difference for O(1) values (the bar for float32).
 BF16_RTOL = 2e-2  # bfloat16 keeps 8 bits of mantissa: both impls round every conv output.
@@ -133,9 +133,9 @@ def test_tap_shifted_matrices_hold_every_tap_exactly(kh, kw, width, out_h):
   patches = np.concatenate([flat[:, o:o + length] for o in offsets], axis=-1)
   shifts = np.concatenate([np.pad(dy, ((0, 0), (o, flat.shape[1] - length - o), (0, 0)))
                            for o in offsets], axis=-1)
-  np.testing.assert_array_equal(convolution._shifted(flat, kh, kw, width, length, -1), patches)
+  np.testing.assert_array_equal(kernel_grad.shifted(flat, kh, kw, width, length, -1), patches)
   np.testing.assert_array_equal(
-      convolution._shifted(dy, kh, kw, width, flat.shape[1], 1), shifts)
+      kernel_grad.shifted(dy, kh, kw, width, flat.shape[1], 1), shifts)
 
 
 def test_in_a_loop_body_every_kernel_gradient_takes_the_matmul_form():

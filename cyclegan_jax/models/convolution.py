@@ -9,9 +9,9 @@ chose (`set_impl`, the `--conv_impl` flag; 'auto' picks by backend) or a `using`
      times slower than one with a zero padding of 1 to (k − 1)/2, so VALID convs run with one
      extra zero row and column, cropped away, and wide paddings are applied beforehand.
   2. From about 48² output pixels, the kernel gradient (a conv of x with dy in XLA) is computed
-     as matmuls over the kernel taps, which run near the matmul rate; below, XLA's is as fast,
-     except in the body of a rolled loop (`loop_body`), where XLA runs its own conv gradients
-     as naive loops: there the matmuls are used at every size.
+     as matmuls over the kernel taps (kernel_grad.py), which run near the matmul rate; below,
+     XLA's is as fast, except in the body of a rolled loop (`loop_body`), where XLA runs its
+     own conv gradients as naive loops: there the matmuls are used at every size.
   3. Strided convs take their gradients as stride-1 convs of a space-to-depth input, so the
      two rules above cover them too.
   Results match `xla` to float32 rounding (tests/test_convolution.py); parameters are the same.
@@ -38,13 +38,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cyclegan_jax.models import winograd
+from cyclegan_jax.models import kernel_grad, winograd
 
 IMPLS = ('auto', 'xla', 'cpu', 'winograd', 'patches')
 _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
-# Up to this many columns (taps × channels), the kernel gradient builds one patch matrix and
-# does one matmul; beyond it, one matmul per tap is faster (fewer bytes copied).
-_MAX_PATCH_COLUMNS = 1024
 _MIN_MATMUL_GRAD_PIXELS = 2048
 
 Padding = Sequence[tuple[int, int]]
@@ -141,53 +138,6 @@ def _input_grad(w: jax.Array, dy: jax.Array) -> jax.Array:
   return _xla_conv(dy, jnp.flip(w, (0, 1)).swapaxes(2, 3))
 
 
-def _kernel_grad(x: jax.Array, dy: jax.Array, kh: int, kw: int) -> jax.Array:
-  """d(VALID stride-1 conv)/d(kernel) as matmuls (rule 2), [kh, kw, c, d].
-
-  With x flattened to [n, rows·width, c], output position p of tap (i, j) reads x at
-  p + i·width + j, so every tap is one contiguous slice. Output positions cover whole input
-  rows: the kw − 1 spare columns of each row get zero in dy and add nothing.
-  """
-  n, out_h, out_w, d = dy.shape
-  c, width = x.shape[3], x.shape[2]
-  flat = jnp.pad(x.reshape(n, -1, c), ((0, 0), (0, kw - 1), (0, 0)))
-  offsets = [i * width + j for i in range(kh) for j in range(kw)]
-  length = out_h * width
-  dy = jnp.pad(dy, ((0, 0), (0, 0), (0, width - out_w), (0, 0))).reshape(n, length, d)
-  if len(offsets) * min(c, d) > _MAX_PATCH_COLUMNS:  # One matmul per tap.
-    grad = jnp.stack([_contract(flat[:, o:o + length], dy) for o in offsets])
-    grad = grad.reshape(kh, kw, c, d)
-  elif c <= d:  # Patches of x: [n, length, taps·c].
-    grad = _contract(_shifted(flat, kh, kw, width, length, -1), dy).reshape(kh, kw, c, d)
-  else:  # dy shifted by every offset: [n, flat length, taps·d].
-    shifted = _shifted(dy, kh, kw, width, flat.shape[1], 1)
-    grad = _contract(flat, shifted).reshape(c, kh, kw, d).transpose(1, 2, 0, 3)
-  return grad.astype(x.dtype)
-
-
-def _shifted(a: jax.Array, kh: int, kw: int, width: int, length: int, sign: int) -> jax.Array:
-  """[n, length, kh·kw·channels]: `a` ([n, l, channels]) moved along l by sign·(i·width + j)
-  for every tap (i, j), zero where it has no value, the taps side by side in row-major order.
-  Built in two rounds, the kw moves and then the kh moves of those, so kh + kw slices instead
-  of kh·kw: XLA compiles each operand of a wide concatenation as a loop of its own."""
-
-  def move(b: jax.Array, offsets: Sequence[int], out_length: int) -> jax.Array:
-    shifts = [sign * o for o in offsets]
-    before, after = max(max(shifts), 0), max(out_length - b.shape[1] - min(shifts), 0)
-    b = jnp.pad(b, ((0, 0), (before, after), (0, 0)))
-    return jnp.concatenate([lax.slice_in_dim(b, before - s, before - s + out_length, axis=1)
-                            for s in shifts], axis=-1)
-
-  rows = move(a, range(kw), length + (kh - 1) * width if sign < 0 else length)
-  return move(rows, [i * width for i in range(kh)], length)
-
-
-def _contract(a: jax.Array, b: jax.Array) -> jax.Array:
-  """sum over n, l of a[n, l, c]·b[n, l, d] as one 2-D matmul (a 2-axis einsum ran 1.6× slower)."""
-  return lax.dot_general(a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1]),
-                         (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-
-
 def _space_to_depth(x: jax.Array, w: jax.Array, stride: tuple[int, int]):
   """A stride-s VALID conv as the stride-1 VALID conv of the same output on s×s blocks (rule 3).
 
@@ -245,10 +195,10 @@ def _conv_bwd(stride, padding, in_loop_body, residuals, dy):
     return xla_vjp(dy)
   padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
   if stride == (1, 1):
-    dx, dw = _input_grad(w, dy), _kernel_grad(padded, dy, *w.shape[:2])
+    dx, dw = _input_grad(w, dy), kernel_grad.of_valid_conv(padded, dy, *w.shape[:2])
   else:
     (xs, ws), back = jax.vjp(lambda x, w: _space_to_depth(x, w, stride), padded, w)
-    dx, dw = back((_input_grad(ws, dy), _kernel_grad(xs, dy, *ws.shape[:2])))
+    dx, dw = back((_input_grad(ws, dy), kernel_grad.of_valid_conv(xs, dy, *ws.shape[:2])))
   (top, _), (left, _) = padding
   return dx[:, top:top + x.shape[1], left:left + x.shape[2]], dw
 
