@@ -204,7 +204,8 @@ def test_auto_is_winograd_on_the_cpu_backend_and_unknown_impls_are_named():
   assert convolution.resolve_impl('auto') == 'winograd'
   assert convolution.current_impl() == 'winograd'  # The process default is auto.
   assert 'conv_impl' not in test_config.get_config().model  # A machine setting, not a model's.
-  with pytest.raises(ValueError, match="unknown conv_impl 'fast'; expected one of auto, xla, cpu, winograd"):
+  with pytest.raises(ValueError,
+                     match="unknown conv_impl 'fast'; expected one of auto, xla, cpu, winograd"):
     convolution.set_impl('fast')
   with pytest.raises(ValueError, match="unknown conv_impl 'fast'"):
     with convolution.using('fast'):
