@@ -50,6 +50,23 @@ def test_each_tile_size_gives_xlas_conv_and_both_gradients(m, shape, features):
     assert error < REL_TOL, f'{name}: {error:.1e}'
 
 
+@pytest.mark.parametrize('m, length', [(2, 10), (2, 11), (3, 14)])
+def test_overlap_add_is_the_exact_adjoint_of_cutting_tiles(m, length):
+  """The hand-written gradient adds each tile entry back at its pixel: on integers, exactly
+  what autodiff's transpose of the strided slices gives, for whole tiles and an overhang."""
+  count = (length - 2) // m
+  x = jnp.arange(3 * length * 2, dtype=jnp.float32).reshape(3, length, 2)
+  cut = lambda x: jnp.stack([lax.slice_in_dim(x, k, k + m * (count - 1) + 1, m, 1)
+                             for k in range(m + 2)])
+  parts = jnp.asarray(np.random.default_rng(0).integers(-9, 10, (m + 2, 3, count, 2)),
+                      jnp.float32)
+  expected, = jax.vjp(cut, x)[1](parts)
+  got = winograd._overlap_add(parts, 1, m)
+  covered = m * (count - 1) + m + 2  # Pixels past the last tile get no gradient.
+  np.testing.assert_array_equal(got, expected[:, :covered])
+  assert not expected[:, covered:].any()
+
+
 def test_tile_for_takes_2x2_tiles_for_enough_tiles_per_image_and_features():
   assert (winograd.TILES, winograd.MIN_TILES, winograd.MIN_FEATURES) == ((2,), 256, 256)
   f32, w = jnp.float32, (3, 3, 256, 256)

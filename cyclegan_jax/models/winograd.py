@@ -4,8 +4,9 @@ A direct 3×3 conv spends 9 multiply-adds per output pixel and channel pair. Win
 output into 2×2 tiles, maps each overlapping 4×4 input tile and each kernel into a transformed
 domain with additions, multiplies there with one batched matmul of 16 slices, and maps the
 products back: 4 multiply-adds per pixel and channel pair, 2.25× fewer. The transforms are
-additions, slices and stacks, and so are their derivatives: autodiff turns the gradients of both
-the input and the kernel into the same batched matmuls, so the backward pass gains as much.
+additions, slices and stacks, and so are their adjoints, so the gradients of both the input and
+the kernel are the same batched matmuls and the backward pass gains as much. The adjoints are
+written out (a custom VJP), each a pass over its operand as the forward transforms are.
 
 The price is rounding: about 1e-6 of the output's scale in float32 (tests/test_winograd.py),
 so it runs only in float32. 4×4 tiles (F(4×4, 3×3), 4× fewer) were faster still at 256², but
@@ -14,6 +15,8 @@ tiles: 7e-5; the `patches` impl, which only sums in another order: 7e-5 too), so
 keeps 2×2 tiles; another tile size is one more entry in _TRANSFORMS. `tile_for` decides where
 they pay: CycleGAN's residual blocks (256 features) from 128² images up.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -70,28 +73,75 @@ def _tile_transform(matrix: np.ndarray, x: jax.Array, axis: int, m: int, count: 
 
 def _transform(matrix: np.ndarray, x: jax.Array, axis: int) -> jax.Array:
   """Transforms `axis` as a whole: it leaves, and the transform's axis leads. Its entries are
-  taken by slicing, not by gathering (`jnp.take`): a slice's derivative is a pad, which XLA
-  fuses with the sums, where a gather's is a scatter-add of its own, so the step compiles
-  faster."""
+  taken by slicing, not by gathering (`jnp.take`), whose derivative would be a scatter-add."""
   return _weighted_sums(matrix, [lax.index_in_dim(x, k, axis, keepdims=False)
                                  for k in range(matrix.shape[1])])
 
 
-def conv3x3(x: jax.Array, w: jax.Array, m: int) -> jax.Array:
-  """The VALID, stride-1 conv of NHWC `x` with the 3×3 HWIO kernel `w`, in m×m tiles."""
+def _overlap_add(parts: jax.Array, axis: int, m: int) -> jax.Array:
+  """The adjoint of `_tile_transform`'s tiling: parts[k] holds entry k of every tile along
+  `axis`, which lands at m·t + k for tile t, so the last entries of one tile and the first of
+  the next add up. Returns `axis` at its full length, m·(tiles - 1) + len(parts)."""
+  size, count = parts.shape[0], parts.shape[1 + axis]
+  pad = lambda y, ends: lax.pad(y, 0.0, [(0, 0, 0)] * axis + [(*ends, 0)]
+                                + [(0, 0, 0)] * (y.ndim - 1 - axis))
+  # Pixel m·t + j holds entry j of tile t and, for j < size - m, entry j + m of tile t - 1.
+  phases = [sum(pad(parts[k], ends) for k, ends in ((j, (0, 1)), (j + m, (1, 0))) if k < size)
+            for j in range(m)]
+  y = jnp.stack(phases, axis + 1)
+  y = y.reshape(*y.shape[:axis], m * (count + 1), *y.shape[axis + 2:])
+  return lax.slice_in_dim(y, 0, m * (count - 1) + size, axis=axis)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _tiled_conv(x: jax.Array, w: jax.Array, m: int) -> jax.Array:
+  """conv3x3 of an x of m·rows + 2 × m·cols + 2 pixels: [n, m·rows, m·cols, d]."""
+  return _tiled_conv_forward(x, w, m)[0]
+
+
+def _tiled_conv_forward(x, w, m):
   b_t, g, a_t = _TRANSFORMS[m]
   n, h, width, c = x.shape
-  out_h, out_w = h - 2, width - 2
-  rows, cols = -(-out_h // m), -(-out_w // m)
-  x = jnp.pad(x, ((0, 0), (0, m * rows + 2 - h), (0, m * cols + 2 - width), (0, 0)))
-  t = m + 2
+  rows, cols, t = (h - 2) // m, (width - 2) // m, m + 2
   # Each transform puts its axis first, so the second one's leads: v is [t (column), t (row), n,
   # rows, cols, c], and u [t, t, c, d] in the same order.
   v = _tile_transform(b_t, _tile_transform(b_t, x, 1, m, rows), 3, m, cols)
   u = _transform(g, _transform(g, w, 0), 1)
-  products = lax.dot_general(v.reshape(t * t, -1, c), u.reshape(t * t, c, -1),
-                             (((2,), (1,)), ((0,), (0,))))
+  v, u = v.reshape(t * t, -1, c), u.reshape(t * t, c, -1)
+  products = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))))
   y = _transform(a_t, _transform(a_t, products.reshape(t, t, n, rows, cols, -1), 0), 1)
   # y: [row in tile, column in tile, n, rows, cols, d].
   y = y.transpose(2, 3, 0, 4, 1, 5).reshape(n, m * rows, m * cols, -1)
-  return y[:, :out_h, :out_w]
+  return y, (v, u, x.shape)
+
+
+def _tiled_conv_backward(m, residuals, dy):
+  """Each transform's adjoint written out: the transposed matrix's weighted sums, and for the
+  input, the tiles' overlaps added. Left to autodiff, every slice of the transforms turned into
+  a full-size pad of its own that a sum then read back."""
+  b_t, g, a_t = _TRANSFORMS[m]
+  v, u, (n, h, width, c) = residuals
+  rows, cols, t = (h - 2) // m, (width - 2) // m, m + 2
+  dy = dy.reshape(n, rows, m, cols, m, -1)
+  # Rows in tile (axis 2), then columns (now axis 4): [t (column), t (row), n, rows, cols, d].
+  d_products = _transform(a_t.T, _transform(a_t.T, dy, 2), 4).reshape(t * t, -1, dy.shape[-1])
+  dv = lax.dot_general(d_products, u, (((2,), (2,)), ((0,), (0,))))
+  du = lax.dot_general(v, d_products, (((1,), (1,)), ((0,), (0,))))
+  # The columns' transform and tiles undone, then the rows': [n, h, width, c].
+  dx = _overlap_add(_transform(b_t.T, dv.reshape(t, t, n, rows, cols, c), 0), 3, m)
+  dx = _overlap_add(_transform(b_t.T, dx, 0), 1, m)
+  # The kw sums lead until the kh sums put theirs first: [kh, kw, c, d].
+  dw = _transform(g.T, _transform(g.T, du.reshape(t, t, c, -1), 0), 1)
+  return dx, dw
+
+
+_tiled_conv.defvjp(_tiled_conv_forward, _tiled_conv_backward)
+
+
+def conv3x3(x: jax.Array, w: jax.Array, m: int) -> jax.Array:
+  """The VALID, stride-1 conv of NHWC `x` with the 3×3 HWIO kernel `w`, in m×m tiles."""
+  _, h, width, _ = x.shape
+  out_h, out_w = h - 2, width - 2
+  rows, cols = -(-out_h // m), -(-out_w // m)
+  x = jnp.pad(x, ((0, 0), (0, m * rows + 2 - h), (0, m * cols + 2 - width), (0, 0)))
+  return _tiled_conv(x, w, m)[:, :out_h, :out_w]
