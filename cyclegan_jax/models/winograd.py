@@ -112,7 +112,7 @@ def _tiled_conv_forward(x, w, m):
   y = _transform(a_t, _transform(a_t, products.reshape(t, t, n, rows, cols, -1), 0), 1)
   # y: [row in tile, column in tile, n, rows, cols, d].
   y = y.transpose(2, 3, 0, 4, 1, 5).reshape(n, m * rows, m * cols, -1)
-  return y, (v, u, x.shape)
+  return y, (v, u)
 
 
 def _tiled_conv_backward(m, residuals, dy):
@@ -120,14 +120,14 @@ def _tiled_conv_backward(m, residuals, dy):
   input, the tiles' overlaps added. Left to autodiff, every slice of the transforms turned into
   a full-size pad of its own that a sum then read back."""
   b_t, g, a_t = _TRANSFORMS[m]
-  v, u, (n, h, width, c) = residuals
-  rows, cols, t = (h - 2) // m, (width - 2) // m, m + 2
+  v, u = residuals
+  n, rows, cols, c, t = dy.shape[0], dy.shape[1] // m, dy.shape[2] // m, v.shape[2], m + 2
   dy = dy.reshape(n, rows, m, cols, m, -1)
   # Rows in tile (axis 2), then columns (now axis 4): [t (column), t (row), n, rows, cols, d].
   d_products = _transform(a_t.T, _transform(a_t.T, dy, 2), 4).reshape(t * t, -1, dy.shape[-1])
   dv = lax.dot_general(d_products, u, (((2,), (2,)), ((0,), (0,))))
   du = lax.dot_general(v, d_products, (((1,), (1,)), ((0,), (0,))))
-  # The columns' transform and tiles undone, then the rows': [n, h, width, c].
+  # The columns' transform and tiles undone, then the rows': x's shape.
   dx = _overlap_add(_transform(b_t.T, dv.reshape(t, t, n, rows, cols, c), 0), 3, m)
   dx = _overlap_add(_transform(b_t.T, dx, 0), 1, m)
   # The kw sums lead until the kh sums put theirs first: [kh, kw, c, d].
