@@ -67,8 +67,8 @@ def test_overlap_add_is_the_exact_adjoint_of_cutting_tiles(m, length):
   assert not expected[:, covered:].any()
 
 
-def test_tile_for_takes_2x2_tiles_for_enough_tiles_per_image_and_features():
-  assert (winograd.TILES, winograd.MIN_TILES, winograd.MIN_FEATURES) == ((2,), 256, 256)
+def test_tile_for_takes_2x2_tiles_for_enough_tiles_times_features_per_image():
+  assert (winograd.TILES, winograd.MIN_TILE_FEATURES) == ((2,), 256 * 256)
   f32, w = jnp.float32, (3, 3, 256, 256)
   assert winograd.tile_for((1, 66, 66, 256), w, f32) == 2  # 256² images' blocks: 32² tiles.
   assert winograd.tile_for((1, 34, 34, 256), w, f32) == 2  # 128²: 16² tiles.
@@ -76,8 +76,13 @@ def test_tile_for_takes_2x2_tiles_for_enough_tiles_per_image_and_features():
   assert winograd.tile_for((64, 18, 18, 256), w, f32) is None  # Per image, whatever the batch.
   assert winograd.tile_for((1, 33, 33, 256), w, f32) == 2  # 31² outputs: 16² tiles.
   assert winograd.tile_for((1, 32, 32, 256), w, f32) is None  # 30² outputs: 15² = 225 tiles.
-  assert winograd.tile_for((1, 66, 66, 128), (3, 3, 128, 256), f32) is None  # 128 features in.
-  assert winograd.tile_for((1, 130, 130, 64), (3, 3, 64, 128), f32) is None  # CUT's full size.
+  # CUT's antialiased convs at 128²: 64 features in on 128² maps, 128 on 64² maps.
+  assert winograd.tile_for((1, 130, 130, 64), (3, 3, 64, 128), f32) == 2
+  assert winograd.tile_for((1, 66, 66, 128), (3, 3, 128, 256), f32) == 2
+  # The demo's (64², 32 to 128 features) and the digit configs' blocks (8² tiles of 64).
+  assert winograd.tile_for((1, 66, 66, 32), (3, 3, 32, 64), f32) is None
+  assert winograd.tile_for((1, 34, 34, 64), (3, 3, 64, 128), f32) is None
+  assert winograd.tile_for((8, 18, 18, 64), (3, 3, 64, 64), f32) is None
   assert winograd.tile_for((1, 66, 66, 256), w, jnp.bfloat16) is None
 
 
@@ -115,7 +120,8 @@ def test_the_impl_runs_winograd_only_on_large_float32_3x3_stride_1_convs(tiles_r
   assert convs_and_tiles(small, w3, (1, 1), same) == (1, [])
   assert convs_and_tiles(big, w3, (2, 2), same) == (1, [])
   assert convs_and_tiles(big, w4, (1, 1), same) == (1, [])
-  assert convs_and_tiles(big, w3[:, :, :, :128], (1, 1), same) == (1, [])
+  assert convs_and_tiles(big, w3[:, :, :, :128], (1, 1), same) == (0, [2])
+  assert convs_and_tiles(big, w3[:, :, :, :32], (1, 1), same) == (1, [])
   assert convs_and_tiles(big.astype(jnp.bfloat16), w3.astype(jnp.bfloat16), (1, 1),
                          same) == (1, [])
 

@@ -13,7 +13,7 @@ so it runs only in float32. 4×4 tiles (F(4×4, 3×3), 4× fewer) were faster st
 through a small generator's gradients their rounding reached 2e-3 of the largest gradient (2×2
 tiles: 7e-5; the `patches` impl, which only sums in another order: 7e-5 too), so the module
 keeps 2×2 tiles; another tile size is one more entry in _TRANSFORMS. `tile_for` decides where
-they pay: CycleGAN's residual blocks (256 features) from 128² images up.
+they pay: CycleGAN's residual blocks from 128² images up, and CUT's antialiased convs.
 """
 
 import functools
@@ -31,25 +31,24 @@ _TRANSFORMS = {
         np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)),
 }
 TILES = tuple(_TRANSFORMS)
-# Where the 16 matmuls gain more than the transforms cost, from forward-and-backward times per
-# conv shape (benchmarks.layers prints them): 2×2 tiles took 0.7–0.9× the direct conv's time for
-# 256 → 256 features on 32² and 64² maps, about 1.0× on 16² maps, 1.0–1.4× for 128 → 128
-# features and for CUT's 64 → 128 on 128² maps (64 → 64 on 64² maps: 0.7–0.8×, a shape no
-# model has at its default width). Per image, not per batch: an image gets the same arithmetic
-# on any number of devices.
-MIN_TILES = 256
-MIN_FEATURES = 256
+# Where the 16 matmuls gain more than the transforms cost, as whole steps measured it (README,
+# Speed): from 256² tile-features per image (tiles × the smaller feature count), so CycleGAN's
+# residual blocks from 128² images up and CUT's antialiased convs from 128² up. The default
+# model at 64² (8² tiles of 256 features) and the demo stepped no faster in tiles and compiled
+# slower, so they keep the direct conv, as do the digit configs (8² tiles of 64 features). Per
+# image, not per batch: an image gets the same arithmetic on any number of devices.
+MIN_TILE_FEATURES = 256 * 256
 
 
 def tile_for(x_shape: tuple[int, ...], w_shape: tuple[int, ...], dtype) -> int | None:
   """The tile size for a VALID 3×3 conv of an NHWC input of `x_shape` with an HWIO kernel of
-  `w_shape`: the largest with MIN_TILES tiles per image, if both feature counts reach
-  MIN_FEATURES and the dtype is float32; else None (the direct conv)."""
-  if jnp.dtype(dtype) != jnp.float32 or min(w_shape[2:]) < MIN_FEATURES:
+  `w_shape`: the largest whose tiles per image, times the smaller feature count, reach
+  MIN_TILE_FEATURES, if the dtype is float32; else None (the direct conv)."""
+  if jnp.dtype(dtype) != jnp.float32:
     return None
   _, h, w, _ = x_shape
   for m in sorted(TILES, reverse=True):
-    if -(-(h - 2) // m) * -(-(w - 2) // m) >= MIN_TILES:
+    if -(-(h - 2) // m) * -(-(w - 2) // m) * min(w_shape[2:]) >= MIN_TILE_FEATURES:
       return m
   return None
 
