@@ -16,7 +16,7 @@ chose (`set_impl`, the `--conv_impl` flag; 'auto' picks by backend) or a `using`
      two rules above cover them too.
   Results match `xla` to float32 rounding (tests/test_convolution.py); parameters are the same.
 - `winograd` (the CPU default): `cpu`, except that 3×3 stride-1 float32 convs large enough to
-  pay (256 features or more, on maps from 32²: ResNet blocks from 128² images up) run as
+  pay (`winograd.tile_for`: ResNet blocks from 128² images up, CUT's antialiased convs) run as
   Winograd's F(2×2, 3×3), with 2.25× fewer multiplications (winograd.py). Its rounding differs
   from a direct conv's by about 1e-6 of the output's scale; `cpu` keeps the direct form's
   results bit for bit.
