@@ -71,8 +71,7 @@ def _tile_transform(matrix: np.ndarray, x: jax.Array, axis: int, m: int, count: 
 
 
 def _transform(matrix: np.ndarray, x: jax.Array, axis: int) -> jax.Array:
-  """Transforms `axis` as a whole: it leaves, and the transform's axis leads. Its entries are
-  taken by slicing, not by gathering (`jnp.take`), whose derivative would be a scatter-add."""
+  """Transforms `axis` as a whole: it leaves, and the transform's axis leads."""
   return _weighted_sums(matrix, [lax.index_in_dim(x, k, axis, keepdims=False)
                                  for k in range(matrix.shape[1])])
 
