@@ -16,9 +16,8 @@ from pathlib import Path
 import jax
 import ml_collections
 from absl import logging
-from clu import metric_writers
 
-from cyclegan_jax import checkpointing, package_files, results_page, visualize
+from cyclegan_jax import checkpointing, package_files, results_page, summaries, visualize
 from cyclegan_jax.data import input_pipeline
 from cyclegan_jax.metrics import fid
 from cyclegan_jax.models import inception, weights
@@ -64,7 +63,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
               **metrics}
     visualize.write_atomically(eval_dir / 'metrics.json', json.dumps(result, indent=2) + '\n')
     results_page.write(workdir)
-    writer = metric_writers.create_default_writer(str(eval_dir))
+    writer = summaries.EventWriter(eval_dir)
     writer.write_scalars(loaded.step, {f'eval/{k}': v for k, v in metrics.items()
                                        if v is not None})
     writer.close()

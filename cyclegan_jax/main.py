@@ -10,8 +10,9 @@ from collections.abc import Mapping
 import os
 import sys
 
-# TensorFlow (only file I/O and TensorBoard here, never the model's math) prints a line about its
-# oneDNN kernels to stderr at import, before any log setting applies. A user's own value wins.
+# TensorFlow (only --mode=export and gs:// file I/O here, never the model's math) prints a line
+# about its oneDNN kernels to stderr at import, before any log setting applies. A user's own
+# value wins.
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 from absl import app, flags, logging  # noqa: E402  (after the environment TensorFlow reads)
@@ -77,12 +78,6 @@ _COMPILATION_CACHE_MAX_GB = flags.DEFINE_float(
 _VERBOSE = flags.DEFINE_bool(
     'verbose', False, 'Show the tracebacks and library errors behind a one-line error.')
 flags.mark_flags_as_required(['workdir'])
-
-
-def _hide_gpus_from_tensorflow() -> None:
-  """TensorFlow (used by clu and tfds for I/O only) must not take the accelerators from JAX."""
-  import tensorflow as tf
-  tf.config.set_visible_devices([], 'GPU')
 
 
 def compilation_cache_dir(flag: str | None, environ: Mapping[str, str]) -> str | None:
@@ -167,7 +162,6 @@ def main(argv):
     raise app.UsageError(f'--config is required for --mode={_MODE.value}')
   import jax
   peers = _start_distributed(_WORKDIR.value) if _DISTRIBUTED.value else None
-  _hide_gpus_from_tensorflow()
   logging.info('process %d of %d; %d local devices of %d: %s', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.local_devices())

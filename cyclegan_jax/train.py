@@ -18,12 +18,11 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers
 from etils import epath
 
 from cyclegan_jax import (checkpointing, convert, divergence, faults, families, host_memory,
                           manifest as manifests, optim, parallel, results_page, step_cache,
-                          visualize)
+                          summaries, visualize)
 from cyclegan_jax.data import input_pipeline
 from cyclegan_jax.families.base import TrainState
 from cyclegan_jax.preemption import StopRequest
@@ -83,8 +82,7 @@ class Run:
     self.template = self.family.create_train_state(config, self.models,
                                                    jax.random.key(config.seed))
     self.manager = checkpointing.create_manager(self.workdir, config.keep_checkpoints)
-    self.writer = metric_writers.create_default_writer(self.workdir,
-                                                       just_logging=not self.is_chief)
+    self.writer = summaries.EventWriter(self.workdir if self.is_chief else None)
     self.metrics = MetricsBuffer()
     self.manifest = manifests.build(config)
 
