@@ -50,6 +50,27 @@ def test_record_has_the_issue_keys_and_consistent_numbers():
                                    + memory['generated_code_bytes']) > 0
 
 
+def test_model_flops_do_not_depend_on_remat_and_count_every_block():
+  """remat only recomputes; its rolled loop's body, which XLA counts once, must not hide the
+  other blocks' FLOPs (at 512² the peak_ratio once read 0.21 for this)."""
+  import jax
+  import numpy as np
+  from cyclegan_jax import families, parallel
+  counts = {}
+  for remat, blocks in (('none', 2), ('blocks', 2), ('none', 4)):
+    config = test_config.get_config()
+    config.model.generator = f'resnet_{blocks}blocks'
+    config.model.remat = remat
+    family = families.get(config)
+    state = parallel.replicate(family.create_train_state(
+        config, family.create_models(config, 1), jax.random.key(0)))
+    images = np.zeros((config.batch_size, 32, 32, 3), np.float32)
+    batch = parallel.device_put_sharded(parallel.shard_batch({'a': images, 'b': images}))
+    counts[remat, blocks] = step.step_flops(config, family, state, batch, 'xla')
+  assert counts['blocks', 2] == counts['none', 2]
+  assert counts['none', 4] > 1.1 * counts['none', 2]
+
+
 @pytest.mark.slow
 def test_torch_reference_step_updates_all_four_networks():
   torch = pytest.importorskip('torch')

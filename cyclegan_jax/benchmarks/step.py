@@ -11,7 +11,7 @@ Prints one JSON record:
   (`convolution.using('xla')`), the same whichever impl --conv_impl times, so rates compare
   across impls; it is per device, since every device runs the same program on its share of
   the batch; `executed_flops_per_step` is XLA's count for the impl timed, which also
-  multiplies the zeros its rearrangements add;
+  multiplies the zeros its rearrangements add (neither counts model.remat's recomputation);
 - `achieved_flops_per_s` (model FLOPs / median step) and `peak_ratio`, the median over steps
   of each step's rate over a jnp.dot peak measured just before and after it (the better one):
   a shared machine's dot rate moves within minutes. `dot_peak_flops_per_s`: their median;
@@ -166,9 +166,11 @@ def _compile_cold_and_warm(step, args, built_from) -> tuple[Any, Any, float, flo
 
 def step_flops(config, family, state, batch, impl: str) -> float | None:
   """XLA's FLOP count of the step with `impl`'s convs ('xla': the model's FLOPs) and its
-  residual blocks unrolled: XLA counts a loop's body once."""
+  residual blocks unrolled: XLA counts a loop's body once. Without remat, which keeps the blocks
+  rolled and only recomputes: its recomputation is not counted."""
   config = config.copy_and_resolve_references()
   config.model.unroll_blocks = True
+  config.model.remat = 'none'
   models = family.create_models(config, 1)
   step = parallel.pmap_step(functools.partial(family.train_step, models=models, config=config))
   with convolution.using(impl):
