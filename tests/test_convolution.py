@@ -120,6 +120,17 @@ def test_both_gradient_paths_are_taken():
   assert 0 < len(big) < len(SHAPES)
 
 
+@pytest.mark.parametrize('dy_shape, in_loop_body, matmuls', [
+    ((1, 48, 48, 3), False, True), ((1, 44, 44, 256), False, False),
+    ((1, 32, 32, 512), False, True), ((1, 15, 15, 512), False, False),
+    ((1, 14, 14, 1), False, True), ((1, 8, 8, 64), True, True)])
+def test_kernel_gradients_take_matmuls_for_enough_pixels_or_output_values(
+    dy_shape, in_loop_body, matmuls):
+  """48² output pixels, or 32² of 512 features (the 128² generator's first transposed conv, 0.7×
+  XLA's time that way), a single-feature output, or any conv in a rolled loop's body."""
+  assert convolution._matmul_grads_pay(dy_shape, in_loop_body) == matmuls
+
+
 @pytest.mark.parametrize('kh, kw, width, out_h', [(7, 7, 20, 14), (4, 4, 9, 6), (3, 3, 5, 3),
                                                   (1, 4, 8, 8)])
 def test_tap_shifted_matrices_hold_every_tap_exactly(kh, kw, width, out_h):

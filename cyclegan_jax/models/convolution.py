@@ -8,10 +8,11 @@ chose (`set_impl`, the `--conv_impl` flag; 'auto' picks by backend) or a `using`
   1. An unpadded (VALID) stride-1 conv, which is what a reflect-padded conv is, runs several
      times slower than one with a zero padding of 1 to (k − 1)/2, so VALID convs run with one
      extra zero row and column, cropped away, and wide paddings are applied beforehand.
-  2. From about 48² output pixels, the kernel gradient (a conv of x with dy in XLA) is computed
-     as matmuls over the kernel taps (kernel_grad.py), which run near the matmul rate; below,
-     XLA's is as fast, except in the body of a rolled loop (`loop_body`), where XLA runs its
-     own conv gradients as naive loops: there the matmuls are used at every size.
+  2. From about 48² output pixels (or 32² of 512 features), the kernel gradient (a conv of x
+     with dy in XLA) is computed as matmuls over the kernel taps (kernel_grad.py), which run
+     near the matmul rate; below, XLA's is as fast, except in the body of a rolled loop
+     (`loop_body`), where XLA runs its own conv gradients as naive loops: there the matmuls
+     are used at every size.
   3. Strided convs take their gradients as stride-1 convs of a space-to-depth input, so the
      two rules above cover them too.
   Results match `xla` to float32 rounding (tests/test_convolution.py); parameters are the same.
@@ -43,6 +44,7 @@ from cyclegan_jax.models import kernel_grad, winograd
 IMPLS = ('auto', 'xla', 'cpu', 'winograd', 'patches')
 _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
 _MIN_MATMUL_GRAD_PIXELS = 2048
+_MIN_MATMUL_GRAD_VALUES = 32 * 32 * 512  # Output values per image.
 
 Padding = Sequence[tuple[int, int]]
 
@@ -167,10 +169,12 @@ def _forward(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding: Paddi
 
 
 def _matmul_grads_pay(dy_shape: tuple[int, ...], in_loop_body: bool) -> bool:
-  """Rule 2 wins from about 48² output pixels up, and in a loop body; below, XLA's own
-  gradients are as fast or faster, except for single-channel outputs (PatchGAN's last conv)."""
+  """Rule 2 wins from about 48² output pixels up, from 32² pixels of 512 features (the 128²
+  generator's first transposed conv), and in a loop body; below, XLA's own gradients are as
+  fast or faster, except for single-channel outputs (PatchGAN's last conv)."""
   _, out_h, out_w, features = dy_shape
-  return in_loop_body or out_h * out_w >= _MIN_MATMUL_GRAD_PIXELS or features == 1
+  return (in_loop_body or out_h * out_w >= _MIN_MATMUL_GRAD_PIXELS
+          or out_h * out_w * features >= _MIN_MATMUL_GRAD_VALUES or features == 1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
