@@ -18,12 +18,9 @@ chose (`set_impl`, the `--conv_impl` flag; 'auto' picks by backend) or a `using`
   Results match `xla` to float32 rounding (tests/test_convolution.py); parameters are the same.
 - `winograd` (the CPU default): `cpu`, except that 3×3 stride-1 float32 convs large enough to
   pay (`winograd.tile_for`: ResNet blocks from 128² images up, CUT's antialiased convs) run as
-  Winograd's F(2×2, 3×3), with 2.25× fewer multiplications (winograd.py), and strided convs
-  whose kernel side is not a multiple of the stride (the ResNet's 3×3 stride-2 downsampling)
-  run as `patches` from 32² output pixels: rule 3's space-to-depth would pad their kernels
-  with zero taps (16 for 9), while patches multiply only the 9. Its rounding differs from a
-  direct conv's by about 1e-6 of the output's scale; `cpu` keeps the direct form's results
-  bit for bit.
+  Winograd's F(2×2, 3×3), with 2.25× fewer multiplications (winograd.py). Its rounding differs
+  from a direct conv's by about 1e-6 of the output's scale; `cpu` keeps the direct form's
+  results bit for bit.
 - `patches`: im2col, the kernel taps' strided slices of the padded input concatenated and
   multiplied by the kernel as one matmul. Slower for a plain step, but every derivative of every
   order is again slices, pads and matmuls. Differentiating a strided conv twice (the R1
@@ -48,10 +45,6 @@ IMPLS = ('auto', 'xla', 'cpu', 'winograd', 'patches')
 _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
 _MIN_MATMUL_GRAD_PIXELS = 2048
 _MIN_MATMUL_GRAD_VALUES = 32 * 32 * 512  # Output values per image.
-# Patches for strided convs with zero taps pay on every map measured (0.68-0.92× the `cpu` time
-# for a 3×3 stride-2 conv's value and gradients, README Speed), the digit configs' 16² outputs
-# too (0.8×); below 32², they keep the arithmetic their published accuracies were measured with.
-_MIN_PATCHES_PIXELS = 32 * 32
 
 Padding = Sequence[tuple[int, int]]
 
@@ -228,15 +221,7 @@ def cpu_conv(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding: Paddi
 def winograd_conv(x: jax.Array, w: jax.Array, stride: tuple[int, int],
                   padding: Padding) -> jax.Array:
   """The `winograd` impl: a 3×3 stride-1 float32 conv in Winograd tiles where `winograd.tile_for`
-  finds enough of them, a strided conv with zero taps in space-to-depth form as patches from
-  _MIN_PATCHES_PIXELS, any other conv as `cpu_conv`."""
-  (kh, kw), (sh, sw) = w.shape[:2], stride
-  if kh % sh or kw % sw:
-    (top, bottom), (left, right) = padding
-    out_pixels = ((x.shape[1] + top + bottom - kh) // sh + 1) * (
-        (x.shape[2] + left + right - kw) // sw + 1)
-    if out_pixels >= _MIN_PATCHES_PIXELS:
-      return patches_conv(x, w, tuple(stride), tuple(map(tuple, padding)))
+  finds enough of them; any other conv as `cpu_conv`."""
   if w.shape[:2] == (3, 3) and tuple(stride) == (1, 1):
     (top, bottom), (left, right) = padding
     n, h, width, c = x.shape
