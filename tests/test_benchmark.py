@@ -11,9 +11,12 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 from configs import test as test_config
+from cyclegan_jax import families, parallel
 from cyclegan_jax.benchmarks import scaling, step
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -53,9 +56,6 @@ def test_record_has_the_issue_keys_and_consistent_numbers():
 def test_model_flops_do_not_depend_on_remat_and_count_every_block():
   """remat only recomputes; its rolled loop's body, which XLA counts once, must not hide the
   other blocks' FLOPs (at 512² the peak_ratio once read 0.21 for this)."""
-  import jax
-  import numpy as np
-  from cyclegan_jax import families, parallel
   counts = {}
   for remat, blocks in (('none', 2), ('blocks', 2), ('none', 4)):
     config = test_config.get_config()

@@ -126,8 +126,9 @@ def test_both_gradient_paths_are_taken():
     ((1, 14, 14, 1), False, True), ((1, 8, 8, 64), True, True)])
 def test_kernel_gradients_take_matmuls_for_enough_pixels_or_output_values(
     dy_shape, in_loop_body, matmuls):
-  """48² output pixels, or 32² of 512 features (the 128² generator's first transposed conv, 0.7×
-  XLA's time that way), a single-feature output, or any conv in a rolled loop's body."""
+  """48² output pixels, or 32² of 512 features (the 128² generator's first transposed conv:
+  0.69–0.76× XLA's time that way), a single-feature output, or any conv in a rolled loop's
+  body."""
   assert convolution._matmul_grads_pay(dy_shape, in_loop_body) == matmuls
 
 

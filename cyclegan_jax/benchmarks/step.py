@@ -165,12 +165,10 @@ def _compile_cold_and_warm(step, args, built_from) -> tuple[Any, Any, float, flo
 
 
 def step_flops(config, family, state, batch, impl: str) -> float | None:
-  """XLA's FLOP count of the step with `impl`'s convs ('xla': the model's FLOPs) and its
-  residual blocks unrolled: XLA counts a loop's body once. Without remat, which keeps the blocks
-  rolled and only recomputes: its recomputation is not counted."""
+  """XLA's FLOP count of the step with `impl`'s convs ('xla': the model's FLOPs), its residual
+  blocks unrolled (XLA counts a loop's body once) and without remat, which keeps them rolled."""
   config = config.copy_and_resolve_references()
-  config.model.unroll_blocks = True
-  config.model.remat = 'none'
+  config.model.unroll_blocks, config.model.remat = True, 'none'
   models = family.create_models(config, 1)
   step = parallel.pmap_step(functools.partial(family.train_step, models=models, config=config))
   with convolution.using(impl):
