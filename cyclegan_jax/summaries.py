@@ -59,8 +59,11 @@ class EventWriter:
     self._write(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
 
   def _write(self, event: event_pb2.Event) -> None:
+    """Flushed at once, as clu's TensorFlow writer did at each logged step of a dozen scalars
+    (its queue holds 10 events): TensorBoard shows a step once it is logged, a kill loses none."""
     if self._records is not None:
       self._records.write(event.SerializeToString())
+      self._records.flush()
 
   def _write_values(self, step: int, values: list[summary_pb2.Summary.Value]) -> None:
     self._write(event_pb2.Event(wall_time=time.time(), step=step,

@@ -75,6 +75,17 @@ def test_shapes_cover_what_the_issue_names():
   assert len(SHAPES) > 25
 
 
+@pytest.mark.parametrize('generator, blocks', [('resnet_9blocks', 9), ('resnet_6blocks', 6)])
+def test_uses_count_both_convs_of_every_residual_block(generator, blocks):
+  """The layer benchmark multiplies each shape's time by its uses: a scanned block, traced a
+  varying number of times, once read 4 for 18."""
+  config = ml_collections.ConfigDict({'model': _model_config(generator=generator,
+                                                             discriminator='basic')})
+  (block,) = [s for s in benchmark_layers.conv_shapes(config, 64)
+              if s.get('pad_mode') == 'reflect' and s['kernel'][0] == 3]
+  assert block['uses'] == 2 * blocks
+
+
 def _dcgan_shapes() -> list[dict]:
   """The convs of the DCGAN G and D at 32², where R1 runs `patches`, and one of each kind of
   the other models' (7×7 reflect, 3×3 stride 2, 1×1)."""

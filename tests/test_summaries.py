@@ -25,9 +25,8 @@ def test_scalars_read_back_as_float32_tensors_of_the_scalars_plugin(tmp_path):
   writer = summaries.EventWriter(tmp_path)
   writer.write_scalars(3, {'loss': 0.25, 'rate': np.float64(1.5)})
   writer.write_scalars(7, {'loss': -2.0})
-  writer.close()
 
-  acc = read(tmp_path)
+  acc = read(tmp_path)  # Before close: each write is on disk when it returns.
   assert sorted(acc.Tags()['tensors']) == ['loss', 'rate']
   loss = acc.Tensors('loss')
   assert [e.step for e in loss] == [3, 7]
@@ -35,6 +34,7 @@ def test_scalars_read_back_as_float32_tensors_of_the_scalars_plugin(tmp_path):
   assert tensor_util.make_ndarray(loss[0].tensor_proto).dtype == np.float32
   assert acc.SummaryMetadata('loss').plugin_data.plugin_name == 'scalars'
   assert tensor_util.make_ndarray(acc.Tensors('rate')[0].tensor_proto).item() == 1.5
+  writer.close()
 
 
 def test_images_read_back_as_width_height_and_lossless_pngs(tmp_path):

@@ -14,12 +14,12 @@ is timed by `python -m cyclegan_jax.benchmarks.step`.
 """
 
 import argparse
-import functools
 import json
 import statistics
 import time
 from typing import Any
 
+from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -34,10 +34,12 @@ IMPLS = ('xla', 'cpu', 'winograd')
 def conv_shapes(config, size: int) -> list[dict[str, Any]]:
   """The distinct convs the config's G and D apply to one size² image, in order of first use."""
   found: dict[tuple, dict[str, Any]] = {}
+  paths: dict[tuple, set[tuple[int, str]]] = {}  # (network, module path) of each shape's convs.
 
   def record(next_fun, args, kwargs, context):
     module = context.module
-    if isinstance(module, (layers.Conv, layers.ConvTranspose)) and context.method_name == '__call__':
+    if (isinstance(module, (layers.Conv, layers.ConvTranspose))
+        and context.method_name == '__call__'):
       x = args[0]
       k = module.kernel_size
       if isinstance(module, layers.Conv):
@@ -48,20 +50,28 @@ def conv_shapes(config, size: int) -> list[dict[str, Any]]:
                     padding=module.padding, output_padding=module.output_padding,
                     transpose=True)
       key = (tuple(x.shape), json.dumps(spec, sort_keys=True))
-      entry = found.setdefault(key, {'layer': '/'.join(module.scope.path), 'input': list(
-          x.shape), **spec, 'uses': 0})
-      entry['uses'] += 1
+      path = '/'.join(module.scope.path)
+      found.setdefault(key, {'layer': path, 'input': list(x.shape), **spec})
+      paths.setdefault(key, set()).add((network, path))
     return next_fun(*args, **kwargs)
 
   model = config.model
   image = jax.ShapeDtypeStruct((1, size, size, model.input_nc), jnp.float32)
-  for module in (generators.create_generator(model), discriminators.create_discriminator(model)):
+  kernels = []  # Per network: {module path: its kernel} (a scan stacks its layers' kernels).
+  for network, module in enumerate((generators.create_generator(model),
+                                    discriminators.create_discriminator(model))):
     with nn.intercept_methods(record):
       variables = jax.eval_shape(module.init, jax.random.key(0), image)
-      jax.eval_shape(functools.partial(module.apply, train=True, mutable=['batch_stats']),
-                     variables, image)
-  for entry in found.values():
-    entry['uses'] //= 2  # Once in init, once in apply.
+    kernels.append(traverse_util.flatten_dict(variables['params'], sep='/'))
+
+  def layers_at(network: int, path: str) -> int:
+    """A scan traces its body more than once, but stacks its layers' kernels: count those."""
+    (kernel,) = [k for name, k in kernels[network].items()
+                 if name.startswith(f'{path}/') and name.endswith('/kernel')]
+    return kernel.shape[0] if kernel.ndim == 5 else 1
+
+  for key, entry in found.items():
+    entry['uses'] = sum(layers_at(*where) for where in paths[key])
   return list(found.values())
 
 
