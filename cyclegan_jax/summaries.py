@@ -8,7 +8,6 @@ hparams plugin's session summary. The file goes through epath, as checkpoints do
 workdir works too.
 """
 
-import io
 import itertools
 import os
 import socket
@@ -17,13 +16,14 @@ from collections.abc import Mapping
 
 import numpy as np
 from etils import epath
-from PIL import Image
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tensorboard.plugins.image import metadata as image_metadata
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.summary.writer import record_writer
 from tensorboard.util import tensor_util
+
+from cyclegan_jax import visualize
 
 _FILE_NUMBERS = itertools.count()  # Two writers of one process in one second: two files.
 
@@ -35,12 +35,8 @@ def _image_strings(images: np.ndarray) -> list[bytes]:
   if images.ndim != 4 or images.shape[-1] not in (1, 3, 4) or images.dtype != np.uint8:
     raise ValueError(f'images must be uint8 [n, height, width, 1, 3 or 4 channels] or one '
                      f'[height, width, channels]; got {given.dtype} {list(given.shape)}')
-  pngs = []
-  for image in images:
-    buffer = io.BytesIO()
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, 'PNG')
-    pngs.append(buffer.getvalue())
-  return [str(images.shape[2]).encode(), str(images.shape[1]).encode(), *pngs]
+  return [str(images.shape[2]).encode(), str(images.shape[1]).encode(),
+          *(visualize.png_bytes(image) for image in images)]
 
 
 class EventWriter:

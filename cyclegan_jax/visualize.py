@@ -36,10 +36,16 @@ def cycle_grid(real_a, fake_b, rec_a, real_b, fake_a, rec_b) -> np.ndarray:
   return image_grid(rows)
 
 
-def write_png(path: epath.PathLike, image: np.ndarray) -> None:
+def png_bytes(image: np.ndarray) -> bytes:
+  """uint8 [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] as a PNG file's bytes."""
   buffer = io.BytesIO()
-  Image.fromarray(image).save(buffer, format='PNG')
-  write_atomically(path, buffer.getvalue())
+  Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image).save(
+      buffer, format='PNG')
+  return buffer.getvalue()
+
+
+def write_png(path: epath.PathLike, image: np.ndarray) -> None:
+  write_atomically(path, png_bytes(image))
 
 
 def write_atomically(path: epath.PathLike, data: str | bytes) -> None:
