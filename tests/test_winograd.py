@@ -67,6 +67,22 @@ def test_overlap_add_is_the_exact_adjoint_of_cutting_tiles(m, length):
   assert not expected[:, covered:].any()
 
 
+@pytest.mark.parametrize('m', winograd.TILES)
+def test_kernel_transform_is_g_w_gt_per_channel_pair_and_its_adjoint(m):
+  """On integers, exactly: u[a, b] = (G w Gᵀ)[b, a] per channel pair (the columns' axis
+  first, as the tiles' transform orders v), and the transposed matrix's transform is its
+  adjoint, <T w, u> = <w, Tᵀ u>, as the kernel gradient needs."""
+  _, g, _ = winograd._TRANSFORMS[m]
+  rng = np.random.default_rng(0)
+  w = rng.integers(-9, 10, (3, 3, 2, 5)).astype(np.float32)
+  u = np.asarray(winograd._kernel_transform(g, jnp.asarray(w)))
+  np.testing.assert_array_equal(u, np.einsum('bi,ijcd,aj->abcd', g, w, g))
+  du = rng.integers(-9, 10, u.shape).astype(np.float32)
+  back = np.asarray(winograd._kernel_transform(g.T, jnp.asarray(du)))
+  assert back.shape == w.shape
+  assert np.sum(u * du) == np.sum(w * back)
+
+
 def test_tile_for_takes_2x2_tiles_for_enough_tiles_times_features_per_image():
   assert (winograd.TILES, winograd.MIN_TILE_FEATURES) == ((2,), 256 * 256)
   f32, w = jnp.float32, (3, 3, 256, 256)
