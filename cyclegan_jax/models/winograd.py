@@ -1,20 +1,19 @@
-"""3×3 stride-1 convolutions by Winograd's minimal filtering, F(2×2, 3×3) (Lavin & Gray 2016).
+"""3×3 stride-1 convolutions by Winograd's minimal filtering, F(m×m, 3×3) (Lavin & Gray 2016).
 
 A direct 3×3 conv spends 9 multiply-adds per output pixel and channel pair. Winograd cuts the
-output into 2×2 tiles, maps each overlapping 4×4 input tile and each kernel into a transformed
-domain with additions, multiplies there with one batched matmul of 16 slices, and maps the
-products back: 4 multiply-adds per pixel and channel pair, 2.25× fewer. The tiles' transforms
-are additions, slices and stacks, the kernel's one small matmul, and so are their adjoints, so
-the gradients of both the input and the kernel are the same batched matmuls and the backward
-pass gains as much. The adjoints are written out (a custom VJP), each a pass over its operand
-as the forward transforms are.
+output into m×m tiles, maps each overlapping (m + 2)² input tile and each kernel into a
+transformed domain with additions, multiplies there with one batched matmul of (m + 2)²
+slices, and maps the products back: 4 multiply-adds per pixel and channel pair for 2×2 tiles
+(2.25× fewer), 2.25 for 4×4 tiles (4× fewer). The tiles' transforms are additions, slices and
+stacks, the kernel's one small matmul, and so are their adjoints, so the gradients of both the
+input and the kernel are the same batched matmuls and the backward pass gains as much. The
+adjoints are written out (a custom VJP), each a pass over its operand as the forward
+transforms are.
 
-The price is rounding: about 1e-6 of the output's scale in float32 (tests/test_winograd.py),
-so it runs only in float32. 4×4 tiles (F(4×4, 3×3), 4× fewer) were faster still at 256², but
-through a small generator's gradients their rounding reached 2e-3 of the largest gradient (2×2
-tiles: 7e-5; the `patches` impl, which only sums in another order: 7e-5 too), so the module
-keeps 2×2 tiles; another tile size is one more entry in _TRANSFORMS. `tile_for` decides where
-they pay: CycleGAN's residual blocks from 128² images up, and CUT's antialiased convs.
+The price is rounding, larger for larger tiles, so it runs only in float32: on one 256 → 256
+conv, 7e-7 of the output's scale for 2×2 tiles and 4e-6 for 4×4 (XLA's conv: 4e-7); through a
+resnet_9blocks generator at 256², its parameter gradients are 4e-3 from float64 with 4×4 tiles,
+where XLA's own float32 convs are 1.5e-3 (README, Speed). `tile_for` decides where they pay.
 """
 
 import functools
@@ -24,20 +23,32 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-# y = Aᵀ[(G g) ⊙ (Bᵀ d)] for a tile d of m + 2 inputs and a 3-tap kernel g, by tile size m;
-# F(2, 3) interpolates at 0, ±1 and ∞.
+# y = Aᵀ[(G g) ⊙ (Bᵀ d)] for a tile d of m + 2 inputs and a 3-tap kernel g, by tile size m
+# (Toom-Cook: Bᵀ evaluates the tile's polynomial at m + 1 points and ∞, G the kernel's, divided
+# by each point's product of differences, and Aᵀ interpolates). F(2, 3) interpolates at 0, ±1
+# and ∞; F(4, 3) at 0, ±1, 1/2, −2 and ∞, which rounded 2.7× less on a 256 → 256 conv than
+# the usual 0, ±1, ±2.
 _TRANSFORMS = {
     2: (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32),
         np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32),
         np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)),
+    4: (np.array([[1, -3/2, -2, 3/2, 1, 0], [0, -1, 1/2, 5/2, 1, 0], [0, 1, -5/2, 1/2, 1, 0],
+                  [0, -2, -1, 2, 1, 0], [0, 1/2, -1, -1/2, 1, 0], [0, 1, -3/2, -2, 3/2, 1]],
+                 np.float32),
+        np.array([[1, 0, 0], [1/3, 1/3, 1/3], [-1/3, 1/3, -1/3], [-16/15, -8/15, -4/15],
+                  [1/15, -2/15, 4/15], [0, 0, 1]], np.float32),
+        np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 1/2, -2, 0], [0, 1, 1, 1/4, 4, 0],
+                  [0, 1, -1, 1/8, -8, 1]], np.float32)),
 }
 TILES = tuple(_TRANSFORMS)
-# Where the 16 matmuls gain more than the transforms cost, as whole steps measured it (README,
-# Speed): from 256² tile-features per image (tiles × the smaller feature count), so CycleGAN's
-# residual blocks from 128² images up and CUT's antialiased convs from 128² up. The default
-# model at 64² (8² tiles of 256 features) and the demo stepped no faster in tiles and compiled
-# slower, so they keep the direct conv, as do the digit configs (8² tiles of 64 features). Per
-# image, not per batch: an image gets the same arithmetic on any number of devices.
+# Where the matmuls gain more than the transforms cost, as whole steps measured it (README,
+# Speed): from 256² tile-features per image (tiles × the smaller feature count), taking the
+# largest tile that reaches it. So CycleGAN's residual blocks run in 2×2 tiles at 128² and 4×4
+# from 256², CUT's antialiased convs in 4×4 from 128². At 128² the blocks' 8² tiles of 4 were no
+# faster than 16² tiles of 2; the default model at 64² (8² tiles of 2) and the demo stepped no
+# faster in tiles and compiled slower, so they keep the direct conv, as do the digit configs
+# (8² tiles of 64 features). Per image, not per batch: an image gets the same arithmetic on any
+# number of devices.
 MIN_TILE_FEATURES = 256 * 256
 
 
