@@ -172,16 +172,10 @@ def test_zero_padding_is_applied_before_the_tiles():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('m, min_tile_features, output_tolerance, grads_tolerance', [
-    (2, winograd.MIN_TILE_FEATURES, 1e-5, 1e-4),  # Measured here: 6.3e-6 and 3.0e-6.
-    (4, 8 * 8 * 256, 5e-5, 1e-2)])  # Measured here: 1.7e-5 and 3.4e-3.
-def test_a_resnet_generator_and_its_gradients_match_xla(tiles_run, monkeypatch, m,
-                                                         min_tile_features, output_tolerance,
-                                                         grads_tolerance):
-  """resnet_6blocks at 128²: its blocks run on 32² maps of 256 features in Winograd tiles (4×4
-  ones when the threshold lets them); the output, and the parameter gradients as one vector,
-  against XLA's convs."""
-  monkeypatch.setattr(winograd, 'MIN_TILE_FEATURES', min_tile_features)
+def test_a_resnet_generator_and_its_gradients_match_xla(tiles_run, monkeypatch):
+  """resnet_6blocks at 128²: its blocks run on 32² maps of 256 features in 2×2 Winograd tiles,
+  and in 4×4 ones when a lower threshold lets them; the output, and the parameter gradients as
+  one vector, against XLA's convs (computed once for both)."""
   config = default.get_config().model
   config.update(generator='resnet_6blocks', unroll_blocks=True)
   g = generators.create_generator(config)
@@ -192,13 +186,19 @@ def test_a_resnet_generator_and_its_gradients_match_xla(tiles_run, monkeypatch, 
     y = g.apply({**variables, 'params': params}, x)
     return jnp.mean(y * jnp.linspace(-1, 1, y.size).reshape(y.shape)), y
 
-  results = {}
-  for impl in ('xla', 'winograd'):
+  def output_and_grads(impl):
     with convolution.using(impl):
       (_, y), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params'])
-    results[impl] = y, np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(grads)])
-  assert set(tiles_run) == {m}
-  (y, grads), (y_xla, grads_xla) = results['winograd'], results['xla']
-  np.testing.assert_allclose(y, y_xla, rtol=0, atol=output_tolerance)
-  error = np.linalg.norm(grads - grads_xla) / np.linalg.norm(grads_xla)
-  assert error < grads_tolerance, error
+    return y, np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(grads)])
+
+  y_xla, grads_xla = output_and_grads('xla')
+  for m, min_tile_features, output_tolerance, grads_tolerance in (
+      (2, winograd.MIN_TILE_FEATURES, 1e-5, 1e-4),  # Measured here: 6.3e-6 and 3.0e-6.
+      (4, 8 * 8 * 256, 5e-5, 1e-2)):  # Measured here: 1.7e-5 and 3.4e-3.
+    monkeypatch.setattr(winograd, 'MIN_TILE_FEATURES', min_tile_features)
+    tiles_run.clear()
+    y, grads = output_and_grads('winograd')
+    assert set(tiles_run) == {m}
+    np.testing.assert_allclose(y, y_xla, rtol=0, atol=output_tolerance, err_msg=f'{m}×{m}')
+    error = np.linalg.norm(grads - grads_xla) / np.linalg.norm(grads_xla)
+    assert error < grads_tolerance, (m, error)
