@@ -5,6 +5,7 @@ import html.parser
 import importlib.metadata
 import json
 import pathlib
+import platform
 import subprocess
 
 import jax
@@ -79,6 +80,18 @@ def test_manifest_records_code_libraries_devices_and_command():
   rows = dict(manifest.summary(made))
   assert rows['devices'] == f'{jax.device_count()} × cpu (cpu), 1 process(es)'
   assert rows['libraries'].startswith(f'jax {jax.__version__}, jaxlib ')
+  cpu = manifest.host_cpu()
+  assert made['host_cpu'] == cpu and rows['host CPU'].startswith(f'{cpu["model"]} (')
+
+
+def test_host_cpu_is_the_first_processors_model_and_vector_features():
+  x86 = ('processor\t: 0\nmodel name\t: Some Xeon\nflags\t\t: fpu pni avx2 fma sse4_2 avx512f '
+         'amx_tile ht\n\nprocessor\t: 1\nmodel name\t: Other\nflags\t\t: fpu\n')
+  assert manifest.host_cpu(x86) == {'model': 'Some Xeon',
+                                    'features': ['amx_tile', 'avx2', 'avx512f', 'fma', 'sse4_2']}
+  arm = 'processor\t: 0\nFeatures\t: fp asimd evtstrm aes sve\nCPU part\t: 0xd40\n'
+  assert manifest.host_cpu(arm) == {'model': platform.processor() or platform.machine(),
+                                    'features': ['asimd', 'sve']}
 
 
 def test_command_line_is_as_typed():
@@ -100,6 +113,17 @@ def test_changes_name_each_library_and_commit_that_differs():
   assert f'flax 0.1.0 → {now["libraries"]["flax"]}' in found
   if now['code'].get('commit'):
     assert f'cyclegan_jax commit abcdef012345 → {now["code"]["commit"][:12]}' in found
+
+  old = json.loads(json.dumps(now))
+  now['host_cpu'] = {'model': 'New CPU', 'features': ['avx2', 'avx512f', 'fma']}
+  old['host_cpu'] = {'model': 'Old CPU', 'features': ['avx', 'avx2', 'fma']}
+  assert manifest.changes(old, now) == ['host CPU Old CPU → New CPU', 'CPU features -avx',
+                                        'CPU features +avx512f']
+  del old['host_cpu']  # Written before the CPU was recorded.
+  assert manifest.changes(old, now) == []
+  # An accelerator's arithmetic does not depend on its host's CPU.
+  old['host_cpu'], now['platform'] = {'model': 'Old CPU', 'features': []}, 'tpu'
+  assert manifest.changes(old, now) == []
 
 
 def test_load_prints_the_manifest_and_warns_once_of_other_versions(tmp_path, caplog):
