@@ -58,8 +58,9 @@ _CONV_IMPL = flags.DEFINE_enum(
     ['auto', 'xla', 'cpu', 'winograd', 'patches'],
     'How this process computes convolutions (env CYCLEGAN_CONV_IMPL): auto picks winograd on the '
     'CPU backend (the forms its XLA runs fastest, and Winograd tiles for large 3x3 convs) and xla '
-    'on GPU/TPU. Parameters are the same and results agree to float32 rounding (winograd: 1e-6); '
-    'a machine setting, so it is stored in no config or checkpoint.')
+    'on GPU/TPU. Parameters are the same and results agree to float32 rounding (winograd: up to '
+    '4e-6 of a conv\'s output scale); a machine setting, so it is stored in no config or '
+    'checkpoint.')
 _PEER_TIMEOUT = flags.DEFINE_float(
     'peer_timeout_s', float(os.environ.get('CYCLEGAN_PEER_TIMEOUT_S', 180)),
     'Multi-process: when another process has been silent this long (killed, out of memory, a '
