@@ -58,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
   # ResNet generators: False runs the residual blocks as a loop over one compiled block body
   # (faster compile, less memory); True unrolls it, which stepped faster at 128² on CPU and
   # slower at 32² and 64². With remat the loop stays rolled: unrolled, XLA undid remat's memory
-  # saving. README, Speed, has the figures.
+  # saving. docs/speed_experiments.md has the figures.
   model.unroll_blocks = False
   model.nce_layers = '0,4,8,12,16'  # CUT: G's Sequential entries whose features PatchNCE uses.
   model.projection_features = 256  # CUT: hidden and output units of F's MLP per NCE layer.

@@ -4,7 +4,7 @@ Every conv the models use goes through `conv_general_dilated`, computed by the i
 chose (`set_impl`, the `--conv_impl` flag; 'auto' picks by backend) or a `using` block:
 - `xla`: `lax.conv_general_dilated` and its automatic derivative, the right choice on GPU/TPU.
 - `cpu`: the same function, arranged for XLA's CPU backend (per-layer timings:
-  `python -m cyclegan_jax.benchmarks.layers`; figures in the README's Speed section):
+  `python -m cyclegan_jax.benchmarks.layers`; figures in docs/speed_experiments.md):
   1. An unpadded (VALID) stride-1 conv, which is what a reflect-padded conv is, runs several
      times slower than one with a zero padding of 1 to (k − 1)/2, so VALID convs run with one
      extra zero row and column, cropped away, and wide paddings are applied beforehand.

@@ -13,7 +13,8 @@ transforms are.
 The price is rounding, larger for larger tiles, so it runs only in float32: on one 256 → 256
 conv, 7e-7 of the output's scale for 2×2 tiles and 4e-6 for 4×4 (XLA's conv: 4e-7); through a
 resnet_9blocks generator at 256², its parameter gradients are 4e-3 from float64 with 4×4 tiles,
-where XLA's own float32 convs are 1.5e-3 (README, Speed). `tile_for` decides where they pay.
+where XLA's own float32 convs are 1.5e-3 (docs/speed_experiments.md). `tile_for` decides where
+they pay.
 """
 
 import functools
@@ -41,14 +42,14 @@ _TRANSFORMS = {
                   [0, 1, -1, 1/8, -8, 1]], np.float32)),
 }
 TILES = tuple(_TRANSFORMS)
-# Where the matmuls gain more than the transforms cost, as whole steps measured it (README,
-# Speed): from 256² tile-features per image (tiles × the smaller feature count), taking the
-# largest tile that reaches it. So CycleGAN's residual blocks run in 2×2 tiles at 128² and 4×4
-# from 256², CUT's antialiased convs in 4×4 from 128². At 128² the blocks' 8² tiles of 4 were no
-# faster than 16² tiles of 2; the default model at 64² (8² tiles of 2) and the demo stepped no
-# faster in tiles and compiled slower, so they keep the direct conv, as do the digit configs
-# (8² tiles of 64 features). Per image, not per batch: an image gets the same arithmetic on any
-# number of devices.
+# Where the matmuls gain more than the transforms cost, as whole steps measured it
+# (docs/speed_experiments.md): from 256² tile-features per image (tiles × the smaller feature
+# count), taking the largest tile that reaches it. So CycleGAN's residual blocks run in 2×2 tiles at
+# 128² and 4×4 from 256², CUT's antialiased convs in 4×4 from 128². At 128² the blocks' 8² tiles of
+# 4 were no faster than 16² tiles of 2; the default model at 64² (8² tiles of 2) and the demo
+# stepped no faster in tiles and compiled slower, so they keep the direct conv, as do the digit
+# configs (8² tiles of 64 features). Per image, not per batch: an image gets the same arithmetic on
+# any number of devices.
 MIN_TILE_FEATURES = 256 * 256
 
 
