@@ -33,7 +33,8 @@ def cut_overrides(fast: bool = False) -> dict:
   }
 
 
-def cut_settings(config: ml_collections.ConfigDict, fast: bool = False) -> ml_collections.ConfigDict:
+def cut_settings(config: ml_collections.ConfigDict,
+                 fast: bool = False) -> ml_collections.ConfigDict:
   """`config` (whatever its data and sizes) with the CUT or FastCUT model, losses and epochs."""
   config.update(cut_overrides(fast))
   return config

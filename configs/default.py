@@ -120,7 +120,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.test_dir_b = 'testB'
   data.load_size = 286
   data.crop_size = 256
-  data.preprocess = 'resize_and_crop'  # resize_and_crop | crop | scale_width | scale_width_and_crop | none
+  # resize_and_crop | crop | scale_width | scale_width_and_crop | none
+  data.preprocess = 'resize_and_crop'
   data.flip = True
   data.serial_batches = False  # Pair A and B in order instead of drawing B at random.
   data.strict = False  # Stop on unreadable or too-small files instead of skipping them.

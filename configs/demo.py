@@ -1,6 +1,7 @@
 """The offline demo: bundled photographs → crops of Van Gogh's *The Starry Night*, at 64×64.
 
-    ./launch/demo.sh      # or: python -m cyclegan_jax.main --config=configs/demo.py --workdir=workdirs/demo
+    ./launch/demo.sh
+    python -m cyclegan_jax.main --config=configs/demo.py --workdir=workdirs/demo  # the same
     python -m cyclegan_jax.main --config=configs/demo.py:cyclegan --workdir=workdirs/demo_cyclegan
 
 One-painting style transfer on data that ships inside installed packages (scikit-image,

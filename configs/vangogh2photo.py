@@ -1,4 +1,5 @@
-"""vangogh2photo: Van Gogh paintings (A, 400 training images) ↔ photos (B, 6,287): an epoch is 6,287 steps.
+"""vangogh2photo: Van Gogh paintings (A, 400 training images) ↔ photos (B, 6,287):
+an epoch is 6,287 steps.
 
     python -m cyclegan_jax.main --config=configs/vangogh2photo.py --workdir=workdirs/vangogh2photo \
         --config.data.path=/path/to/vangogh2photo.zip

@@ -64,9 +64,10 @@ def variant_names(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def markdown_table(config: ml_collections.ConfigDict, results: dict[str, dict[str, Any]]) -> str:
-  """Per variant: what it changes (its description, or the settings that differ), FID and KID (± its standard deviation over subsets) of the
-  main direction (and of the other where the variant has it), steps trained, s/step and peak
-  memory; and the `reported` note, if the config gives one."""
+  """Per variant: what it changes (its description, or the settings that differ), FID and KID
+  (± its standard deviation over subsets) of the main direction (and of the other where the
+  variant has it), steps trained, s/step and peak memory; and the `reported` note, if the config
+  gives one."""
   main = config.ablation.direction
   other = [d for d in _DIRECTIONS if d != main][0]
   arrow = lambda d: d.replace('_to_', '→').upper()

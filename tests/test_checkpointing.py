@@ -1,6 +1,6 @@
 """checkpointing.py in-process on the tiny config and 8 forced CPU devices: exact round trips
-(the global pools included, and per-device pools of older versions), config mismatches named by tree, refusal of non-finite states,
-keep-N, and recovery from a save that a crash cut short.
+(the global pools included, and per-device pools of older versions), config mismatches named
+by tree, refusal of non-finite states, keep-N, and recovery from a save that a crash cut short.
 
 The end-to-end behaviour (resume, kill -9, SIGTERM, topology changes) is in test_train_loop.py.
 """

@@ -251,7 +251,8 @@ def test_guard_fires_after_patience_consecutive_logs(tmp_path):
   assert guard.check(2, ok) is None  # A healthy log resets the count.
   assert guard.check(3, g_lost) is None
   with pytest.raises(divergence.DivergenceError,
-                     match=r'divergence at step 4: D loss 1e-07 .* stopped \(divergence.action=stop\)'):
+                     match=r'divergence at step 4: D loss 1e-07 .* '
+                           r'stopped \(divergence.action=stop\)'):
     guard.check(4, d_won)
 
 

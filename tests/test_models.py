@@ -251,7 +251,8 @@ def test_unknown_options_rejected(key, value, choices):
 
 def test_unknown_pad_mode_rejected():
   conv = layers.Conv(4, 3, padding=1, pad_mode='circular')
-  with pytest.raises(ValueError, match="unknown pad_mode 'circular'; expected one of zeros, reflect"):
+  with pytest.raises(ValueError,
+                     match="unknown pad_mode 'circular'; expected one of zeros, reflect"):
     jax.eval_shape(conv.init, KEY, jnp.zeros((1, 8, 8, 3)))
 
 

@@ -125,7 +125,8 @@ def create_train_state(config: ml_collections.ConfigDict, models: Models,
   """Fresh G, D and F (F's shapes from G's features), their Adam states, step 0, no pools."""
   size, model = config.data.crop_size, config.model
   init_key, step_key = jax.random.split(key)
-  patches = [jnp.zeros((1, 1, s.shape[-1])) for s in _feature_shapes(config, models.generators['g'])]
+  patches = [jnp.zeros((1, 1, s.shape[-1]))
+             for s in _feature_shapes(config, models.generators['g'])]
 
   @jax.jit
   def init(init_key):
