@@ -116,8 +116,7 @@ def save(manager: ocp.CheckpointManager, replicated: TrainState,
 
 
 def _tree_name(key_path: str) -> str:
-  """"['params']['g_ab']['Conv_0']..." -> "params/g_ab";
-  "['opt_state_d'][0]..." -> "opt_state_d"."""
+  """"['params']['g_ab']['Conv_0']" -> "params/g_ab"; "['opt_state_d'][0]" -> "opt_state_d"."""
   parts = re.findall(r"\['([^']*)'\]", key_path) or [key_path]
   return '/'.join(parts[:2]) if parts[0] in ('params', 'batch_stats') else parts[0]
 

@@ -123,16 +123,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def create_train_state(config: ml_collections.ConfigDict, models: Models,
                        key: jax.Array) -> base.TrainState:
   """Fresh G, D and F (F's shapes from G's features), their Adam states, step 0, no pools."""
-  size, model = config.data.crop_size, config.model
+  size, model, generator = config.data.crop_size, config.model, models.generators['g']
   init_key, step_key = jax.random.split(key)
-  patches = [jnp.zeros((1, 1, s.shape[-1]))
-             for s in _feature_shapes(config, models.generators['g'])]
+  patches = [jnp.zeros((1, 1, f.shape[-1])) for f in _feature_shapes(config, generator)]
 
   @jax.jit
   def init(init_key):
     g_key, d_key, f_key = jax.random.split(base.init_key(init_key), 3)
     params, batch_stats = {}, {}
-    params['g'], batch_stats['g'] = base.init_variables(models.generators['g'], g_key,
+    params['g'], batch_stats['g'] = base.init_variables(generator, g_key,
                                                         (size, size, model.input_nc))
     params['d'], batch_stats['d'] = base.init_variables(models.discriminator, d_key,
                                                         (size, size, model.output_nc))
