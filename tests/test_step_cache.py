@@ -17,6 +17,7 @@ import pytest
 from configs import test as test_config
 from cyclegan_jax import families, parallel, step_cache
 from cyclegan_jax.models import convolution
+from tests.helpers import host_tree
 from tests.runs import assert_bit_identical
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -174,6 +175,45 @@ def test_nothing_is_kept_while_the_compilation_cache_is_off():
     jax.config.update('jax_enable_compilation_cache', enabled)
   np.testing.assert_array_equal(compiled(*_tiny_args())[1]['m'], np.ones(8))
   assert len(traces) == 1
+
+
+
+def test_cpu_steps_get_the_memory_optimised_scheduler_unless_xla_flags_name_one(monkeypatch):
+  scheduler = {'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'}
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+  assert step_cache.compiler_options() == scheduler
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT')
+  assert step_cache.compiler_options() is None  # The user's choice: XLA reads it from the flags.
+  monkeypatch.delenv('XLA_FLAGS')
+  assert step_cache.compiler_options() == scheduler
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert step_cache.compiler_options() is None
+
+
+@pytest.mark.slow
+def test_the_scheduled_cyclegan_step_needs_less_memory_and_computes_the_same_bits():
+  config = test_config.get_config()
+  family = families.get(config)
+  models = family.create_models(config, 1)
+  host_state = jax.device_get(family.create_train_state(config, models, jax.random.key(0)))
+  rng = np.random.default_rng(0)
+  size, batch = config.data.crop_size, parallel.host_batch_size(config.batch_size)
+  batches = [{d: rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32)
+              for d in family.domains} for _ in range(2)]
+  put = lambda b: parallel.device_put_sharded(parallel.shard_batch(b))
+  step = parallel.pmap_step(functools.partial(family.train_step, models=models, config=config))
+  lowered = step.lower(parallel.replicate(host_state), put(batches[0]))
+  default, scheduled = lowered.compile(), step_cache.compile_lowered(lowered)
+
+  temp = lambda compiled: compiled.memory_analysis().temp_size_in_bytes
+  assert temp(scheduled) < 0.8 * temp(default)  # Measured: 3.1 MB against 5.0 MB.
+  results = []
+  for compiled in (default, scheduled):
+    state = parallel.replicate(host_state)
+    for b in batches:
+      state, metrics = compiled(state, put(b))
+    results.append(host_tree((state, metrics)))
+  assert_bit_identical(results[0], results[1])
 
 
 # A process that compiles (or loads) a small step with an iota in it through the step folder of

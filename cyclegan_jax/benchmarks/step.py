@@ -153,7 +153,7 @@ def _compile_cold_and_warm(step, args, built_from) -> tuple[Any, Any, float, flo
     try:
       seconds = []
       for compile_step in (step_cache.compile_step, step_cache.compile_step,
-                           lambda step, args, _: step.lower(*args).compile()):
+                           lambda step, args, _: step_cache.compile_lowered(step.lower(*args))):
         jax.clear_caches()
         start = time.perf_counter()
         compiled = compile_step(step, args, built_from)
