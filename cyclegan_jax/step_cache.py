@@ -36,7 +36,7 @@ LIBRARIES = ('jax', 'jaxlib', 'flax', 'optax', 'numpy', 'ml_dtypes')
 ENVIRONMENT = ('XLA_FLAGS', 'LIBTPU_INIT_ARGS')
 CACHE_HIT = '/jax/compilation_cache/cache_hits'
 # XLA:CPU's memory-optimised scheduler orders the step's ops so that fewer activations are live
-# at once: the same arithmetic, bit for bit, in far less memory (README, Memory and scaling).
+# at once: the same arithmetic, bit for bit, in far less memory (README, Compile options).
 CPU_SCHEDULER = 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'
 
 
