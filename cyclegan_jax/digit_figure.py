@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
   args = parser.parse_args(argv)
   try:
     write(args.workdir, args.out, args.columns, args.pool)
-  except (checkpointing.CheckpointMismatchError, ValueError, FileNotFoundError) as e:
+  except (checkpointing.NoReadableCheckpointError, ValueError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
 
 

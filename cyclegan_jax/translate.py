@@ -152,7 +152,7 @@ def run_command(workdir: str, direction: str, input_path: str, output_dir: str) 
   traceback."""
   try:
     run(workdir, direction, input_path, output_dir)
-  except (checkpointing.CheckpointMismatchError, image_files.BadImageError, ValueError,
+  except (checkpointing.NoReadableCheckpointError, image_files.BadImageError, ValueError,
           FileNotFoundError) as e:
     sys.exit(f'error: {e}')
 
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--workdir', required=True, help='a trained (or converted) workdir')
   parser.add_argument('--direction', choices=DIRECTIONS, default='AtoB',
-                      help='AtoB (CycleGAN: G_AB) or BtoA (G_BA)')
+                      help='AtoB (CycleGAN: G_AB; CUT: G) or BtoA (G_BA)')
   parser.add_argument('--input', required=True, help='an image, a folder or a zip')
   parser.add_argument('--output', required=True, help='folder for the PNGs')
   args = parser.parse_args(argv)

@@ -2,7 +2,8 @@
 
 - a corrupt latest checkpoint: one warning naming it, moved aside as `<step>.corrupt`, the run
   goes on from the one before and reaches the same state as an uninterrupted run;
-- no readable checkpoint at all: one line listing them and how to start fresh;
+- no readable checkpoint at all: one line listing them and how to start fresh, from training
+  and from every command that reads a workdir (translate, export, digit_figure);
 - a full disk (a 1 MB tmpfs, when the tests run as root): one line naming the checkpoint, the
   space and the last complete checkpoint, and the next start cleans the leftover;
 - a lost peer: kill -9 of one process of a 2-process run ends the other in bounded time, with a
@@ -15,6 +16,7 @@ The in-process tests check the error texts and the atomic writers on hand-made f
 import asyncio
 import errno
 import gc
+import importlib
 import logging
 import os
 import pathlib
@@ -200,6 +202,23 @@ def test_a_lost_peer_ends_the_survivor_in_bounded_time(tmp_path, cache):
                           'with the same command to resume.')
   assert took < timeout_s + 20, f'the survivor took {took:.0f} s'
   processes[1].wait()
+
+
+@pytest.mark.parametrize('command, flags', [
+    ('translate', ('--input=IN', '--output=OUT')), ('export', ('--out=OUT',)),
+    ('digit_figure', ('--out=OUT/figure.png',))])
+def test_every_reading_command_says_an_unreadable_workdir_in_one_line(command, flags, tmp_path):
+  (tmp_path / 'checkpoints' / '5').mkdir(parents=True)
+  (tmp_path / 'checkpoints' / '5' / 'state').write_text('not a checkpoint')
+  (tmp_path / 'in').mkdir()
+  flags = [f.replace('IN', str(tmp_path / 'in')).replace('OUT', str(tmp_path / 'out'))
+           for f in flags]
+  with pytest.raises(SystemExit) as exit_info:
+    importlib.import_module(f'cyclegan_jax.{command}').main([f'--workdir={tmp_path}', *flags])
+  message = str(exit_info.value.code)
+  assert message.startswith(f'error: none of the checkpoints in {tmp_path}/checkpoints can be '
+                            'read: 5 (') and '\n' not in message, message
+  assert not (tmp_path / 'out').exists()
 
 
 def test_write_error_names_the_full_disk_the_space_and_the_last_checkpoint(tmp_path):
