@@ -16,18 +16,22 @@ model holds nothing tuned for this machine, and it is lowered for CPU, CUDA and 
 import argparse
 from collections.abc import Callable
 import dataclasses
+import os
 from pathlib import Path
 import sys
 from typing import Any
 
-from absl import logging
-import jax
-import jax.numpy as jnp
-from jax.experimental import jax2tf
-import numpy as np
-import tensorflow as tf
+# As main.py: TensorFlow's line about its oneDNN kernels, printed at import, stays off stderr.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
-from cyclegan_jax import checkpointing, translate
+from absl import logging  # noqa: E402  (after the environment TensorFlow reads)
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax.experimental import jax2tf  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from cyclegan_jax import checkpointing, faults, translate
 from cyclegan_jax.families import base
 from cyclegan_jax.models import convolution, generators
 from cyclegan_jax.progress import Progress
@@ -176,4 +180,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == '__main__':
+  faults.quiet_library_logs()  # The process's logging, so not in main(), which tests call.
   main()

@@ -121,6 +121,25 @@ def silence_teardown_noise() -> None:
   sys.unraisablehook, threading.excepthook = unraisable, threading_hook
 
 
+def quiet_library_logs(verbose: bool = False) -> None:
+  """For a command line: orbax logs every step of every save and restore at INFO, and
+  TensorFlow every step of an export; keep their warnings, drop their chatter. orbax's errors
+  come with tracebacks from its background threads; the command reports the failure itself in
+  one line, so they show only when `verbose`. jax's backend search says at INFO that every
+  platform it did not find (a TPU on a laptop) failed to start: only when `verbose`. And
+  silence_teardown_noise."""
+  import logging as std_logging
+  silence_teardown_noise()
+  noisy = ('/orbax/', '/tensorflow/', '/absl/testing/')
+  shown = std_logging.CRITICAL if not verbose else std_logging.WARNING
+  keep = lambda r: (not any(n in r.pathname for n in noisy) or
+                    std_logging.WARNING <= r.levelno < std_logging.ERROR or r.levelno >= shown)
+  std_logging.getLogger('absl').addFilter(keep)
+  if not verbose:
+    for logger in ('jax._src.xla_bridge', 'tensorflow'):
+      std_logging.getLogger(logger).setLevel(std_logging.WARNING)
+
+
 class PeerWatch:
   """Ends this process when another process of the run stops beating for `timeout_s`.
 

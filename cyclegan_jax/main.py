@@ -111,23 +111,6 @@ def limit_compilation_cache(directory: str | None, max_gb: float) -> None:
     cache_limit.prune(directory, int(max_gb * 1e9) if max_gb > 0 else None)
 
 
-def _quiet_library_logs(verbose: bool) -> None:
-  """orbax logs every step of every save at INFO; keep its warnings, drop its chatter. Its
-  errors come with tracebacks from its background threads; the run reports the failure itself
-  in one line (faults.py), so they show only with --verbose. jax's backend search says at INFO
-  that every platform it did not find (a TPU on a laptop) failed to start: only with --verbose."""
-  import logging as std_logging
-  from cyclegan_jax import faults
-  faults.silence_teardown_noise()
-  noisy = ('/orbax/', '/absl/testing/')
-  shown = std_logging.CRITICAL if not verbose else std_logging.WARNING
-  keep = lambda r: (not any(n in r.pathname for n in noisy) or
-                    std_logging.WARNING <= r.levelno < std_logging.ERROR or r.levelno >= shown)
-  std_logging.getLogger('absl').addFilter(keep)
-  if not verbose:
-    std_logging.getLogger('jax._src.xla_bridge').setLevel(std_logging.WARNING)
-
-
 def _start_distributed(workdir: str):
   """jax.distributed, with a watch that ends this process soon after a peer dies. jax's own
   heartbeat check (which aborts with a C++ stack trace) is given a minute longer."""
@@ -143,7 +126,8 @@ def _start_distributed(workdir: str):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  _quiet_library_logs(_VERBOSE.value)
+  from cyclegan_jax import faults
+  faults.quiet_library_logs(_VERBOSE.value)
   from cyclegan_jax.models import convolution
   convolution.set_impl(_CONV_IMPL.value)
   cache = compilation_cache_dir(_COMPILATION_CACHE.value, os.environ)
@@ -166,7 +150,7 @@ def main(argv):
   logging.info('process %d of %d; %d local devices of %d: %s', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.local_devices())
-  from cyclegan_jax import ablation, checkpointing, evaluation, faults, families, parallel, train
+  from cyclegan_jax import ablation, checkpointing, evaluation, families, parallel, train
   run = {'train': train.train_and_evaluate, 'evaluate': evaluation.evaluate,
          'ablation': ablation.run}[_MODE.value]
   try:

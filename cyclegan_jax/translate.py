@@ -19,7 +19,7 @@ import zipfile
 import numpy as np
 from absl import logging
 
-from cyclegan_jax import checkpointing, visualize
+from cyclegan_jax import checkpointing, faults, visualize
 from cyclegan_jax.data import image_files
 from cyclegan_jax.families import base
 from cyclegan_jax.models import generators
@@ -170,4 +170,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == '__main__':
+  faults.quiet_library_logs()  # The process's logging, so not in main(), which tests call.
   main()

@@ -177,6 +177,8 @@ def test_main_mode_export_writes_a_saved_model(exported, tmp_path, cache):
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert (tmp_path / 'model' / 'saved_model.pb').exists()
+  for chatter in ('Assets written', 'Writing fingerprint', 'Restoring checkpoint'):
+    assert chatter not in result.stderr  # TensorFlow's and orbax's INFO lines.
   assert 'maps uint8 [b, H, W, 3] → uint8 images of the same size; H and W multiples of 4, ' \
          'at least 8' in result.stderr
   assert 'Export (BtoA: load, then write): 1/2 phases (50%)' in result.stderr  # Progress lines.
