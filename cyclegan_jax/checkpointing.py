@@ -202,8 +202,8 @@ def restore_latest_readable(manager: Manager, template: TrainState) -> TrainStat
       return state
     why = faults.reason(error) if error else 'unreadable on another process'
     set_aside.append(f'{step} ({why})')
-    logging.warning('checkpoint %d cannot be read (%s); moved it aside to %s, trying the one '
-                    'before', step, why, _set_aside(manager, step))
+    logging.warning('checkpoint %d cannot be read (%s); moved it aside to %s%s', step, why,
+                    _set_aside(manager, step), ', trying earlier ones' if step != steps[-1] else '')
   if set_aside:
     raise NoReadableCheckpointError(
         f'none of the checkpoints in {manager.directory} can be read: {"; ".join(set_aside)}. '
@@ -291,8 +291,8 @@ def load(workdir: str | Path, config: ml_collections.ConfigDict | None = None,
         if step is not None:
           raise
         unreadable.append(f'{candidate} ({faults.reason(e)})')
-        logging.warning('checkpoint %d cannot be read (%s); using the one before', candidate,
-                        faults.reason(e))
+        logging.warning('checkpoint %d cannot be read (%s)%s', candidate, faults.reason(e),
+                        '; using the one before' if candidate != steps[-1] else '')
   finally:
     manager.close()
   raise NoReadableCheckpointError(

@@ -120,6 +120,8 @@ def test_no_readable_checkpoint_stops_with_their_list(corrupt_runs):
                                  f'{workdir}/checkpoints away).')
   assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == [
       '2.corrupt', '4.corrupt', '6.corrupt']
+  warnings = [l for l in run.stderr.splitlines() if 'cannot be read (' in l and 'aside' in l]
+  assert [w.endswith(', trying earlier ones') for w in warnings] == [True, True, False]
 
 
 @pytest.mark.slow
@@ -207,7 +209,8 @@ def test_a_lost_peer_ends_the_survivor_in_bounded_time(tmp_path, cache):
 @pytest.mark.parametrize('command, flags', [
     ('translate', ('--input=IN', '--output=OUT')), ('export', ('--out=OUT',)),
     ('digit_figure', ('--out=OUT/figure.png',))])
-def test_every_reading_command_says_an_unreadable_workdir_in_one_line(command, flags, tmp_path):
+def test_every_reading_command_says_an_unreadable_workdir_in_one_line(command, flags, tmp_path,
+                                                                       caplog):
   (tmp_path / 'checkpoints' / '5').mkdir(parents=True)
   (tmp_path / 'checkpoints' / '5' / 'state').write_text('not a checkpoint')
   (tmp_path / 'in').mkdir()
@@ -219,6 +222,8 @@ def test_every_reading_command_says_an_unreadable_workdir_in_one_line(command, f
   assert message.startswith(f'error: none of the checkpoints in {tmp_path}/checkpoints can be '
                             'read: 5 (') and '\n' not in message, message
   assert not (tmp_path / 'out').exists()
+  # The warning of the oldest checkpoint promises no other.
+  assert 'checkpoint 5 cannot be read' in caplog.text and 'the one before' not in caplog.text
 
 
 def test_write_error_names_the_full_disk_the_space_and_the_last_checkpoint(tmp_path):
