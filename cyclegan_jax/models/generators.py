@@ -4,9 +4,7 @@ Flax modules used only through `init`/`apply`; they know nothing of devices, dat
 """
 
 from collections.abc import Callable
-import dataclasses
 import functools
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -17,46 +15,7 @@ from cyclegan_jax.models import convolution, instance_norm, layers
 from cyclegan_jax.models.block_layout import BLOCKS
 
 
-class _ModelOptions(nn.Module):
-  """Options every generator shares; the concrete models add their own."""
-  output_nc: int = 3
-  ngf: int = 64
-  norm: str = 'instance'
-  init_type: str = 'normal'
-  init_gain: float = 0.02
-  dropout: float = 0.0
-  activation: str = 'relu'
-  leaky_slope: float = 0.2
-  dtype: Any = jnp.float32
-  batch_axis: str | None = None  # Batch norm's device axis, set by the train step (layers.Norm).
-
-  @property
-  def use_bias(self) -> bool:
-    return layers.norm_uses_conv_bias(self.norm)
-
-  def conv(self, features, kernel_size, **kwargs):
-    kwargs.setdefault('use_bias', self.use_bias)
-    return layers.Conv(features, kernel_size, dtype=self.dtype,
-                       kernel_init=layers.kernel_init(self.init_type, self.init_gain), **kwargs)
-
-  def conv_transpose(self, features, **kwargs):
-    kwargs.setdefault('use_bias', self.use_bias)
-    return layers.ConvTranspose(features, dtype=self.dtype,
-                                kernel_init=layers.kernel_init(self.init_type, self.init_gain),
-                                **kwargs)
-
-  def shared_options(self) -> dict[str, Any]:
-    return {f.name: getattr(self, f.name) for f in dataclasses.fields(_ModelOptions)
-            if f.name not in ('parent', 'name')}
-
-  def norm_layer(self):
-    return layers.Norm(self.norm, gain=self.init_gain, dtype=self.dtype, axis_name=self.batch_axis)
-
-  def act(self):
-    return layers.activation(self.activation, self.leaky_slope)
-
-
-class ResnetBlock(_ModelOptions):
+class ResnetBlock(layers.GeneratorOptions):
   """x + (reflect-pad 1, conv3, norm, act, [dropout], reflect-pad 1, conv3, norm)(x)."""
   features: int = 256
 
@@ -71,7 +30,7 @@ class ResnetBlock(_ModelOptions):
     return x + y
 
 
-class _BlockStep(_ModelOptions):
+class _BlockStep(layers.GeneratorOptions):
   """One step of ResnetGenerator's scan over its blocks: a ResnetBlock on the carry. Blocks from
   `stop` on pass it through (feature_layers ending among the blocks); with `emit`, each block's
   output is also a scan output."""
@@ -101,7 +60,7 @@ def _scanned_blocks(unroll: int):
                  split_rngs={'params': True, 'dropout': True}, unroll=unroll)
 
 
-class ResnetGenerator(_ModelOptions):
+class ResnetGenerator(layers.GeneratorOptions):
   """Encoder (c7s1-ngf, d2ngf, d4ngf: `n_downsampling` 2 halvings), `n_blocks` residual blocks,
   decoder (u2ngf, ungf, c7s1-3).
 
@@ -174,7 +133,7 @@ class ResnetGenerator(_ModelOptions):
     return features if feature_layers else x.astype(jnp.float32)
 
 
-class UnetGenerator(_ModelOptions):
+class UnetGenerator(layers.GeneratorOptions):
   """The reference U-Net: `num_downs` stride-2 halvings with skip connections at every level.
 
   Built iteratively from the outside in, mirroring UnetSkipConnectionBlock: down path
@@ -221,7 +180,7 @@ def dcgan_upsamplings(image_size: int) -> int:
   return stages
 
 
-class DCGANGenerator(_ModelOptions):
+class DCGANGenerator(layers.GeneratorOptions):
   """z [b, nz] → [b, size, size, output_nc] as the DCGAN reference: a projection to
   4×4×(ngf·2^(n−1)), then n transposed convs k4 s2 p1 halving the channels (norm, ReLU after
   all but the last), tanh. At 64² that is 4×4×8ngf → 8² → 16² → 32² → 64²×3.

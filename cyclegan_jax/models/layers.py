@@ -4,6 +4,7 @@ Convolutions use explicit PyTorch-style padding (never 'SAME' for even kernels),
 weights line up one-for-one with the reference CycleGAN code.
 """
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -174,3 +175,41 @@ def blur_upsample(x: jax.Array) -> jax.Array:
 
 def count_params(params: Any) -> int:
   return sum(x.size for x in jax.tree.leaves(params))
+
+
+class GeneratorOptions(nn.Module):
+  """Options every generator shares; the concrete models add their own."""
+  output_nc: int = 3
+  ngf: int = 64
+  norm: str = 'instance'
+  init_type: str = 'normal'
+  init_gain: float = 0.02
+  dropout: float = 0.0
+  activation: str = 'relu'
+  leaky_slope: float = 0.2
+  dtype: Any = jnp.float32
+  batch_axis: str | None = None  # Batch norm's device axis, set by the train step (Norm).
+
+  @property
+  def use_bias(self) -> bool:
+    return norm_uses_conv_bias(self.norm)
+
+  def conv(self, features, kernel_size, **kwargs):
+    kwargs.setdefault('use_bias', self.use_bias)
+    return Conv(features, kernel_size, dtype=self.dtype,
+                kernel_init=kernel_init(self.init_type, self.init_gain), **kwargs)
+
+  def conv_transpose(self, features, **kwargs):
+    kwargs.setdefault('use_bias', self.use_bias)
+    return ConvTranspose(features, dtype=self.dtype,
+                         kernel_init=kernel_init(self.init_type, self.init_gain), **kwargs)
+
+  def shared_options(self) -> dict[str, Any]:
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(GeneratorOptions)
+            if f.name not in ('parent', 'name')}
+
+  def norm_layer(self):
+    return Norm(self.norm, gain=self.init_gain, dtype=self.dtype, axis_name=self.batch_axis)
+
+  def act(self):
+    return activation(self.activation, self.leaky_slope)
