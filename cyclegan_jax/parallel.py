@@ -12,6 +12,7 @@ import zlib
 
 from etils import epath
 import jax
+import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import numpy as np
 
@@ -165,6 +166,13 @@ def share_of_global(draw: Callable[[int], jax.Array], local_batch: int) -> jax.A
   rows = draw(local_batch * jax.lax.axis_size(AXIS_NAME))
   return jax.lax.dynamic_slice_in_dim(rows, jax.lax.axis_index(AXIS_NAME) * local_batch,
                                       local_batch)
+
+
+def next_in_global_batch(x: jax.Array) -> jax.Array:
+  """Inside the pmapped step: for each of this device's examples, the next example of the
+  global batch (the last one's: the first), whatever the topology."""
+  everyone = jax.lax.all_gather(x, AXIS_NAME, tiled=True)
+  return share_of_global(lambda n: jnp.roll(everyone, -1, axis=0), x.shape[0])
 
 
 def prefetch_to_device(iterator: Iterator[Any], size: int = 2) -> Iterator[Any]:

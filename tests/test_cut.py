@@ -201,6 +201,8 @@ def test_fastcut_step_has_no_identity_term():
     ('model.nce_layers', '4,0', r"model\.nce_layers='4,0': expected increasing"),
     ('loss.gan_mode', 'wgangp', r"loss\.gan_mode='wgangp'"),
     ('loss.num_patches', 0, r'num_patches=0'),
+    ('model.style_reference', True,
+     r'model\.style_reference=True does not apply to CUT \(its G reads no style reference\)'),
 ])
 def test_settings_that_do_not_apply_are_named(key, value, message):
   config = cut_test.get_config()

@@ -80,6 +80,20 @@ def test_l1_loss():
   assert float(losses.l1_loss(jnp.ones((2, 4, 4, 3), jnp.bfloat16), jnp.zeros((2, 4, 4, 3)))) == 1.0
 
 
+def test_colour_statistics_loss_on_hand_made_images():
+  """Image 0: channel means 1 and 0 against 0 and 0 (|Δμ| 1 + 0), stds 1 and 0 against 0 and 2
+  (|Δσ| 1 + 2), weight 1; image 1 differs as much but weighs 0. Mean over 2 images × 2
+  channels: (1 + 0 + 1 + 2) / 4."""
+  images = np.zeros((2, 2, 1, 2), np.float32)
+  images[0, :, 0, 0] = [0.0, 2.0]  # Mean 1, std 1.
+  references = np.zeros_like(images)
+  references[0, :, 0, 1] = [-2.0, 2.0]  # Mean 0, std 2.
+  references[1] = 5.0
+  loss = losses.colour_statistics_loss(jnp.asarray(images), jnp.asarray(references),
+                                       jnp.array([1.0, 0.0]))
+  assert float(loss) == pytest.approx(1.0)
+
+
 def test_cycle_consistency_weighting():
   real_a, real_b = jnp.zeros((2, 2)), jnp.zeros((2, 2))
   rec_a = jnp.full((2, 2), 0.5)  # |F(G(A)) - A|_1 = 0.5.

@@ -123,6 +123,25 @@ def test_antialias_is_for_resnets_only():
       generators.create_generator(model_config(generator=name, antialias=True))
 
 
+def test_a_style_referenced_resnet_reads_its_reference_beside_the_input():
+  """model.style_reference: the first conv reads input and reference channels; no reference is
+  a zero one (as translation runs it), and another reference draws another image."""
+  model = generators.create_generator(model_config(generator='resnet_2blocks', ngf=8),
+                                      reference_nc=3)
+  x, reference = random_images(2, 16, 16, 1), random_images(2, 16, 16, 3) + 1.0
+  variables = model.init(KEY, x, train=False)
+  assert variables['params']['Conv_0']['Conv_0']['kernel'].shape == (7, 7, 1 + 3, 8)
+  plain = model.apply(variables, x, train=False)
+  np.testing.assert_array_equal(
+      plain, model.apply(variables, x, train=False, reference=jnp.zeros((2, 16, 16, 3))))
+  assert float(jnp.abs(model.apply(variables, x, train=False, reference=reference)
+                       - plain).max()) > 1e-3
+  for name in ('unet_128', 'dcgan'):
+    with pytest.raises(ValueError,
+                       match=f"model.style_reference is for ResNet generators .*'{name}'"):
+      generators.create_generator(model_config(generator=name), reference_nc=3)
+
+
 def test_basic_discriminator_param_count():
   model = discriminators.create_discriminator(model_config())
   assert layers.count_params(abstract_init(model, 1, 256, 256, 3)['params']) == 2_764_737

@@ -20,7 +20,7 @@ import optax
 import pytest
 
 from configs import default
-from cyclegan_jax import families, image_pool, optim, parallel
+from cyclegan_jax import families, image_pool, losses, optim, parallel
 from cyclegan_jax.families import base, cyclegan
 from tests.helpers import host_tree, rel_error
 
@@ -595,6 +595,64 @@ def test_inversion_invariance_term_is_zero_only_for_invariant_inputs():
   assert float(metrics['invariance_b'][0]) > 1e-3
   terms = ('g_adv_a', 'g_adv_b', 'cycle_a', 'cycle_b', 'idt_a', 'idt_b', 'invariance_b')
   np.testing.assert_allclose(metrics['g_total'][0], sum(metrics[t][0] for t in terms), rtol=1e-5)
+
+
+def test_style_reference_feeds_g_ab_the_next_b_image_and_weighs_its_colours():
+  """model.style_reference: G_AB(a_i) reads B image i + 1 of the global batch (the last reads
+  the first; image 0 reads none), the B cycle G_AB(G_BA(b), b) reads b itself, and the style
+  term is λ times the colour statistics loss of G_AB(a) against those references."""
+  c = tiny_config()
+  c.model.style_reference = True
+  c.loss.lambda_style = 2.0
+  models = cyclegan.create_models(c, steps_per_epoch=STEPS_PER_EPOCH)
+  state = cyclegan.create_train_state(c, models, jax.random.key(c.seed))
+  step = parallel.pmap_step(functools.partial(cyclegan.train_step, models=models, config=c))
+  batch = input_batches(1)[0]
+  _, metrics = step(parallel.replicate(state), parallel.shard_batch(batch))
+  g = lambda name, x, **kwargs: models.generators[name].apply(
+      base.variables(state.params[name], state.batch_stats[name]), x, train=False, **kwargs)
+  references = np.roll(batch['b'], -1, axis=0)
+  references[0] = 0.0
+  weights = np.array([0.0] + [1.0] * (GLOBAL_BATCH - 1))
+  expected_style = 2.0 * losses.colour_statistics_loss(
+      g('g_ab', batch['a'], reference=references), references, weights)
+  expected_cycle_b = c.loss.lambda_b * losses.l1_loss(
+      g('g_ab', g('g_ba', batch['b']), reference=batch['b']), batch['b'])
+  np.testing.assert_allclose(metrics['style'][0], expected_style, rtol=1e-4)
+  np.testing.assert_allclose(metrics['cycle_b'][0], expected_cycle_b, rtol=1e-4)
+  terms = ('g_adv_a', 'g_adv_b', 'cycle_a', 'cycle_b', 'idt_a', 'idt_b', 'style')
+  np.testing.assert_allclose(metrics['g_total'][0], sum(metrics[t][0] for t in terms), rtol=1e-5)
+
+
+def test_style_references_are_the_next_b_image_of_the_global_batch_on_any_topology():
+  model = tiny_config().model
+  model.style_reference = True
+  b = np.arange(16, dtype=np.float32)[:, None, None, None] * np.ones((16, 2, 2, 3), np.float32)
+  references = functools.partial(base.style_references, model)
+  on_eight = jax.pmap(references, axis_name=parallel.AXIS_NAME)(b.reshape(8, 2, 2, 2, 3))
+  on_one = jax.pmap(references, axis_name=parallel.AXIS_NAME)(b[None])
+  expected = np.roll(b, -1, axis=0)
+  expected[0] = 0.0
+  for refs, weights in (on_eight, on_one):
+    np.testing.assert_array_equal(np.asarray(refs).reshape(16, 2, 2, 3), expected)
+    np.testing.assert_array_equal(np.asarray(weights).reshape(16), [0.0] + [1.0] * 15)
+  model.style_reference = False
+  assert base.style_references(model, b) is None
+
+
+def test_style_reference_settings_are_checked():
+  config = tiny_config()
+  config.model.style_reference = True
+  config.batch_size = 1
+  with pytest.raises(ValueError, match='model.style_reference needs batch_size >= 2, not 1.'):
+    families.check_config(config)
+  config.model.generator = 'unet_128'
+  config.batch_size = 2
+  with pytest.raises(ValueError, match="model.style_reference is for ResNet generators"):
+    families.check_config(config)
+  config.family = 'dcgan'
+  with pytest.raises(ValueError, match='model.style_reference is a CycleGAN option'):
+    families.check_config(config)
 
 
 def test_channel_flips_are_signs_drawn_for_the_global_batch():

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from cyclegan_jax import image_pool
+from cyclegan_jax import image_pool, parallel
 from cyclegan_jax.data import input_pipeline
 from cyclegan_jax.metrics import fid
 from cyclegan_jax.progress import Progress
@@ -128,6 +128,24 @@ def apply_train(module: nn.Module, params: Any, batch_stats: Any, x: jax.Array,
 # (also when it comes from the compilation cache); XLA inlines the calls: the same program.
 _apply_train_in_step = jax.jit(apply_train, static_argnums=0,
                                static_argnames=('feature_layers',))
+
+
+def reference_nc(model: ml_collections.ConfigDict) -> int:
+  """The channels of G_AB's style reference, a B image's (model.style_reference; configs saved
+  by earlier versions have none)."""
+  return model.output_nc if model.get('style_reference', False) else 0
+
+
+def style_references(model: ml_collections.ConfigDict,
+                     real_b: jax.Array) -> tuple[jax.Array, jax.Array] | None:
+  """(references, weights) of this device's images under model.style_reference, else None.
+  Each image of the global batch reads the next one's B image, whatever the topology, except
+  the first, which reads none (zeros, weight 0), as translation and export run G_AB."""
+  if not reference_nc(model):
+    return None
+  weights = parallel.share_of_global(lambda n: (jnp.arange(n) > 0).astype(jnp.float32),
+                                     real_b.shape[0])
+  return parallel.next_in_global_batch(real_b) * weights[:, None, None, None], weights
 
 
 class Networks:

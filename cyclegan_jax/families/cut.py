@@ -40,6 +40,7 @@ _NOT_APPLICABLE = {
     'loss.lambda_digit': (0.0, 'there is no cycle for the label-consistency loss'),
     'loss.lambda_digit_self': (0.0, 'the CUT step has no digit teacher'),
     'loss.r1_gamma': (0.0, 'R1 is a DCGAN option'),
+    'model.style_reference': (False, 'its G reads no style reference'),
 }
 
 
@@ -105,8 +106,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                     f'>= 0; nce_temperature={loss.nce_temperature}, num_patches='
                     f'{loss.num_patches} and model.projection_features='
                     f'{config.model.projection_features} > 0.')
-  if config.eval_every_steps and config.data.source == 'digits' and (
-      config.data.domain_b != 'mnist'):
+  if config.eval_every_steps and config.data.source == 'digits' and config.data.domain_b != 'mnist':
     problems.append(f'eval_every_steps: CUT translates A → B only, and the digit classifier '
                     f"reads MNIST: data.domain_b must be 'mnist', not {config.data.domain_b!r}.")
   if problems:

@@ -66,7 +66,8 @@ def create_models(config: ml_collections.ConfigDict, steps_per_epoch: int,
   evaluating a trained model must not need the training run's data directory."""
   to_a = config.model.copy_and_resolve_references()
   to_a.output_nc = config.model.input_nc
-  return Models(generators={'g_ab': generators.create_generator(config.model),
+  return Models(generators={'g_ab': generators.create_generator(config.model,
+                                                                base.reference_nc(config.model)),
                             'g_ba': generators.create_generator(to_a)},
                 discriminator=discriminators.create_discriminator(config.model),
                 semantic_loss=make_semantic_loss(config.loss) if training_losses else None,
@@ -81,9 +82,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.loss.lambda_semantic > 0:
     vgg.check_layers(tuple(n.strip() for n in config.loss.semantic_layers.split(',')))
   digits.check_label_consistency(config)
+  if base.reference_nc(config.model) and config.batch_size < 2:
+    raise ValueError(f'model.style_reference needs batch_size >= 2, not {config.batch_size}.')
   to_a = config.model.copy_and_resolve_references()
   to_a.output_nc = config.model.input_nc
-  generators.create_generator(config.model), generators.create_generator(to_a)
+  generators.create_generator(config.model, base.reference_nc(config.model))
+  generators.create_generator(to_a)
   base.check_discriminator_output(config, discriminators.create_discriminator(config.model),
                                   config.model.output_nc)
 
@@ -149,11 +153,15 @@ def train_step(state: base.TrainState, batch: dict[str, jax.Array], *, models: M
   g_key, d_key = jax.random.split(jax.random.fold_in(device_key, jax.lax.axis_index(AXIS_NAME)))
   modules = parallel.in_step(_modules(models))
 
+  # model.style_reference: G_AB(a) reads another B image (base.py), G_AB(G_BA(b)) reads b.
+  style = base.style_references(config.model, real_b)
+  to_b = lambda net, x, ref: net('g_ab', x, **({'reference': ref} if style else {}))
+
   def generator_loss(g_params):
     net = base.Networks(modules, {**state.params, **g_params}, state.batch_stats, g_key)
-    fake_b = net('g_ab', real_a)
+    fake_b = to_b(net, real_a, style and style[0])
     fake_a = net('g_ba', real_b)
-    rec_a, rec_b = net('g_ba', fake_b), net('g_ab', fake_a)
+    rec_a, rec_b = net('g_ba', fake_b), to_b(net, fake_a, real_b)
     terms = {'g_adv_a': losses.generator_gan_loss(net('d_a', fake_a), mode),
              'g_adv_b': losses.generator_gan_loss(net('d_b', fake_b), mode)}
     terms['cycle_a'], terms['cycle_b'] = losses.cycle_consistency_loss(
@@ -170,6 +178,8 @@ def train_step(state: base.TrainState, batch: dict[str, jax.Array], *, models: M
       terms['invariance_b'] = loss.lambda_invariance_b * losses.l1_loss(
           fake_a, net('g_ba', real_b * channel_flips(
               jax.random.fold_in(gp_key, _INVARIANCE_STREAM), real_b.shape)))
+    if style:
+      terms['style'] = loss.lambda_style * losses.colour_statistics_loss(fake_b, *style)
     return sum(terms.values()), (terms, fake_a, fake_b, net.batch_stats)
 
   g_params = _subset(state.params, GENERATORS)
@@ -284,7 +294,7 @@ FAMILY = base.Family(
     translators={'AtoB': ('g_ab', 'a'), 'BtoA': ('g_ba', 'b')},
     loss_groups={
         'generator': ['g_adv_a', 'g_adv_b', 'cycle_a', 'cycle_b', 'idt_a', 'idt_b', 'semantic',
-                      'invariance_b', 'digit', 'digit_self'],
+                      'invariance_b', 'digit', 'digit_self', 'style'],
         'discriminator': ['d_a', 'd_b', 'd_a_gp', 'd_b_gp'],
         'totals': ['g_total', 'd_total']},
     log_columns=log_columns)

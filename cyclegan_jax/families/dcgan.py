@@ -44,6 +44,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if loss.r1_gamma < 0 or loss.r1_every < 1:
     raise ValueError(f'loss.r1_gamma={loss.r1_gamma} must be >= 0 and loss.r1_every='
                      f'{loss.r1_every} >= 1.')
+  if config.model.get('style_reference', False):
+    raise ValueError('model.style_reference is a CycleGAN option: a DCGAN G reads noise.')
   generators.create_generator(config.model)
   discriminators.create_discriminator(config.model)
 

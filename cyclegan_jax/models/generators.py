@@ -75,12 +75,16 @@ class ResnetGenerator(layers.GeneratorOptions):
 
   The layers run as the entries of the reference's `nn.Sequential`, so `feature_layers` (CUT's
   nce_layers) index the same tensors as there: 0 is the reflect-padded input, 4 the first
-  down conv's output, 12 the first residual block's (with antialias)."""
+  down conv's output, 12 the first residual block's (with antialias).
+
+  With `reference_nc`, it also reads a style reference of that many channels beside its input
+  (CycleGAN's model.style_reference): zeros where none is given, as in translation."""
   n_blocks: int = 9
   n_downsampling: int = 2
   antialias: bool = False
   remat: bool = False
   unroll: bool = False
+  reference_nc: int = 0
 
   def _sequential(self, train: bool) -> tuple[list[Callable[[jax.Array], jax.Array]], ...]:
     """The Sequential's entries before and after its residual blocks."""
@@ -99,10 +103,13 @@ class ResnetGenerator(layers.GeneratorOptions):
     return encoder, decoder + [reflect, self.conv(self.output_nc, 7, use_bias=True), jnp.tanh]
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = True,
-               feature_layers: tuple[int, ...] = ()) -> jax.Array | list[jax.Array]:
+  def __call__(self, x: jax.Array, train: bool = True, feature_layers: tuple[int, ...] = (),
+               reference: jax.Array | None = None) -> jax.Array | list[jax.Array]:
     """The translated image; with `feature_layers`, the outputs of those Sequential entries
     instead, computed only as far as the last of them."""
+    if self.reference_nc:
+      x = jnp.concatenate([x, jnp.zeros(x.shape[:-1] + (self.reference_nc,), x.dtype)
+                           if reference is None else reference.astype(x.dtype)], -1)
     encoder, decoder = self._sequential(train)
     first, after = len(encoder), len(encoder) + self.n_blocks  # The blocks' entries.
     size = after + len(decoder)
@@ -219,8 +226,9 @@ GENERATORS = {
 }
 
 
-def create_generator(model_config: ml_collections.ConfigDict) -> nn.Module:
-  """The generator named by `model_config.generator`, with the shared model options."""
+def create_generator(model_config: ml_collections.ConfigDict, reference_nc: int = 0) -> nn.Module:
+  """The generator named by `model_config.generator`, with the shared model options;
+  `reference_nc`: the channels of a style reference it also reads (ResNets only)."""
   name = model_config.generator
   n_blocks = name[len('resnet_'):-len('blocks')]
   remat = model_config.get('remat', 'none')  # Configs saved by earlier versions have none.
@@ -229,14 +237,16 @@ def create_generator(model_config: ml_collections.ConfigDict) -> nn.Module:
   if name.startswith('resnet_') and name.endswith('blocks') and n_blocks.isdigit():
     cls, extra = ResnetGenerator, {'n_blocks': int(n_blocks), 'remat': remat == 'blocks',
         'antialias': model_config.antialias, 'unroll': model_config.get('unroll_blocks', False),
-        'n_downsampling': model_config.get('n_downsampling', 2)}  # Earlier configs: 2.
+        'n_downsampling': model_config.get('n_downsampling', 2),  # Earlier configs: 2.
+        'reference_nc': reference_nc}
     if extra['n_downsampling'] < 0:
       raise ValueError(f'model.n_downsampling={extra["n_downsampling"]}: expected 0 or more.')
   elif name not in GENERATORS:
     raise ValueError(f'unknown generator {name!r}; expected one of {", ".join(GENERATORS)} '
                      'or resnet_<n>blocks')
-  elif model_config.antialias or remat != 'none':
-    key = 'antialias' if model_config.antialias else 'remat'
+  elif model_config.antialias or remat != 'none' or reference_nc:
+    key = ('antialias' if model_config.antialias else 'remat' if remat != 'none'
+           else 'style_reference')
     raise ValueError(f'model.{key} is for ResNet generators (resnet_<n>blocks), not {name!r}.')
   else:
     cls, extra = GENERATORS[name]
