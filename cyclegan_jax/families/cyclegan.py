@@ -159,7 +159,7 @@ def train_step(state: base.TrainState, batch: dict[str, jax.Array], *, models: M
 
   def generator_loss(g_params):
     net = base.Networks(modules, {**state.params, **g_params}, state.batch_stats, g_key)
-    fake_b = to_b(net, real_a, style and style[0])
+    fake_b = to_b(net, real_a, style[0] if style else None)
     fake_a = net('g_ba', real_b)
     rec_a, rec_b = net('g_ba', fake_b), to_b(net, fake_a, real_b)
     terms = {'g_adv_a': losses.generator_gan_loss(net('d_a', fake_a), mode),
