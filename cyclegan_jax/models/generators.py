@@ -13,6 +13,7 @@ import ml_collections
 
 from cyclegan_jax.models import convolution, instance_norm, layers
 from cyclegan_jax.models.block_layout import BLOCKS
+from cyclegan_jax.models.dropout import Dropout
 
 
 class ResnetBlock(layers.GeneratorOptions):
@@ -24,7 +25,7 @@ class ResnetBlock(layers.GeneratorOptions):
     y = self.conv(self.features, 3, padding=1, pad_mode='reflect')(x)
     y = self.act()(self.norm_layer()(y, train))
     if self.dropout > 0:
-      y = nn.Dropout(self.dropout, deterministic=not train)(y)
+      y = Dropout(self.dropout)(y, train)
     y = self.conv(self.features, 3, padding=1, pad_mode='reflect')(y)
     y = self.norm_layer()(y, train)
     return x + y
@@ -172,7 +173,7 @@ class UnetGenerator(layers.GeneratorOptions):
       x = self.conv_transpose(outer_nc, kernel_size=4, padding=1, output_padding=0)(x)
       x = self.norm_layer()(x, train)
       if use_dropout and self.dropout > 0:
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = Dropout(self.dropout)(x, train)
       x = jnp.concatenate([skips[depth], x], axis=-1)
     x = self.conv_transpose(self.output_nc, kernel_size=4, padding=1, output_padding=0,
                             use_bias=True)(nn.relu(x))
