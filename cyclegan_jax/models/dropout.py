@@ -2,8 +2,8 @@
 
 flax's `nn.Dropout` draws one 32-bit threefry word per masked value. For a keep probability of
 k / 2^b with b ≤ 8 (0.5, the reference's rate, needs one bit), b bits of a word decide a value
-just as exactly, so one word serves 32 / b values. In the digit configs' small step the masks
-were a seventh of the thread time (README, Digits); other rates draw as flax does.
+just as exactly, so one word serves 32 / b values. In the digit configs' small step flax's masks
+took a tenth of the thread time (docs/digits_experiments.md); other rates draw as flax does.
 """
 
 import math
