@@ -40,6 +40,8 @@ def get_config() -> ml_collections.ConfigDict:
   model.init_type = 'normal'  # normal | xavier | kaiming | orthogonal
   model.init_gain = 0.02
   model.dropout = 0.0  # The reference CycleGAN trains without dropout.
+  # CycleGAN's G_BA (B → A) alone; None: model.dropout.
+  model.dropout_g_ba = ml_collections.config_dict.placeholder(float)
   model.activation = 'relu'  # Generator activation: relu | leaky_relu.
   model.leaky_slope = 0.2  # Slope when activation is leaky_relu (seed S3 used 0.01).
   model.dtype = 'float32'  # Compute dtype (bfloat16 on TPU); parameters stay float32.

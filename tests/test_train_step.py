@@ -628,6 +628,25 @@ def test_style_reference_feeds_g_ab_the_next_b_image_and_weighs_its_colours(opti
   np.testing.assert_allclose(metrics['cycle_b'][0], expected_cycle_b, rtol=1e-4)
 
 
+@pytest.mark.parametrize('dropout_g_ba, g_ba_varies', [(None, True), (0.0, False)])
+def test_dropout_g_ba_sets_the_dropout_of_g_ba_alone(dropout_g_ba, g_ba_varies):
+  """model.dropout_g_ba (None: model.dropout) is G_BA's dropout; G_AB keeps model.dropout. In
+  training mode two dropout keys give two outputs only where a generator has dropout."""
+  c = tiny_config()
+  c.model.dropout, c.model.dropout_g_ba = 0.5, dropout_g_ba
+  models = cyclegan.create_models(c, steps_per_epoch=STEPS_PER_EPOCH)
+  state = cyclegan.create_train_state(c, models, jax.random.key(c.seed))
+  x = input_batches(1)[0]['a']
+
+  def train_mode(name, seed):
+    return models.generators[name].apply(base.variables(state.params[name], {}), x,
+                                         rngs={'dropout': jax.random.key(seed)})
+
+  assert float(np.max(np.abs(train_mode('g_ab', 1) - train_mode('g_ab', 2)))) > 1e-3
+  differs = float(np.max(np.abs(train_mode('g_ba', 1) - train_mode('g_ba', 2))))
+  assert differs > 1e-3 if g_ba_varies else differs == 0.0
+
+
 def test_style_references_are_the_next_b_image_of_the_global_batch_on_any_topology():
   model = tiny_config().model
   model.style_reference = True

@@ -14,7 +14,6 @@ import dataclasses
 import functools
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -60,15 +59,23 @@ def make_semantic_loss(loss_config: ml_collections.ConfigDict) -> SemanticLoss |
                            weight=loss_config.lambda_semantic)
 
 
+def _g_ba_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """G_BA's settings: config.model mapping output_nc back to input_nc, with its own dropout
+  where model.dropout_g_ba is set (configs saved by earlier versions have none)."""
+  to_a = model.copy_and_resolve_references()
+  to_a.output_nc = model.input_nc
+  if model.get('dropout_g_ba') is not None:
+    to_a.dropout = model.dropout_g_ba
+  return to_a
+
+
 def create_models(config: ml_collections.ConfigDict, steps_per_epoch: int,
                   lr_scale: float = 1.0, training_losses: bool = True) -> Models:
   """Without `training_losses`, no VGG16 or digit teacher is read: translating, exporting or
   evaluating a trained model must not need the training run's data directory."""
-  to_a = config.model.copy_and_resolve_references()
-  to_a.output_nc = config.model.input_nc
   return Models(generators={'g_ab': generators.create_generator(config.model,
                                                                 base.reference_nc(config.model)),
-                            'g_ba': generators.create_generator(to_a)},
+                            'g_ba': generators.create_generator(_g_ba_config(config.model))},
                 discriminator=discriminators.create_discriminator(config.model),
                 semantic_loss=make_semantic_loss(config.loss) if training_losses else None,
                 digit_loss=(digits.make_label_consistency_loss(config) if training_losses
@@ -84,20 +91,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   digits.check_label_consistency(config)
   if base.reference_nc(config.model) and config.batch_size < 2:
     raise ValueError(f'model.style_reference needs batch_size >= 2, not {config.batch_size}.')
-  to_a = config.model.copy_and_resolve_references()
-  to_a.output_nc = config.model.input_nc
   generators.create_generator(config.model, base.reference_nc(config.model))
-  generators.create_generator(to_a)
+  generators.create_generator(_g_ba_config(config.model))
   base.check_discriminator_output(config, discriminators.create_discriminator(config.model),
                                   config.model.output_nc)
 
 
 def create_train_state(config: ml_collections.ConfigDict, models: Models,
                        key: jax.Array) -> base.TrainState:
-  """Fresh parameters for all four networks, optimizer states, empty pools, step 0.
-
-  Built in one jitted function: eager init compiles every op separately (seconds per model).
-  """
+  """Fresh parameters for all four networks, optimizer states, empty pools, step 0, built in
+  one jitted function: eager init compiles every op separately (seconds per model)."""
   model = config.model
   size = config.data.crop_size
   init_key, step_key = jax.random.split(key)
@@ -124,11 +127,6 @@ def create_train_state(config: ml_collections.ConfigDict, models: Models,
                          rng=step_key)
 
 
-def _modules(models: Models) -> dict[str, nn.Module]:
-  """Each tree's module: one discriminator module judges both domains."""
-  return {**models.generators, 'd_a': models.discriminator, 'd_b': models.discriminator}
-
-
 def _subset(tree: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
   return {name: tree[name] for name in names}
 
@@ -151,7 +149,8 @@ def train_step(state: base.TrainState, batch: dict[str, jax.Array], *, models: M
   step_key = jax.random.fold_in(state.rng, state.step)  # The same on every device.
   pool_a_key, pool_b_key, gp_key, device_key = jax.random.split(step_key, 4)
   g_key, d_key = jax.random.split(jax.random.fold_in(device_key, jax.lax.axis_index(AXIS_NAME)))
-  modules = parallel.in_step(_modules(models))
+  modules = parallel.in_step({**models.generators,  # One discriminator judges both domains.
+                              'd_a': models.discriminator, 'd_b': models.discriminator})
 
   # model.style_reference: G_AB(a) reads another B image (base.py), G_AB(G_BA(b)) reads b.
   style = base.style_references(config.model, real_b)
