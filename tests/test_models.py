@@ -205,6 +205,14 @@ def test_n_downsampling_below_zero_is_refused():
     generators.create_generator(model_config(generator='resnet_2blocks', n_downsampling=-1))
 
 
+@pytest.mark.parametrize('rate', [-0.1, 1.5])
+def test_dropout_outside_zero_to_one_is_refused(rate):
+  """Such rates ran silently: every value kept and scaled by 1 / keep, which is negative above
+  rate 1 and below 1 under rate 0."""
+  with pytest.raises(ValueError, match=rf'dropout={rate}: expected a rate in \[0, 1\]\.'):
+    generators.create_generator(model_config(generator='resnet_2blocks', dropout=rate))
+
+
 @pytest.mark.parametrize('size, expected', [(256, 30), (128, 14), (70, 6)])
 def test_basic_discriminator_shapes(size, expected):
   model = discriminators.create_discriminator(model_config())

@@ -647,6 +647,13 @@ def test_dropout_g_ba_sets_the_dropout_of_g_ba_alone(dropout_g_ba, g_ba_varies):
   assert differs > 1e-3 if g_ba_varies else differs == 0.0
 
 
+def test_dropout_g_ba_outside_zero_to_one_is_named_by_the_config_check():
+  c = tiny_config()
+  c.model.dropout_g_ba = 2.0
+  with pytest.raises(ValueError, match=r'dropout=2\.0: expected a rate in \[0, 1\]\.'):
+    families.check_config(c)
+
+
 def test_style_references_are_the_next_b_image_of_the_global_batch_on_any_topology():
   model = tiny_config().model
   model.style_reference = True

@@ -233,6 +233,8 @@ def create_generator(model_config: ml_collections.ConfigDict, reference_nc: int 
   name = model_config.generator
   n_blocks = name[len('resnet_'):-len('blocks')]
   remat = model_config.get('remat', 'none')  # Configs saved by earlier versions have none.
+  if not 0 <= model_config.dropout <= 1:
+    raise ValueError(f'dropout={model_config.dropout}: expected a rate in [0, 1].')
   if remat not in ('none', 'blocks'):
     raise ValueError(f"model.remat={remat!r}: expected 'none' or 'blocks' (recompute blocks).")
   if name.startswith('resnet_') and name.endswith('blocks') and n_blocks.isdigit():
