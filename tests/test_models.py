@@ -209,7 +209,8 @@ def test_n_downsampling_below_zero_is_refused():
 def test_dropout_outside_zero_to_one_is_refused(rate):
   """Such rates ran silently: every value kept and scaled by 1 / keep, which is negative above
   rate 1 and below 1 under rate 0."""
-  with pytest.raises(ValueError, match=rf'dropout={rate}: expected a rate in \[0, 1\]\.'):
+  match = rf'model\.dropout={rate}: expected a rate in \[0, 1\]\.'
+  with pytest.raises(ValueError, match=match):
     generators.create_generator(model_config(generator='resnet_2blocks', dropout=rate))
 
 

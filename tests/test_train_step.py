@@ -650,7 +650,7 @@ def test_dropout_g_ba_sets_the_dropout_of_g_ba_alone(dropout_g_ba, g_ba_varies):
 def test_dropout_g_ba_outside_zero_to_one_is_named_by_the_config_check():
   c = tiny_config()
   c.model.dropout_g_ba = 2.0
-  with pytest.raises(ValueError, match=r'dropout=2\.0: expected a rate in \[0, 1\]\.'):
+  with pytest.raises(ValueError, match=r'model\.dropout_g_ba=2\.0: expected a rate in \[0, 1\]\.'):
     families.check_config(c)
 
 

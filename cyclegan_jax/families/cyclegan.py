@@ -65,6 +65,7 @@ def _g_ba_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   to_a = model.copy_and_resolve_references()
   to_a.output_nc = model.input_nc
   if model.get('dropout_g_ba') is not None:
+    generators.check_dropout('model.dropout_g_ba', model.dropout_g_ba)
     to_a.dropout = model.dropout_g_ba
   return to_a
 

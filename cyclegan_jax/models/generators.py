@@ -227,14 +227,19 @@ GENERATORS = {
 }
 
 
+def check_dropout(key: str, rate: float) -> None:
+  """Outside [0, 1] a rate ran silently: every value kept and scaled by 1 / keep."""
+  if not 0 <= rate <= 1:
+    raise ValueError(f'{key}={rate}: expected a rate in [0, 1].')
+
+
 def create_generator(model_config: ml_collections.ConfigDict, reference_nc: int = 0) -> nn.Module:
   """The generator named by `model_config.generator`, with the shared model options;
   `reference_nc`: the channels of a style reference it also reads (ResNets only)."""
   name = model_config.generator
   n_blocks = name[len('resnet_'):-len('blocks')]
   remat = model_config.get('remat', 'none')  # Configs saved by earlier versions have none.
-  if not 0 <= model_config.dropout <= 1:
-    raise ValueError(f'dropout={model_config.dropout}: expected a rate in [0, 1].')
+  check_dropout('model.dropout', model_config.dropout)
   if remat not in ('none', 'blocks'):
     raise ValueError(f"model.remat={remat!r}: expected 'none' or 'blocks' (recompute blocks).")
   if name.startswith('resnet_') and name.endswith('blocks') and n_blocks.isdigit():
