@@ -18,10 +18,9 @@ chose (`set_impl`, the `--conv_impl` flag; 'auto' picks by backend) or a `using`
   Results match `xla` to float32 rounding (tests/test_convolution.py); parameters are the same.
 - `winograd` (the CPU default): `cpu`, except that 3×3 stride-1 float32 convs large enough to
   pay (`winograd.tile_for`: ResNet blocks from 128² images up, CUT's antialiased convs) run as
-  Winograd's F(2×2, 3×3) or, from 256² images, F(4×4, 3×3), with 2.25× or 4× fewer
-  multiplications (winograd.py). Its rounding differs from a direct conv's by about 1e-6 of the
-  output's scale for 2×2 tiles and 4e-6 for 4×4; `cpu` keeps the direct form's results bit for
-  bit.
+  Winograd's F(3×3, 3×3) or, from 256² images, F(4×4, 3×3), with 3.24× or 4× fewer
+  multiplications (winograd.py). Its rounding differs from a direct conv's by about 4e-6 of the
+  output's scale; `cpu` keeps the direct form's results bit for bit.
 - `patches`: im2col, the kernel taps' strided slices of the padded input concatenated and
   multiplied by the kernel as one matmul. Slower for a plain step, but every derivative of every
   order is again slices, pads and matmuls. Differentiating a strided conv twice (the R1

@@ -3,15 +3,15 @@
 A direct 3×3 conv spends 9 multiply-adds per output pixel and channel pair. Winograd cuts the
 output into m×m tiles, maps each overlapping (m + 2)² input tile and each kernel into a
 transformed domain with additions, multiplies there with one batched matmul of (m + 2)²
-slices, and maps the products back: 4 multiply-adds per pixel and channel pair for 2×2 tiles
-(2.25× fewer), 2.25 for 4×4 tiles (4× fewer). The tiles' transforms are additions, slices and
-stacks, the kernel's one small matmul, and so are their adjoints, so the gradients of both the
-input and the kernel are the same batched matmuls and the backward pass gains as much. The
-adjoints are written out (a custom VJP), each a pass over its operand as the forward
+slices, and maps the products back: 25 / 9 = 2.78 multiply-adds per pixel and channel pair for
+3×3 tiles (3.24× fewer), 2.25 for 4×4 tiles (4× fewer). The tiles' transforms are additions,
+slices and stacks, the kernel's one small matmul, and so are their adjoints, so the gradients of
+both the input and the kernel are the same batched matmuls and the backward pass gains as much.
+The adjoints are written out (a custom VJP), each a pass over its operand as the forward
 transforms are.
 
 The price is rounding, larger for larger tiles, so it runs only in float32: on one 256 → 256
-conv, 7e-7 of the output's scale for 2×2 tiles and 4e-6 for 4×4 (XLA's conv: 4e-7); through a
+conv, 4e-6 of the output's scale for 3×3 and for 4×4 tiles (XLA's conv: 6e-7); through a
 resnet_9blocks generator at 256², its parameter gradients are 4e-3 from float64 with 4×4 tiles,
 where XLA's own float32 convs are 1.5e-3 (docs/speed_experiments.md). `tile_for` decides where
 they pay.
@@ -26,13 +26,15 @@ from jax import lax
 
 # y = Aᵀ[(G g) ⊙ (Bᵀ d)] for a tile d of m + 2 inputs and a 3-tap kernel g, by tile size m
 # (Toom-Cook: Bᵀ evaluates the tile's polynomial at m + 1 points and ∞, G the kernel's, divided
-# by each point's product of differences, and Aᵀ interpolates). F(2, 3) interpolates at 0, ±1
-# and ∞; F(4, 3) at 0, ±1, 1/2, −2 and ∞, which rounded 2.7× less on a 256 → 256 conv than
-# the usual 0, ±1, ±2.
+# by each point's product of differences, and Aᵀ interpolates). F(3, 3) interpolates at 0, ±1, 2
+# and ∞ (of the sets 0, ±1 and one of ±1/2, ±2, the one that rounded least on a 256 → 256 conv);
+# F(4, 3) at 0, ±1, 1/2, −2 and ∞, which rounded 2.7× less than the usual 0, ±1, ±2.
 _TRANSFORMS = {
-    2: (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32),
-        np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32),
-        np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)),
+    3: (np.array([[2, -1, -2, 1, 0], [0, 2, 1, -1, 0], [0, 2, -3, 1, 0], [0, -1, 0, 1, 0],
+                  [0, 2, -1, -2, 1]], np.float32),
+        np.array([[1/2, 0, 0], [1/2, 1/2, 1/2], [-1/6, 1/6, -1/6], [1/6, 1/3, 2/3], [0, 0, 1]],
+                 np.float32),
+        np.array([[1, 1, 1, 1, 0], [0, 1, -1, 2, 0], [0, 1, 1, 4, 1]], np.float32)),
     4: (np.array([[1, -3/2, -2, 3/2, 1, 0], [0, -1, 1/2, 5/2, 1, 0], [0, 1, -5/2, 1/2, 1, 0],
                   [0, -2, -1, 2, 1, 0], [0, 1/2, -1, -1/2, 1, 0], [0, 1, -3/2, -2, 3/2, 1]],
                  np.float32),
@@ -43,25 +45,24 @@ _TRANSFORMS = {
 }
 TILES = tuple(_TRANSFORMS)
 # Where the matmuls gain more than the transforms cost, as whole steps measured it
-# (docs/speed_experiments.md): from 256² tile-features per image (tiles × the smaller feature
-# count), taking the largest tile that reaches it. So CycleGAN's residual blocks run in 2×2 tiles at
-# 128² and 4×4 from 256², CUT's antialiased convs in 4×4 from 128². At 128² the blocks' 8² tiles of
-# 4 were no faster than 16² tiles of 2; the default model at 64² (8² tiles of 2) and the demo
-# stepped no faster in tiles and compiled slower, so they keep the direct conv, as do the digit
-# configs (8² tiles of 64 features). Per image, not per batch: an image gets the same arithmetic on
-# any number of devices.
-MIN_TILE_FEATURES = 256 * 256
+# (docs/speed_experiments.md): by output pixels per image times the smaller feature count,
+# taking the largest tile whose threshold is reached. CycleGAN's residual blocks run in 3×3 tiles
+# at 128² and in 4×4 from 256²; the default model at 64² and the demo stepped no faster in tiles
+# and compiled slower, so they keep the direct conv, as do the digit configs. Per image, not per
+# batch: an image gets the same arithmetic on any number of devices.
+MIN_PIXEL_FEATURES = {4: 64 * 64 * 256, 3: 32 * 32 * 256}
 
 
 def tile_for(x_shape: tuple[int, ...], w_shape: tuple[int, ...], dtype) -> int | None:
   """The tile size for a VALID 3×3 conv of an NHWC input of `x_shape` with an HWIO kernel of
-  `w_shape`: the largest whose tiles per image, times the smaller feature count, reach
-  MIN_TILE_FEATURES, if the dtype is float32; else None (the direct conv)."""
+  `w_shape`: the largest whose threshold in MIN_PIXEL_FEATURES the output pixels per image,
+  times the smaller feature count, reach, if the dtype is float32; else None (the direct conv)."""
   if jnp.dtype(dtype) != jnp.float32:
     return None
   _, h, w, _ = x_shape
-  for m in sorted(TILES, reverse=True):
-    if -(-(h - 2) // m) * -(-(w - 2) // m) * min(w_shape[2:]) >= MIN_TILE_FEATURES:
+  pixel_features = (h - 2) * (w - 2) * min(w_shape[2:])
+  for m, threshold in sorted(MIN_PIXEL_FEATURES.items(), reverse=True):
+    if pixel_features >= threshold:
       return m
   return None
 
