@@ -178,4 +178,6 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == '__main__':
+  from cyclegan_jax import host_memory
+  host_memory.use_huge_pages()
   app.run(main, flags_parser=_parse_flags)

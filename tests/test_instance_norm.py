@@ -1,10 +1,9 @@
-"""The instance norm's hand-written gradient, what the residual blocks keep for the backward
-pass, and the trim of freed heap memory."""
+"""The instance norm's hand-written gradient, and what the residual blocks keep for the backward
+pass."""
 
 import contextlib
 import io
 import re
-import sys
 
 import flax.linen as nn
 import jax
@@ -13,8 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cyclegan_jax import host_memory
-from cyclegan_jax.benchmarks import input as input_benchmark
 from cyclegan_jax.models import generators, instance_norm
 
 EPS = 1e-5
@@ -78,14 +75,3 @@ def test_rolled_blocks_keep_norm_outputs_not_padded_maps(unroll):
   assert (padded_map in shapes) == unroll
   if not unroll:
     assert shapes.count(block_map) == 3  # Each block's input and its two norms' outputs.
-
-
-@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc and /proc only')
-def test_release_freed_returns_freed_heap_pages_to_the_os():
-  blocks = [bytearray(16 * 1024) for _ in range(16 * 1024)]  # 256 MiB of heap (not mmap) blocks.
-  pin = bytearray(16 * 1024)  # Above them on the heap: freeing them cannot shrink its top.
-  del blocks
-  before = input_benchmark.memory_mib()['VmRSS']
-  assert host_memory.release_freed()
-  assert before - input_benchmark.memory_mib()['VmRSS'] >= 128  # MiB handed back.
-  del pin

@@ -32,6 +32,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from cyclegan_jax import host_memory
 from cyclegan_jax.benchmarks import step as step_benchmark
 from cyclegan_jax.models import convolution
 
@@ -200,7 +201,9 @@ def measure(config, config_path: str, sizes: list[int], memory_sizes: list[int],
 
 
 def main() -> None:
-  """The command line. Its flags are defined here, not at import (the tests import this)."""
+  """The command line. Its flags are defined here, not at import (the tests import this). It
+  starts again first, with huge pages as training has them (its workers inherit them)."""
+  host_memory.use_huge_pages()
   config_flag = config_flags.DEFINE_config_file('config', None, 'Config file (get_config).')
   sizes = flags.DEFINE_list('sizes', ['64', '128', '256', '512'], 'Crop sizes to time.')
   memory_sizes = flags.DEFINE_list('memory_sizes', ['256', '512', '1024'],

@@ -16,8 +16,8 @@ Prints one JSON record:
   of each step's rate over a jnp.dot peak measured just before and after it (the better one):
   a shared machine's dot rate moves within minutes. `dot_peak_flops_per_s`: their median;
 - the bytes each step all-reduces and all-gathers across devices (what multi-host training
-  sends over the interconnect); peak memory; the bytes XLA assigns the compiled step per
-  device (`compiled_memory`: arguments, outputs, temporaries, code);
+  sends over the interconnect); peak memory (`huge_pages`: whether in huge pages); the bytes
+  XLA assigns the compiled step per device (`compiled_memory`: arguments, outputs, temps, code);
 - the input pipeline's images/s at the same crop size (`benchmarks.input`, synthetic jpgs).
 
   python -m cyclegan_jax.benchmarks.step --config=configs/default.py --size=128 --steps=5 --json
@@ -133,8 +133,7 @@ def compiled_memory(compiled: Any) -> dict[str, int | None]:
 
 def _device_peak_memory_mb() -> float | None:
   """Peak allocator memory of device 0 where the backend reports it (GPU, TPU; not CPU)."""
-  stats = jax.local_devices()[0].memory_stats() or {}
-  peak = stats.get('peak_bytes_in_use')
+  peak = (jax.local_devices()[0].memory_stats() or {}).get('peak_bytes_in_use')
   return None if peak is None else peak / 2**20
 
 
@@ -259,13 +258,15 @@ def benchmark(config, steps: int, config_path: str | None = None, input_pipeline
       'achieved_flops_per_s': achieved, 'dot_peak_flops_per_s': statistics.median(peaks),
       'peak_ratio': None if peak_ratio is None else round(peak_ratio, 4),
       'peak_rss_mb': round(_peak_rss_mb(), 1),
+      'huge_pages': host_memory.huge_pages_in_use(),
       'device_peak_memory_mb': _device_peak_memory_mb(),
   }
 
 
 def main() -> None:
   """The command line. Its flags are defined here, not at import, so that importing this module
-  (the tests do) registers none."""
+  (the tests do) registers none. It starts again first, with huge pages as training has them."""
+  host_memory.use_huge_pages()
   config_flag = config_flags.DEFINE_config_file('config', None, 'Config file (get_config).')
   size = flags.DEFINE_integer('size', None, 'Crop size; default: config.data.crop_size.')
   steps = flags.DEFINE_integer('steps', 10, 'Timed steps, after 2 warm-up steps.')
@@ -288,9 +289,8 @@ def main() -> None:
     if batch.value is not None:
       config.batch_size = batch.value
     convolution.set_impl(conv_impl.value)
-    record = benchmark(config, steps.value,
-                       config_flags.get_config_filename(flags.FLAGS['config']),
-                       input_pipeline.value, trace_dir.value)
+    config_path = config_flags.get_config_filename(flags.FLAGS['config'])
+    record = benchmark(config, steps.value, config_path, input_pipeline.value, trace_dir.value)
     print(json.dumps(record, indent=None if as_json.value else 2))
 
   app.run(run)
