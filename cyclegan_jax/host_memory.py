@@ -5,12 +5,11 @@ compiling the train step, and the step's own large buffers, which glibc maps sep
 reuse them: without a trim they stay resident through training, under the step's peak.
 
 Those separately mapped buffers are mapped afresh at every step and unmapped after it, so each
-step faults its whole working set in again: in 4 KiB pages, about 20,000 faults per generator
-call at 128², where the step's kernels are small and wait on them. In transparent huge pages
-(2 MiB) the same memory takes a few hundred. Where the kernel gives huge pages only to memory
-that asks for them (`madvise`, the usual default), glibc ≥ 2.35 asks for them when the
-`glibc.malloc.hugetlb=1` tunable is set, which it reads only when a process starts: so the
-commands start themselves again with it (`use_huge_pages`). The figures are in
+step faults its whole working set in again, in 4 KiB pages, and the small kernels of a 128²
+step wait on them. Transparent huge pages (2 MiB) take a fraction of the faults. Where the
+kernel gives them only to memory that asks (`madvise`, the usual default), glibc ≥ 2.35 asks
+when the `glibc.malloc.hugetlb=1` tunable is set, which it reads only when a process starts: so
+the commands start themselves again with it (`use_huge_pages`). The figures are in
 docs/speed_experiments.md; `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` opts out.
 """
 
