@@ -64,6 +64,13 @@ def huge_pages_environment(environ: Mapping[str, str], glibc: str | None,
   return {**environ, 'GLIBC_TUNABLES': f'{tunables}:{setting}' if tunables else setting}
 
 
+def _glibc() -> str | None:
+  """'glibc 2.36' and the like; None for another C library (macOS has no such name)."""
+  if 'CS_GNU_LIBC_VERSION' not in getattr(os, 'confstr_names', {}):
+    return None
+  return os.confstr('CS_GNU_LIBC_VERSION')
+
+
 def _thp_mode() -> str | None:
   """The kernel's transparent huge page mode, the bracketed word of its setting."""
   try:
@@ -87,7 +94,6 @@ def use_huge_pages() -> None:
   glibc's malloc asking for huge pages, where `huge_pages_environment` says that changes
   something; else returns. Call it first in a command's `__main__` block, before any thread or
   output: nothing before it survives."""
-  glibc = os.confstr('CS_GNU_LIBC_VERSION') if hasattr(os, 'confstr') else None
-  environ = huge_pages_environment(os.environ, glibc, _thp_mode())
-  if environ is not None:
+  environ = huge_pages_environment(os.environ, _glibc(), _thp_mode())
+  if environ is not None and sys.executable:  # An embedded interpreter has none to start.
     os.execve(sys.executable, sys.orig_argv, environ)

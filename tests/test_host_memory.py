@@ -19,8 +19,7 @@ ASKS = 'glibc.malloc.hugetlb=1'
 # Where this machine's C library and kernel take the request (this VM and CI's: glibc 2.36,
 # transparent huge pages on `madvise`); elsewhere use_huge_pages leaves the process alone.
 APPLIES = host_memory.huge_pages_environment(
-    {}, os.confstr('CS_GNU_LIBC_VERSION') if hasattr(os, 'confstr') else None,
-    host_memory._thp_mode()) is not None
+    {}, host_memory._glibc(), host_memory._thp_mode()) is not None
 needs_huge_pages = pytest.mark.skipif(not APPLIES, reason='needs glibc >= 2.35 and THP madvise')
 
 
