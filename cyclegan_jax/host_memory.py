@@ -57,11 +57,16 @@ def huge_pages_environment(environ: Mapping[str, str], glibc: str | None,
     new_enough = name == 'glibc' and tuple(map(int, version.split('.')[:2])) >= _MIN_GLIBC
   except ValueError:
     return None
-  tunables = environ.get('GLIBC_TUNABLES', '')
-  if not new_enough or thp_mode != 'madvise' or HUGE_PAGES_TUNABLE in tunables:
+  if not new_enough or thp_mode != 'madvise' or HUGE_PAGES_TUNABLE in _tunables(environ):
     return None
-  setting = f'{HUGE_PAGES_TUNABLE}=1'
+  tunables, setting = environ.get('GLIBC_TUNABLES', ''), f'{HUGE_PAGES_TUNABLE}=1'
   return {**environ, 'GLIBC_TUNABLES': f'{tunables}:{setting}' if tunables else setting}
+
+
+def _tunables(environ: Mapping[str, str]) -> dict[str, str]:
+  """GLIBC_TUNABLES as {name: value}: 'a=1:b=2' names two."""
+  return dict(entry.partition('=')[::2]
+              for entry in environ.get('GLIBC_TUNABLES', '').split(':') if entry)
 
 
 def _glibc() -> str | None:
@@ -84,9 +89,8 @@ def huge_pages_in_use() -> bool:
   """Whether this process's large buffers get transparent huge pages: the kernel gives them to
   all memory, or to what glibc asks them for, as it does with the tunable set (to 1 or 2)."""
   mode = _thp_mode()
-  tunables = dict(entry.partition('=')[::2]
-                  for entry in os.environ.get('GLIBC_TUNABLES', '').split(':') if entry)
-  return mode == 'always' or (mode == 'madvise' and tunables.get(HUGE_PAGES_TUNABLE, '0') != '0')
+  asked = _tunables(os.environ).get(HUGE_PAGES_TUNABLE, '0') != '0'
+  return mode == 'always' or (mode == 'madvise' and asked)
 
 
 def use_huge_pages() -> None:
