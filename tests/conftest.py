@@ -4,7 +4,7 @@ subprocess a test starts inherits it, so a program several tests build is compil
 
 In-process tests compile far more than they run, so XLA optimises their programs less
 (`--xla_backend_optimization_level=0`: a third less compile time for the tiny CycleGAN step).
-Files are ordered longest first, so two workers finish together."""
+"""
 
 import os
 import shutil
@@ -27,22 +27,10 @@ jax.config.update('jax_num_cpu_devices', 8)
 jax.config.update('jax_platforms', 'cpu')
 
 
-# The files with subprocess runs or many compiles, longest first (measured on 2 cores); the
-# rest follow in their usual order.
-LONGEST_FIRST = ('test_train_loop.py', 'test_convolution.py', 'test_train_step.py',
-                 'test_cut.py', 'test_multihost.py', 'test_dcgan.py')
-
-
 @pytest.fixture(scope='session')
 def cache():
   """The session's compilation cache, for subprocess runs: compiles after the first are fast."""
   return os.environ['JAX_COMPILATION_CACHE_DIR']
-
-
-def pytest_collection_modifyitems(items):
-  rank = lambda item: (LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST
-                       else len(LONGEST_FIRST))
-  items.sort(key=rank)  # Stable: tests keep their order within a file.
 
 
 def pytest_unconfigure(config):
