@@ -3,8 +3,7 @@ give the whole session one persistent compilation cache: every xdist worker and 
 subprocess a test starts inherits it, so a program several tests build is compiled once.
 
 In-process tests compile far more than they run, so XLA optimises their programs less
-(`--xla_backend_optimization_level=0`: a third less compile time for the tiny CycleGAN step).
-"""
+(`--xla_backend_optimization_level=0`: a third less compile time for the tiny CycleGAN step)."""
 
 import os
 import shutil
