@@ -28,13 +28,18 @@ import subprocess
 import sys
 from typing import Any
 
-from absl import app
-from absl import flags
-from ml_collections import config_flags
-
 from cyclegan_jax import host_memory
-from cyclegan_jax.benchmarks import step as step_benchmark
-from cyclegan_jax.models import convolution
+
+# As a command, it starts again with huge pages (as training), before the imports it would repeat.
+if __name__ == '__main__':
+  host_memory.use_huge_pages()
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from cyclegan_jax.benchmarks import step as step_benchmark  # noqa: E402
+from cyclegan_jax.models import convolution  # noqa: E402
 
 # configs/vangogh2photo_tpu.py on a v4-32: global batch 16 over 4 hosts × 4 chips at 256² crops.
 POD = {'name': 'TPU v4-32', 'hosts': 4, 'chips_per_host': 4, 'batch_per_chip': 1, 'size': 256}
@@ -201,9 +206,8 @@ def measure(config, config_path: str, sizes: list[int], memory_sizes: list[int],
 
 
 def main() -> None:
-  """The command line. Its flags are defined here, not at import (the tests import this). It
-  starts again first, with huge pages as training has them (its workers inherit them)."""
-  host_memory.use_huge_pages()
+  """The command line. Its flags are defined here, not at import (the tests import this). Its
+  workers inherit the huge pages that the restart above gave it."""
   config_flag = config_flags.DEFINE_config_file('config', None, 'Config file (get_config).')
   sizes = flags.DEFINE_list('sizes', ['64', '128', '256', '512'], 'Crop sizes to time.')
   memory_sizes = flags.DEFINE_list('memory_sizes', ['256', '512', '1024'],

@@ -35,25 +35,30 @@ import tempfile
 import time
 from typing import Any
 
-from absl import app
-from absl import flags
-import jax
-import jax.numpy as jnp
-import jaxlib
-from ml_collections import config_flags
-import numpy as np
+from cyclegan_jax import host_memory
 
-from cyclegan_jax import families, host_memory, parallel, step_cache
-from cyclegan_jax.benchmarks import input as input_benchmark
-from cyclegan_jax.models import convolution
+# As a command, it starts again with huge pages (as training), before the imports it would repeat.
+if __name__ == '__main__':
+  host_memory.use_huge_pages()
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import jaxlib  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cyclegan_jax import families, parallel, step_cache  # noqa: E402
+from cyclegan_jax.benchmarks import input as input_benchmark  # noqa: E402
+from cyclegan_jax.models import convolution  # noqa: E402
 
 WARMUP_STEPS = 2
 DOT_SIZE = 2048  # 17 GFLOP: as fast as 4096² here, and cheap enough to run around every step.
 
 
 def _flops(stage: Any) -> float | None:
-  """The 'flops' entry of XLA's cost analysis (of a lowered or compiled step), which is a dict,
-  a list of one, or missing."""
+  """The 'flops' of XLA's cost analysis of a lowered or compiled step (a dict, a list of one)."""
   try:
     cost = stage.cost_analysis()
   except Exception:  # Some backends do not implement it.
@@ -73,11 +78,8 @@ _TENSOR = re.compile(r'tensor<((?:\d+x)*)[a-z]+(\d+)>')  # Dimensions, element b
 
 
 def _result_bytes(pattern: re.Pattern, stablehlo: str) -> int:
-  total = 0
-  for results in pattern.findall(stablehlo):
-    for dims, bits in _TENSOR.findall(results):
-      total += math.prod(int(d) for d in dims.split('x') if d) * max(int(bits) // 8, 1)
-  return total
+  return sum(math.prod(int(d) for d in dims.split('x') if d) * max(int(bits) // 8, 1)
+             for results in pattern.findall(stablehlo) for dims, bits in _TENSOR.findall(results))
 
 
 def allreduce_bytes(stablehlo: str) -> int:
@@ -117,9 +119,8 @@ def _peak_rss_mb() -> float:
 
 def compiled_memory(compiled: Any) -> dict[str, int | None]:
   """The bytes XLA assigns the compiled step on each device, known before it runs (so also for
-  sizes that would not fit): arguments (state, batch), outputs, the outputs' bytes that reuse
-  donated arguments, temporaries and generated code, and their total (an aliased output is
-  counted once). None where the backend reports nothing."""
+  sizes that would not fit): arguments (state, batch), outputs, outputs that reuse donated
+  arguments, temporaries, code, and their total (aliased once); None where none is reported."""
   try:
     stats = compiled.memory_analysis()
   except Exception:  # Some backends do not implement it.
@@ -265,8 +266,7 @@ def benchmark(config, steps: int, config_path: str | None = None, input_pipeline
 
 def main() -> None:
   """The command line. Its flags are defined here, not at import, so that importing this module
-  (the tests do) registers none. It starts again first, with huge pages as training has them."""
-  host_memory.use_huge_pages()
+  (the tests do) registers none."""
   config_flag = config_flags.DEFINE_config_file('config', None, 'Config file (get_config).')
   size = flags.DEFINE_integer('size', None, 'Crop size; default: config.data.crop_size.')
   steps = flags.DEFINE_integer('steps', 10, 'Timed steps, after 2 warm-up steps.')
