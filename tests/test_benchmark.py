@@ -17,7 +17,7 @@ import pytest
 
 from configs import test as test_config
 from cyclegan_jax import families, parallel
-from cyclegan_jax.benchmarks import scaling, step
+from cyclegan_jax.benchmarks import scaling, scaling_worker, step
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -48,6 +48,12 @@ def test_record_has_the_issue_keys_and_consistent_numbers():
   assert record['flops_per_step'] <= record['executed_flops_per_step']
   assert 0 < record['peak_ratio'] < 2
   memory = record['compiled_memory']
+  # Compiled from shapes alone (the scaling command's memory table and device rows), the step
+  # is the program that was timed.
+  lowered = scaling_worker.lowered_record(config, compile_step=True)
+  assert lowered['compiled_memory'] == memory
+  for key in ('allreduce_bytes_per_step', 'allgather_bytes_per_step', 'batch', 'devices'):
+    assert lowered[key] == record[key], key
   assert memory['total_bytes'] == (memory['argument_bytes'] + memory['output_bytes']
                                    - memory['alias_bytes'] + memory['temp_bytes']
                                    + memory['generated_code_bytes']) > 0
@@ -146,6 +152,10 @@ def test_scaling_command_reports_every_table():
   assert result.returncode == 0, result.stderr[-4000:]
   record = json.loads(result.stdout)
 
+  # Neither the memory table's 32² nor the 1-device rows take a process of their own: the
+  # timed runs compiled and lowered those programs (test_record_has_the_issue_keys_...).
+  assert 'compiling at' not in result.stderr and 'on 1 CPU devices' not in result.stderr
+  assert 'lowering on 2 CPU devices' in result.stderr
   small, large = record['sizes']
   assert (small['size'], large['size']) == (16, 32)
   assert small['discriminator'] == 'n_layers' and small['devices'] == 1
@@ -153,7 +163,6 @@ def test_scaling_command_reports_every_table():
     assert timed['s_per_step_median'] > 0 and timed['peak_rss_mb'] > 0
     assert timed['input_images_per_s'] > 0 and timed['input_workers'] == record['host_cores']
   assert small['compiled_memory']['temp_bytes'] < large['compiled_memory']['temp_bytes']
-  # Compiled from shapes alone, the step is the program that was timed.
   compiled, = record['memory']
   assert compiled['compiled_memory'] == large['compiled_memory']
 

@@ -10,11 +10,12 @@ Prints three markdown tables and a line (with --json: one JSON record that also 
   decoding thread per core (synthetic jpgs, `benchmarks.input`), in all and per core;
 - compiled memory: the bytes XLA assigns the step per device at each --memory_sizes entry on
   this platform (arguments, outputs, temporaries, code); compiled, never run, so 1024² costs
-  one compile;
+  one compile, and a size in --sizes none (its timed run compiled the same program);
 - devices: per size and --devices_per_host entry, the bytes a step all-reduces and all-gathers
-  (the step lowered on that many forced CPU devices, batch --batch_per_device each), and the
-  images/s that host's step needs from its input pipeline if each device is as fast as this
-  host's step: devices × batch per device × 2 (an A and a B image per pair) / s per step;
+  (the step lowered on that many forced CPU devices, batch --batch_per_device each; on a CPU
+  host the timed runs already hold the 1-device rows), and the images/s that host's step
+  needs from its input pipeline if each device is as fast as this host's step: devices ×
+  batch per device × 2 (an A and a B image per pair) / s per step;
 - what each host of a TPU v4-32 slice needs (`pod_need`), from a chip step time that is an
   assumption (a flag, or the model's FLOPs at an assumed chip rate), never a measurement.
 Config overrides (--config.model.remat=...) reach every child process. The forced CPU device
@@ -175,10 +176,19 @@ def _config_args() -> list[str]:
                                  for path in config_flags.get_override_values(config)]
 
 
+def _lowered_part(timed: dict[str, Any]) -> dict[str, Any]:
+  """What `scaling_worker.lowered_record` would give for a timed record's step (its keys)."""
+  return {key: timed[key] for key in (
+      'size', 'batch', 'devices', 'platform', 'conv_impl', 'allreduce_bytes_per_step',
+      'allgather_bytes_per_step', 'compiled_memory')}
+
+
 def measure(config, config_path: str, sizes: list[int], memory_sizes: list[int],
             devices_per_host: list[int], steps: int, batch_per_device: int, conv_impl: str,
             chip_s_per_step: float | None, chip_flops_per_s: float) -> dict[str, Any]:
-  """The JSON record: every table's rows, each measured in the child process it needs."""
+  """The JSON record: every table's rows, each measured in the child process it needs. A
+  compiled size or a device count that a timed run already has is taken from it: the step
+  compiled from shapes alone is the program that was timed (tests/test_benchmark.py)."""
   config_args = _config_args()
   common = [*config_args, f'--batch_per_device={batch_per_device}', f'--conv_impl={conv_impl}']
   cores = len(os.sched_getaffinity(0))
@@ -188,10 +198,18 @@ def measure(config, config_path: str, sizes: list[int], memory_sizes: list[int],
     record, = _worker([*common, f'--sizes={size}', f'--steps={steps}'])
     size_records.append({**record, 'input_workers': cores, 'input_images_per_s':
                          step_benchmark.input_images_per_s(config, config_path, size, cores)})
-  _progress(f'compiling at {memory_sizes}')
-  memory = _worker([*common, f'--sizes={",".join(map(str, memory_sizes))}', '--compile'])
+  timed = {r['size']: _lowered_part(r) for r in size_records}
+  to_compile = [s for s in memory_sizes if s not in timed]
+  if to_compile:
+    _progress(f'compiling at {to_compile}')
+  compiled = {r['size']: r for r in (_worker(
+      [*common, f'--sizes={",".join(map(str, to_compile))}', '--compile']) if to_compile else [])}
+  memory = [timed.get(s) or compiled[s] for s in memory_sizes]
   collectives = []
   for devices in devices_per_host:
+    if all(r['devices'] == devices and r['platform'] == 'cpu' for r in timed.values()):
+      collectives += timed.values()  # The timed runs' own lowering: the same program.
+      continue
     _progress(f'lowering on {devices} CPU devices')
     collectives += _worker([*common, f'--sizes={",".join(map(str, sizes))}'], devices,
                            cpu_only=True)
