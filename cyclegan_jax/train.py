@@ -85,6 +85,7 @@ class Run:
     self.writer = summaries.EventWriter(self.workdir if self.is_chief else None)
     self.metrics = MetricsBuffer()
     self.manifest = manifests.build(config)
+    self.plotted = None  # The loss table that loss_curves.png shows.
 
   def close(self) -> None:
     """Finishes the save in flight, then closes the manager and the writers, in that order
@@ -172,11 +173,15 @@ class Run:
     self.update_page()
 
   def update_page(self) -> None:
-    """loss_curves.png and index.html (results_page.py) as of now; process 0 only."""
-    if (self.workdir / 'loss_history.csv').exists():
+    """loss_curves.png (redrawn only if the loss table changed: plotting is the slow part) and
+    index.html (results_page.py) as of now; process 0 only."""
+    table_path = self.workdir / 'loss_history.csv'
+    table = table_path.read_text() if table_path.exists() else None
+    if table is not None and table != self.plotted:
       with _writing('loss_curves.png', self.workdir):
-        visualize.plot_loss_curves(visualize.read_csv(self.workdir / 'loss_history.csv'),
+        visualize.plot_loss_curves(visualize.read_csv(table_path),
                                    self.workdir / 'loss_curves.png', self.family.loss_groups)
+      self.plotted = table
     with _writing(results_page.PAGE, self.workdir):
       results_page.write(self.workdir)
 

@@ -18,11 +18,12 @@ import signal
 import time
 import types
 
+from etils import epath
 import numpy as np
 import pytest
 from PIL import Image
 
-from cyclegan_jax import checkpointing, visualize
+from cyclegan_jax import checkpointing, train, visualize
 from tests.helpers import complete_steps, read_loss_csv, restore
 from tests.test_results_page import parse_page
 from tests.runs import TIMEOUT_S, Run, assert_bit_identical, flat, wait_for_checkpoint
@@ -331,6 +332,25 @@ def test_a_kill_while_the_table_is_rewritten_keeps_every_earlier_row(tmp_path, m
     with pytest.raises(KeyboardInterrupt):
       write()
     assert visualize.read_csv(path)['step'].tolist() == [2, 4]
+
+
+def test_the_loss_curves_are_redrawn_only_when_the_loss_table_changed(tmp_path, monkeypatch):
+  """The page is rewritten at every sample step and at the end; the plot, its slow part, only
+  when there are new rows (the last step's samples and the end came one after the other)."""
+  drawn = []
+  monkeypatch.setattr(visualize, 'plot_loss_curves',
+                      lambda table, path, groups: drawn.append(table['step'].tolist()))
+  run = object.__new__(train.Run)  # Only what update_page reads.
+  run.workdir, run.plotted = epath.Path(tmp_path), None
+  run.family = types.SimpleNamespace(loss_groups={'losses': ['g_total']})
+  run.update_page()  # No loss table yet: a page, no plot.
+  visualize.append_csv(tmp_path / 'loss_history.csv', 2, {'g_total': 1.0})
+  run.update_page()
+  run.update_page()
+  visualize.append_csv(tmp_path / 'loss_history.csv', 4, {'g_total': 0.5})
+  run.update_page()
+  assert drawn == [[2], [2, 4]]
+  assert (tmp_path / 'index.html').exists()
 
 
 @pytest.mark.slow
