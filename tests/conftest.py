@@ -3,7 +3,9 @@ give the whole session one persistent compilation cache: every xdist worker and 
 subprocess a test starts inherits it, so a program several tests build is compiled once.
 
 In-process tests compile far more than they run, so XLA optimises their programs less
-(`--xla_backend_optimization_level=0`: a third less compile time for the tiny CycleGAN step)."""
+(`--xla_backend_optimization_level=0`: a third less compile time for the tiny CycleGAN step).
+PyTorch (the reference checks) runs one thread: the other worker holds the second core, and
+torch's OpenMP threads wait on each other when they share one (JAX's thread pool ignores it)."""
 
 import os
 import shutil
@@ -17,6 +19,7 @@ else:
 os.environ.setdefault(
     'XLA_FLAGS', '--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+os.environ.setdefault('OMP_NUM_THREADS', '1')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import jax  # noqa: E402
