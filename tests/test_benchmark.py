@@ -59,6 +59,7 @@ def test_record_has_the_issue_keys_and_consistent_numbers():
                                    + memory['generated_code_bytes']) > 0
 
 
+@pytest.mark.slow  # Three whole-step lowerings.
 def test_model_flops_do_not_depend_on_remat_and_count_every_block():
   """remat only recomputes; its rolled loop's body, which XLA counts once, must not hide the
   other blocks' FLOPs (at 512² the peak_ratio once read 0.21 for this)."""

@@ -56,6 +56,7 @@ def tiny_resnet(norm_layer=None):
   return TorchResnetGenerator(3, 3, 8, 2, **kwargs)
 
 
+@pytest.mark.slow  # Full-size networks on a 256² image, in torch and in JAX.
 @pytest.mark.parametrize('name', ['resnet_9blocks', 'resnet_6blocks', 'unet_256', 'basic'])
 def test_reference_model_matches_torch_at_256(name, tmp_path):
   """Full-size reference networks with torch's default init (larger activations than the

@@ -445,6 +445,7 @@ def with_label_consistency(config, weight: float, monkeypatch) -> list[str]:
   return asked
 
 
+@pytest.mark.slow  # A whole-step compile of its own.
 def test_the_step_adds_label_consistency_on_the_mnist_cycle(config, monkeypatch):
   """With a stand-in teacher, the step reports `digit` and `digit_self`, counts them in
   g_total, and the teacher is asked for config.digit_teacher's weights (once), never the

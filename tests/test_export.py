@@ -111,6 +111,7 @@ def assert_close(exported_images: np.ndarray, expected: np.ndarray) -> None:
   assert np.ptp(exported_images) > 150  # Images that span the grey levels.
 
 
+@pytest.mark.slow  # Three SavedModels exported (a jax2tf conversion each).
 @pytest.mark.parametrize('case', ['cyclegan_AtoB', 'cyclegan_BtoA', 'cut_AtoB'])
 def test_saved_model_translates_like_translate_at_any_batch_and_size(exported, case):
   c = exported[case]
@@ -121,6 +122,7 @@ def test_saved_model_translates_like_translate_at_any_batch_and_size(exported, c
     np.testing.assert_array_equal(served, out)
 
 
+@pytest.mark.slow  # The SavedModels of test_saved_model_translates_like_translate_...
 def test_dcgan_saved_model_draws_what_its_samples_show(exported):
   """G in train mode, as dcgan.generate_samples draws the sample grids."""
   c = exported['dcgan_sample']

@@ -65,6 +65,7 @@ def _tiny_args(width=3, dtype=jnp.float32):
   return state, parallel.device_put_sharded(parallel.shard_batch(np.ones((8, 4), dtype)))
 
 
+@pytest.mark.slow  # A whole-step compile that no cache may serve.
 def test_a_restart_loads_the_train_step_untraced_and_it_runs_as_compiled(folder):
   config = test_config.get_config()
   family = families.get(config)

@@ -215,6 +215,7 @@ def test_separate_discriminator_lr_in_metrics(tiny, run):
   assert float(models.lr_d(0)) == pytest.approx(1e-4)
 
 
+@pytest.mark.slow  # A whole-step compile of its own.
 def test_zero_lr_changes_no_parameters(tiny):
   _, _, state, _ = tiny
   c = tiny_config(lr=0.0, lr_d=None)
@@ -594,6 +595,7 @@ def optional_terms():
   return c, models, state, step
 
 
+@pytest.mark.slow  # A whole-step compile of its own.
 def test_inversion_invariance_term_is_zero_only_for_invariant_inputs(optional_terms):
   """λ·|G_BA(x) − G_BA(x with channels inverted)|₁: zero for mid-grey B images (inverting a
   channel of 0 leaves it 0), positive otherwise, and part of g_total."""
