@@ -147,15 +147,15 @@ def test_scaling_command_reports_every_table():
   result = subprocess.run(
       [sys.executable, '-m', 'cyclegan_jax.benchmarks.scaling', '--config=configs/test.py',
        '--config.model.discriminator=n_layers', '--config.model.n_layers_d=2',
-       '--sizes=16,32', '--memory_sizes=32', '--devices_per_host=1,2', '--steps=1',
+       '--sizes=16,32', '--memory_sizes=24,32', '--devices_per_host=1,2', '--steps=1',
        '--accelerator_s_per_step=0.1', '--json'],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-4000:]
   record = json.loads(result.stdout)
 
-  # Neither the memory table's 32² nor the 1-device rows take a process of their own: the
-  # timed runs compiled and lowered those programs (test_record_has_the_issue_keys_...).
-  assert 'compiling at' not in result.stderr and 'on 1 CPU devices' not in result.stderr
+  # Only 24² is compiled for the memory table: the timed runs compiled 32² and lowered the
+  # 1-device rows, the same programs (test_record_has_the_issue_keys_...).
+  assert 'compiling at [24]' in result.stderr and 'on 1 CPU devices' not in result.stderr
   assert 'lowering on 2 CPU devices' in result.stderr
   small, large = record['sizes']
   assert (small['size'], large['size']) == (16, 32)
@@ -164,8 +164,11 @@ def test_scaling_command_reports_every_table():
     assert timed['s_per_step_median'] > 0 and timed['peak_rss_mb'] > 0
     assert timed['input_images_per_s'] > 0 and timed['input_workers'] == record['host_cores']
   assert small['compiled_memory']['temp_bytes'] < large['compiled_memory']['temp_bytes']
-  compiled, = record['memory']
-  assert compiled['compiled_memory'] == large['compiled_memory']
+  compiled, timed = record['memory']
+  assert (compiled['size'], timed['size']) == (24, 32)
+  assert timed['compiled_memory'] == large['compiled_memory']
+  assert (small['compiled_memory']['temp_bytes'] < compiled['compiled_memory']['temp_bytes']
+          < large['compiled_memory']['temp_bytes'])
 
   rows = {(r['size'], r['devices']): r for r in record['devices']}
   assert sorted(rows) == [(16, 1), (16, 2), (32, 1), (32, 2)]
@@ -179,6 +182,7 @@ def test_scaling_command_reports_every_table():
   assert record['pod']['need_images_per_s_per_host'] == pytest.approx(80)
 
   markdown = record['markdown']
-  # A sizes row each, a memory row at 32², and a row per device count.
+  # A sizes row each, memory rows at 24² and 32², and a row per device count.
   assert markdown.count('| 16² |') == 3 and markdown.count('| 32² |') == 4
+  assert markdown.count('| 24² |') == 1
   assert 'TPU v4-32' in markdown and '80 images/s' in markdown
