@@ -199,12 +199,13 @@ def measure(config, config_path: str, sizes: list[int], memory_sizes: list[int],
     size_records.append({**record, 'input_workers': cores, 'input_images_per_s':
                          step_benchmark.input_images_per_s(config, config_path, size, cores)})
   timed = {r['size']: _lowered_part(r) for r in size_records}
+  by_size = dict(timed)
   to_compile = [s for s in memory_sizes if s not in timed]
   if to_compile:
     _progress(f'compiling at {to_compile}')
-  compiled = {r['size']: r for r in (_worker(
-      [*common, f'--sizes={",".join(map(str, to_compile))}', '--compile']) if to_compile else [])}
-  memory = [timed.get(s) or compiled[s] for s in memory_sizes]
+    by_size.update((r['size'], r) for r in _worker(
+        [*common, f'--sizes={",".join(map(str, to_compile))}', '--compile']))
+  memory = [by_size[s] for s in memory_sizes]
   collectives = []
   for devices in devices_per_host:
     if all(r['devices'] == devices and r['platform'] == 'cpu' for r in timed.values()):
