@@ -141,8 +141,9 @@ def restore(manager: ocp.CheckpointManager, template: TrainState,
             step: int | None = None) -> TrainState:
   """Restores the latest (or given) step onto `template`'s structure, replicated.
 
-  `template` is a fresh unreplicated state from the same config. The saved pool (entry 0 of
-  the saved ones) goes to every device, so a checkpoint moves between topologies.
+  `template` is a fresh unreplicated state from the same config, or its shapes
+  (`Family.state_shapes`). The saved pool (entry 0 of the saved ones) goes to every device, so a
+  checkpoint moves between topologies.
   """
   step = manager.latest_step() if step is None else step
   items = {'state': ocp.args.StandardRestore()}
@@ -150,11 +151,11 @@ def restore(manager: ocp.CheckpointManager, template: TrainState,
     items['pools'] = ocp.args.StandardRestore()
   restored = manager.restore(step, args=ocp.args.Composite(**items))
   stored = block_layout.stack_blocks(restored['state'])  # Older ones hold blocks one by one.
-  target = template.replace(pools={}, rng=jax.random.key_data(template.rng))
+  target = template.replace(pools={}, rng=jax.eval_shape(jax.random.key_data, template.rng))
   _check_fits(flax.serialization.to_state_dict(target), stored)
   state = flax.serialization.from_state_dict(target, stored)
   state = state.replace(rng=jax.random.wrap_key_data(
-      np.asarray(state.rng), impl=jax.random.key_impl(template.rng)))
+      np.asarray(state.rng), impl=template.rng.dtype))
   if template.pools:
     saved = jax.tree.map(lambda x: np.asarray(x)[0], restored['pools'])
     _check_fits({'pools': flax.serialization.to_state_dict(template.pools)}, {'pools': saved})
@@ -256,8 +257,7 @@ def _load_step(manager: Manager, config: ml_collections.ConfigDict | None, step:
   family = families.get(config)
   # Steps per epoch only shape the lr schedule; a loaded model trains no more (train.py resumes).
   models = family.create_models(config, 1, training_losses=False)
-  template = family.create_train_state(config, models, jax.random.key(config.seed))
-  state = restore(manager, template, step)
+  state = restore(manager, family.state_shapes(config, models), step)
   params, batch_stats = parallel.unreplicate((state.params, state.batch_stats))
   manifest = restored_manifest(manager, step)
   logging.info('checkpoint %d, written by:\n%s', step, manifests.describe(manifest))

@@ -219,7 +219,7 @@ def write_workdir(config: ml_collections.ConfigDict, workdir: str,
   replacing freshly initialised ones."""
   family = families.get(config)
   models = family.create_models(config, steps_per_epoch=1, training_losses=False)
-  state = family.create_train_state(config, models, jax.random.key(config.seed))
+  state = family.fresh_state(config, models)
   state = state.replace(params={**state.params, **jax.tree.map(jnp.asarray, params)})
   Path(workdir).mkdir(parents=True, exist_ok=True)
   manager = checkpointing.create_manager(workdir, config.keep_checkpoints)

@@ -79,8 +79,7 @@ class Run:
     self.num_steps = optim.total_train_steps(config, self.epoch_steps)
     self.guard = divergence.Guard(config.divergence, self.workdir)
     self.models = self.family.create_models(config, self.epoch_steps, self.guard.lr_scale)
-    self.template = self.family.create_train_state(config, self.models,
-                                                   jax.random.key(config.seed))
+    self.template = self.family.state_shapes(config, self.models)  # What a restore fills.
     self.manager = checkpointing.create_manager(self.workdir, config.keep_checkpoints)
     self.writer = summaries.EventWriter(self.workdir if self.is_chief else None)
     self.metrics = MetricsBuffer()
@@ -107,8 +106,7 @@ class Run:
       manifests.warn_of_changes(checkpointing.restored_manifest(self.manager, step),
                                 self.manifest, f'the checkpoint of step {step}')
     else:
-      state = parallel.replicate(self.template.replace(
-          params=convert.init_params_from_pth(self.config, self.template.params)))
+      state = self.fresh_state()
       hparams = traverse_util.flatten_dict(self.config.to_dict(), sep='.')
       with _writing('TensorBoard events', self.workdir):
         self.writer.write_hparams({k: str(v) for k, v in hparams.items()})
@@ -119,6 +117,12 @@ class Run:
         visualize.write_atomically(self.workdir / results_page.MANIFEST,
                                    json.dumps(self.manifest, indent=2))
     return state
+
+  def fresh_state(self) -> TrainState:
+    """The state of step 0: drawn from config.seed, with any reference weights, replicated."""
+    state = self.family.fresh_state(self.config, self.models)
+    return parallel.replicate(state.replace(
+        params=convert.init_params_from_pth(self.config, state.params)))
 
   def start(self, state: TrainState):
     """(pmapped step, device batches) for training on from `state`'s step. Log rows past that
@@ -135,13 +139,13 @@ class Run:
     return p_step, batches
 
   def roll_back(self) -> TrainState:
-    """The last checkpoint's state (the initial one if none was written), replicated, with
-    models rebuilt for the guard's lowered lr."""
+    """The last checkpoint's state (step 0's if none was written), replicated, with models
+    rebuilt for the guard's lowered lr."""
     self.manager.wait_until_finished()
     self.metrics.discard()
     self.models = self.family.create_models(self.config, self.epoch_steps, self.guard.lr_scale)
     if self.manager.latest_step() is None:
-      return parallel.replicate(self.template)
+      return self.fresh_state()
     return checkpointing.restore(self.manager, self.template)
 
   def save(self, state: TrainState) -> None:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cyclegan_jax import convert
+from cyclegan_jax import convert, parallel, train
 from cyclegan_jax.families import cyclegan
 from cyclegan_jax.models import discriminators, generators, weights
 
@@ -171,6 +171,25 @@ def test_cli_writes_a_workdir_that_translates_like_torch(tmp_path, capsys):
   assert float(np.max(np.abs(translator.apply(x[0]) - run_torch(model, x)[0]))) <= TOL
   with pytest.raises(SystemExit, match='already holds checkpoints'):
     convert.main([f'--pth={pth}', f'--out={workdir}', '--config=configs/test.py'])
+
+
+def test_a_run_from_pth_files_starts_and_rolls_back_to_their_weights(tmp_path):
+  """Step 0 holds the reference weights, also when the divergence guard rolls back before the
+  first checkpoint; until then the run holds only the state's shapes (no init is drawn)."""
+  config = tiny_config()
+  g_a = save(tiny_resnet(), tmp_path / 'G_A.pth')
+  config.init_from_pth.g_ab = g_a
+  run = train.Run(config, str(tmp_path / 'workdir'))
+  try:
+    assert {type(x) for x in jax.tree.leaves(run.template)} == {jax.ShapeDtypeStruct}
+    expected = convert.generator_params_from_pth(g_a, 'resnet_2blocks')
+    for state in (run.initial_state(), run.roll_back()):
+      g_ab = parallel.unreplicate(state.params)['g_ab']
+      assert jax.tree.structure(g_ab) == jax.tree.structure(expected)
+      for a, b in zip(jax.tree.leaves(g_ab), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(a, b)
+  finally:
+    run.close()
 
 
 def test_init_from_pth_maps_reference_names(tmp_path):

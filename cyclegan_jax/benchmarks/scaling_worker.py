@@ -37,8 +37,7 @@ def lowered_record(config, compile_step: bool) -> dict[str, Any]:
   size, devices = config.data.crop_size, jax.local_device_count()
   family = families.get(config)
   models = family.create_models(config, 1)
-  state = _per_device(jax.eval_shape(
-      lambda: family.create_train_state(config, models, jax.random.key(config.seed))), devices)
+  state = _per_device(family.state_shapes(config, models), devices)
   channels = {'a': config.model.input_nc, 'b': config.model.output_nc}
   batch = {d: jax.ShapeDtypeStruct(
       (devices, parallel.per_device_batch_size(config.batch_size), size, size, channels[d]),

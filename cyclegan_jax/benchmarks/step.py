@@ -199,8 +199,7 @@ def benchmark(config, steps: int, config_path: str | None = None, input_pipeline
   family = families.get(config)
   models = family.create_models(config, 1)
   start = time.perf_counter()
-  state = parallel.replicate(
-      family.create_train_state(config, models, jax.random.key(config.seed)))
+  state = parallel.replicate(family.fresh_state(config, models))
   init_s = time.perf_counter() - start
   rng = np.random.default_rng(config.seed)
   images = lambda c: rng.uniform(-1.0, 1.0, (host_batch, size, size, c)).astype(np.float32)

@@ -83,6 +83,15 @@ class Family:
   # The generator that draws images from [b, model.nz] latents, which `export` serves; None: none.
   latent_generator: LatentGenerator | None = None
 
+  def fresh_state(self, config: ml_collections.ConfigDict, models: Models) -> TrainState:
+    """A new run's state, drawn from config.seed; unreplicated."""
+    return self.create_train_state(config, models, jax.random.key(config.seed))
+
+  def state_shapes(self, config: ml_collections.ConfigDict, models: Models) -> TrainState:
+    """fresh_state's shapes and dtypes, without drawing it: all that restoring a checkpoint
+    needs, so a resumed run or a loaded model skips the init's compile and run."""
+    return jax.eval_shape(lambda: self.fresh_state(config, models))
+
 
 def init_key(key: jax.Array) -> jax.Array:
   """An 'rbg' key drawn from `key` for parameter init only: threefry's bit generation makes the
