@@ -201,21 +201,25 @@ def test_models_match_across_impls(generator, discriminator, size):
   results = {}
   config = _model_config(generator=generator, discriminator=discriminator, image_size=size)
   g, d = generators.create_generator(config), discriminators.create_discriminator(config)
-  for impl in ('xla', 'cpu'):
-    g_in = (jnp.ones((2, config.nz)) if generator == 'dcgan'
-            else jax.random.uniform(jax.random.key(1), (2, size, size, 3), minval=-1))
+  g_in = (jnp.ones((2, config.nz)) if generator == 'dcgan'
+          else jax.random.uniform(jax.random.key(1), (2, size, size, 3), minval=-1))
+
+  def init():
     g_vars = g.init(jax.random.key(2), g_in)
-    image = g.apply(g_vars, g_in)
-    d_vars = d.init(jax.random.key(3), image)
+    return g_vars, d.init(jax.random.key(3), g.apply(g_vars, g_in))
+
+  g_vars, d_vars = jax.jit(init)()
+  for impl in ('xla', 'cpu'):
 
     def loss(g_params, d_params):
       fake = g.apply({**g_vars, 'params': g_params}, g_in)
       return jnp.mean(d.apply({**d_vars, 'params': d_params}, fake) ** 2), fake
 
     with convolution.using(impl):  # Traced (and so computed) with `impl`.
+      shapes = jax.tree.map(jnp.shape, jax.eval_shape(init))
       (value, fake), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
           g_vars['params'], d_vars['params'])
-    results[impl] = (jax.tree.map(jnp.shape, (g_vars, d_vars)), value, fake, grads)
+    results[impl] = (shapes, value, fake, grads)
   assert results['xla'][0] == results['cpu'][0]
   np.testing.assert_allclose(results['cpu'][1], results['xla'][1], rtol=1e-5)
   np.testing.assert_allclose(results['cpu'][2], results['xla'][2], atol=F32_TOL)
