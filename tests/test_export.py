@@ -73,12 +73,20 @@ class Case:
 
 
 @pytest.fixture(scope='module')
-def exported(tmp_path_factory) -> dict[str, Case]:
+def checkpoints(tmp_path_factory) -> dict[str, tuple[str, checkpointing.Loaded]]:
+  """Config name of CASES → (a step-0 workdir, its checkpoint loaded)."""
+  root = tmp_path_factory.mktemp('checkpoints')
+  workdirs = {name: write_workdir(root / name, name) for name in {n for n, _ in CASES.values()}}
+  return {name: (workdir, checkpointing.load(workdir)) for name, workdir in workdirs.items()}
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory, checkpoints) -> dict[str, Case]:
   """Every case exported (the first through `export.export`, the command's function; the others
   from the same loaded checkpoints), then run in one fresh process."""
   root = tmp_path_factory.mktemp('export')
-  workdirs = {name: write_workdir(root / name, name) for name in {n for n, _ in CASES.values()}}
-  loaded = {name: checkpointing.load(workdir) for name, workdir in workdirs.items()}
+  workdirs = {name: workdir for name, (workdir, _) in checkpoints.items()}
+  loaded = {name: checkpoint for name, (_, checkpoint) in checkpoints.items()}
   inputs = {}
   for case, (name, direction) in CASES.items():
     out = root / 'models' / case
@@ -143,8 +151,8 @@ def one_line_error(tmp_path, workdir, direction, out='out') -> str:
   return message
 
 
-def test_bad_workdir_direction_or_folder_is_one_line(exported, tmp_path):
-  workdir = exported['cut_AtoB'].workdir
+def test_bad_workdir_direction_or_folder_is_one_line(checkpoints, tmp_path):
+  workdir, _ = checkpoints['cut_test']
   with pytest.raises(SystemExit) as exit_info:  # The command line's own entry point.
     export.main([f'--workdir={tmp_path / "nothing"}', f'--out={tmp_path / "out"}'])
   assert exit_info.value.code == f'error: no checkpoint in {tmp_path / "nothing" / "checkpoints"}' \
@@ -159,18 +167,18 @@ def test_bad_workdir_direction_or_folder_is_one_line(exported, tmp_path):
 @pytest.mark.parametrize('case, wrong, offered', [('cut_AtoB', 'BtoA', 'AtoB'),
                                                   ('cyclegan_AtoB', 'sample', 'AtoB, BtoA'),
                                                   ('dcgan_sample', 'AtoB', 'sample')])
-def test_each_family_names_what_it_exports(exported, case, wrong, offered):
-  c = exported[case]
+def test_each_family_names_what_it_exports(checkpoints, case, wrong, offered):
+  workdir, loaded = checkpoints[CASES[case][0]]
   with pytest.raises(ValueError) as error:
-    export.servable(c.loaded, wrong, c.workdir)
+    export.servable(loaded, wrong, workdir)
   family = case.split('_')[0]
-  assert str(error.value) == (f'{c.workdir} holds a {family} model, which exports {offered}, '
+  assert str(error.value) == (f'{workdir} holds a {family} model, which exports {offered}, '
                               f'not {wrong}.')
 
 
 @pytest.mark.slow
-def test_main_mode_export_writes_a_saved_model(exported, tmp_path, cache):
-  workdir = exported['cyclegan_BtoA'].workdir
+def test_main_mode_export_writes_a_saved_model(checkpoints, tmp_path, cache):
+  workdir, _ = checkpoints['test']
   env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': cache, 'JAX_PLATFORMS': 'cpu',
          'CUDA_VISIBLE_DEVICES': '', 'TF_CPP_MIN_LOG_LEVEL': '2', 'XLA_FLAGS': ''}
   result = subprocess.run(

@@ -617,8 +617,9 @@ def test_style_reference_feeds_g_ab_the_next_b_image_and_weighs_its_colours(opti
   c, models, state, step = optional_terms
   batch = input_batches(1)[0]
   _, metrics = step(parallel.replicate(state), parallel.shard_batch(batch))
-  g = lambda name, x, **kwargs: models.generators[name].apply(
-      base.variables(state.params[name], state.batch_stats[name]), x, train=False, **kwargs)
+  g = jax.jit(lambda name, x, **kwargs: models.generators[name].apply(
+      base.variables(state.params[name], state.batch_stats[name]), x, train=False, **kwargs),
+              static_argnums=0)  # Eager, each op of the three calls would compile alone.
   references = np.roll(batch['b'], -1, axis=0)
   references[0] = 0.0
   weights = np.array([0.0] + [1.0] * (GLOBAL_BATCH - 1))
