@@ -93,7 +93,7 @@ def test_feature_layers_are_the_sequential_entries():
   config = cut_test.get_config()
   g = cut.create_models(config, 1).generators['g']
   x = jnp.asarray(batches(1)[0]['a'][:2])
-  params, _ = base.init_variables(g, jax.random.key(1), (32, 32, 3))
+  params, _ = jax.jit(lambda k: base.init_variables(g, k, (32, 32, 3)))(jax.random.key(1))
   apply = jax.jit(g.apply, static_argnames=('train', 'feature_layers'))  # Eager is 4× slower.
   image = apply({'params': params}, x, train=False)
   entries = 4 + 8 + 2 + 8 + 3  # stem, two antialiased downs, 2 blocks, two ups, head.
