@@ -59,11 +59,13 @@ def test_grey_output_is_the_channel_mean_of_the_colour_generator():
   model = model_config(32).model
   model.grey_output = True
   z = jax.random.normal(jax.random.key(1), (3, 16))
-  images, g_vars = generators.create_generator(model).init_with_output(jax.random.key(0), z)
+  images, g_vars = jax.jit(generators.create_generator(model).init_with_output)(
+      jax.random.key(0), z)
   assert images.shape == (3, 32, 32, 3) and float(images.std()) > 0
   np.testing.assert_array_equal(images[..., 1:], images[..., :1].repeat(2, -1))
   model.grey_output = False  # The same parameters drive the colour G.
-  colour = generators.create_generator(model).apply(g_vars, z, mutable=['batch_stats'])[0]
+  colour_g = generators.create_generator(model)
+  colour = jax.jit(lambda v: colour_g.apply(v, z, mutable=['batch_stats'])[0])(g_vars)
   np.testing.assert_allclose(images[..., 0], colour.mean(-1), rtol=1e-6, atol=1e-7)
   assert float(jnp.abs(colour[..., 0] - colour[..., 1]).max()) > 1e-3
 
