@@ -153,9 +153,9 @@ def test_rolled_the_compiled_generator_holds_one_block_body():
   # Unrolled: no loop left, and the same function of the same parameters.
   assert counts[2, True][1] == counts[5, True][1] == 0
   x = images(2, 16, 16, 3)
-  variables = tiny(n_blocks=5).init(KEY, x)
-  np.testing.assert_allclose(tiny(n_blocks=5, unroll=False).apply(variables, x),
-                             tiny(n_blocks=5, unroll=True).apply(variables, x),
+  variables = jax.jit(tiny(n_blocks=5).init)(KEY, x)
+  np.testing.assert_allclose(jax.jit(tiny(n_blocks=5, unroll=False).apply)(variables, x),
+                             jax.jit(tiny(n_blocks=5, unroll=True).apply)(variables, x),
                              rtol=1e-6, atol=1e-6)
 
 
