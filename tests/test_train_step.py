@@ -641,6 +641,7 @@ def test_dropout_g_ba_sets_the_dropout_of_g_ba_alone(dropout_g_ba, g_ba_varies):
   state = cyclegan.create_train_state(c, models, jax.random.key(c.seed))
   x = input_batches(1)[0]['a']
 
+  @functools.partial(jax.jit, static_argnums=0)
   def train_mode(name, seed):
     return models.generators[name].apply(base.variables(state.params[name], {}), x,
                                          rngs={'dropout': jax.random.key(seed)})
