@@ -216,7 +216,7 @@ def test_models_match_across_impls(generator, discriminator, size):
       return jnp.mean(d.apply({**d_vars, 'params': d_params}, fake) ** 2), fake
 
     with convolution.using(impl):  # Traced (and so computed) with `impl`.
-      shapes = jax.tree.map(jnp.shape, jax.eval_shape(init))
+      shapes = jax.tree.map(jnp.shape, jax.eval_shape(lambda: init()))  # A trace of its own.
       (value, fake), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
           g_vars['params'], d_vars['params'])
     results[impl] = (shapes, value, fake, grads)
