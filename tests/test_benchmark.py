@@ -29,16 +29,17 @@ def test_record_has_the_issue_keys_and_consistent_numbers():
   steps = 2
   record = step.benchmark(config, steps, config_path='configs/test.py', input_pipeline=False)
 
-  for key in ('s_per_step_median', 's_per_step_min', 'flops_per_step', 'achieved_flops_per_s',
-              'dot_peak_flops_per_s', 'peak_ratio', 'compile_s', 'compile_warm_s',
-              'compile_warm_traced_s', 'peak_rss_mb', 'image_pairs_per_s', 'jax_version',
-              'jaxlib_version', 'device_kind', 'allreduce_bytes_per_step',
+  for key in ('init_s', 'restore_s', 's_per_step_median', 's_per_step_min', 'flops_per_step',
+              'achieved_flops_per_s', 'dot_peak_flops_per_s', 'peak_ratio', 'compile_s',
+              'compile_warm_s', 'compile_warm_traced_s', 'peak_rss_mb', 'image_pairs_per_s',
+              'jax_version', 'jaxlib_version', 'device_kind', 'allreduce_bytes_per_step',
               'allgather_bytes_per_step'):
     assert record[key] is not None, key
   assert record['conv_impl'] == 'winograd' and record['platform'] == 'cpu'
   assert record['devices'] == 8 and record['batch'] == config.batch_size
   assert record['steps'] == steps and record['input_images_per_s'] is None
   assert 0 < record['s_per_step_min'] <= record['s_per_step_median']
+  assert record['init_s'] > 0 and record['restore_s'] > 0
   median = record['s_per_step_median']  # Rounded to 10 µs in the record.
   assert record['achieved_flops_per_s'] == pytest.approx(record['flops_per_step'] / median,
                                                          rel=1e-3)

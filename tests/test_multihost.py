@@ -24,7 +24,7 @@ import pytest
 
 from configs import test as test_config
 from cyclegan_jax import parallel
-from cyclegan_jax.benchmarks import step as benchmark_step
+from cyclegan_jax.benchmarks import xla_costs
 from cyclegan_jax.families import cyclegan
 from tests.helpers import FAST_COMPILE, complete_steps, read_loss_csv, restore, xla_flags
 from tests.runs import free_port
@@ -217,6 +217,6 @@ def test_a_step_all_reduces_the_gradients_and_the_metrics_and_gathers_the_fakes(
   lowered = step.lower(jax.tree.map(per_device, state), batch)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   _, metrics = jax.eval_shape(step, jax.tree.map(per_device, state), batch)
-  assert benchmark_step.allreduce_bytes(lowered.as_text()) == 4 * (num_params + len(metrics))
+  assert xla_costs.allreduce_bytes(lowered.as_text()) == 4 * (num_params + len(metrics))
   # And the fakes of both domains, gathered from every device for the global image pools.
-  assert benchmark_step.allgather_bytes(lowered.as_text()) == 2 * n * 32 * 32 * 3 * 4
+  assert xla_costs.allgather_bytes(lowered.as_text()) == 2 * n * 32 * 32 * 3 * 4

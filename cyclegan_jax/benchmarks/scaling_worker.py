@@ -5,7 +5,7 @@ fresh one), and a forced CPU device count must be set before JAX starts (each de
 one). The global batch is --batch_per_device × the devices this process sees.
 - --steps N > 0: `step.benchmark` at each size (s/step, FLOPs, peak and compiled memory);
 - --steps 0: the step lowered from shapes alone (collective bytes), and with --compile
-  also compiled (`step.compiled_memory`); nothing is initialised or run, so a 1024² step costs
+  also compiled (`xla_costs.compiled_memory`); nothing is initialised or run, so a 1024² step costs
   one compile.
 
   python -m cyclegan_jax.benchmarks.scaling_worker --config=configs/test.py --sizes=32 --compile
@@ -23,6 +23,7 @@ from ml_collections import config_flags
 
 from cyclegan_jax import families, parallel, step_cache
 from cyclegan_jax.benchmarks import step as step_benchmark
+from cyclegan_jax.benchmarks import xla_costs
 from cyclegan_jax.models import convolution
 
 
@@ -47,9 +48,9 @@ def lowered_record(config, compile_step: bool) -> dict[str, Any]:
   return {
       'size': size, 'batch': config.batch_size, 'devices': devices,
       'platform': jax.default_backend(), 'conv_impl': convolution.current_impl(),
-      'allreduce_bytes_per_step': step_benchmark.allreduce_bytes(lowered.as_text()),
-      'allgather_bytes_per_step': step_benchmark.allgather_bytes(lowered.as_text()),
-      'compiled_memory': (step_benchmark.compiled_memory(step_cache.compile_lowered(lowered))
+      'allreduce_bytes_per_step': xla_costs.allreduce_bytes(lowered.as_text()),
+      'allgather_bytes_per_step': xla_costs.allgather_bytes(lowered.as_text()),
+      'compiled_memory': (xla_costs.compiled_memory(step_cache.compile_lowered(lowered))
                           if compile_step else None),
   }
 

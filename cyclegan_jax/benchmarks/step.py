@@ -3,7 +3,8 @@
 Builds the models and a fresh state for the config at --size² crops and times the pmapped train
 step on synthetic inputs already on the devices, on whatever devices JAX sees: CPU, GPU or TPU.
 Prints one JSON record:
-- state-init time; step-compile time cold (empty caches), warm (as a restarted run: loaded by
+- state-init time (a new run's, cold), and restore time (a resumed run's: the state's shapes and
+  a checkpoint of it restored onto them); step-compile time cold (empty caches), warm (as a restarted run: loaded by
   step_cache) and warm_traced (from JAX's persistent cache alone, traced and lowered);
 - seconds per step, median and min over --steps timed steps after two warm-up steps; image
   pairs per second (one A image plus one B image is one pair);
@@ -26,8 +27,6 @@ Prints one JSON record:
 
 import functools
 import json
-import math
-import re
 import resource
 import statistics
 import sys
@@ -49,49 +48,13 @@ import jaxlib  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cyclegan_jax import families, parallel, step_cache  # noqa: E402
+from cyclegan_jax import checkpointing, families, parallel, step_cache  # noqa: E402
 from cyclegan_jax.benchmarks import input as input_benchmark  # noqa: E402
+from cyclegan_jax.benchmarks import xla_costs  # noqa: E402
 from cyclegan_jax.models import convolution  # noqa: E402
 
 WARMUP_STEPS = 2
 DOT_SIZE = 2048  # 17 GFLOP: as fast as 4096² here, and cheap enough to run around every step.
-
-
-def _flops(stage: Any) -> float | None:
-  """The 'flops' of XLA's cost analysis of a lowered or compiled step (a dict, a list of one)."""
-  try:
-    cost = stage.cost_analysis()
-  except Exception:  # Some backends do not implement it.
-    return None
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else None
-  flops = (cost or {}).get('flops')
-  return float(flops) if flops is not None and flops > 0 else None
-
-
-# The result types of each collective in the lowered (StableHLO) step; all_reduce has a region.
-_ALL_REDUCE_RESULT = re.compile(r'"stablehlo\.all_reduce".*?\}\) : \(.*?\) -> (.*?)$',
-                                re.DOTALL | re.MULTILINE)
-_ALL_GATHER_RESULT = re.compile(r'"stablehlo\.all_gather"[^\n]* : \(.*?\) -> (.*?)$',
-                                re.MULTILINE)
-_TENSOR = re.compile(r'tensor<((?:\d+x)*)[a-z]+(\d+)>')  # Dimensions, element bits.
-
-
-def _result_bytes(pattern: re.Pattern, stablehlo: str) -> int:
-  return sum(math.prod(int(d) for d in dims.split('x') if d) * max(int(bits) // 8, 1)
-             for results in pattern.findall(stablehlo) for dims, bits in _TENSOR.findall(results))
-
-
-def allreduce_bytes(stablehlo: str) -> int:
-  """Bytes that one step all-reduces (gradients, metrics), summed over every all_reduce in the
-  text: one inside a loop body or a network the step applies twice (batch norm) counts once."""
-  return _result_bytes(_ALL_REDUCE_RESULT, stablehlo)
-
-
-def allgather_bytes(stablehlo: str) -> int:
-  """Bytes that one step all-gathers (CycleGAN: the step's fakes of every device, for the
-  global image pools), summed over the results of every all_gather."""
-  return _result_bytes(_ALL_GATHER_RESULT, stablehlo)
 
 
 def dot_peak_flops_per_s(repeats: int = 3) -> float:
@@ -115,21 +78,6 @@ def _peak_rss_mb() -> float:
   except FileNotFoundError:  # No /proc (macOS).
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS.
     return rss / (2**20 if sys.platform == 'darwin' else 2**10)
-
-
-def compiled_memory(compiled: Any) -> dict[str, int | None]:
-  """The bytes XLA assigns the compiled step on each device, known before it runs (so also for
-  sizes that would not fit): arguments (state, batch), outputs, outputs that reuse donated
-  arguments, temporaries, code, and their total (aliased once); None where none is reported."""
-  try:
-    stats = compiled.memory_analysis()
-  except Exception:  # Some backends do not implement it.
-    stats = None
-  memory = {key: getattr(stats, f'{key}_size_in_bytes', None)
-            for key in ('argument', 'output', 'alias', 'temp', 'generated_code')}
-  memory['total'] = (None if None in memory.values() else memory['argument'] + memory['output']
-                     - memory['alias'] + memory['temp'] + memory['generated_code'])
-  return {f'{key}_bytes': value for key, value in memory.items()}
 
 
 def _device_peak_memory_mb() -> float | None:
@@ -164,6 +112,21 @@ def _compile_cold_and_warm(step, args, built_from) -> tuple[Any, Any, float, flo
   return step.lower(*args), compiled, *seconds
 
 
+def restore_seconds(config, family, models, state) -> float:
+  """What a resumed run spends on its state, with JAX's in-memory caches dropped: the state's
+  shapes (`Family.state_shapes`, no init) and the restore of a checkpoint of `state`."""
+  with tempfile.TemporaryDirectory() as workdir:
+    manager = checkpointing.create_manager(workdir, keep=1)
+    checkpointing.save(manager, state, config)
+    manager.wait_until_finished()
+    jax.clear_caches()
+    start = time.perf_counter()
+    jax.block_until_ready(checkpointing.restore(manager, family.state_shapes(config, models)))
+    seconds = time.perf_counter() - start
+    manager.close()
+  return seconds
+
+
 def step_flops(config, family, state, batch, impl: str) -> float | None:
   """XLA's FLOP count of the step with `impl`'s convs ('xla': the model's FLOPs), its residual
   blocks unrolled (XLA counts a loop's body once) and without remat, which keeps them rolled."""
@@ -172,7 +135,7 @@ def step_flops(config, family, state, batch, impl: str) -> float | None:
   models = family.create_models(config, 1)
   step = parallel.pmap_step(functools.partial(family.train_step, models=models, config=config))
   with convolution.using(impl):
-    return _flops(step.lower(state, batch))
+    return xla_costs.flops(step.lower(state, batch))
 
 
 def input_images_per_s(config, config_path: str | None, size: int,
@@ -242,7 +205,9 @@ def benchmark(config, steps: int, config_path: str | None = None, input_pipeline
       'devices': jax.device_count(), 'platform': jax.default_backend(),
       'device_kind': jax.devices()[0].device_kind,
       'jax_version': jax.__version__, 'jaxlib_version': jaxlib.__version__,
-      'init_s': round(init_s, 3), 'compile_s': round(compile_s, 3),
+      'init_s': round(init_s, 3),
+      'restore_s': round(restore_seconds(config, family, models, state), 3),
+      'compile_s': round(compile_s, 3),
       'compile_warm_s': round(compile_warm_s, 3),
       'compile_warm_traced_s': round(compile_traced_s, 3), 'steps': steps,
       's_per_step_median': round(median, 5), 's_per_step_min': round(min(times), 5),
@@ -252,9 +217,9 @@ def benchmark(config, steps: int, config_path: str | None = None, input_pipeline
       'flops_per_step': flops, 'executed_flops_per_step': step_flops(
           config, family, state, batch, convolution.current_impl()),
       'flops_scope': 'per device',
-      'allreduce_bytes_per_step': allreduce_bytes(lowered.as_text()),
-      'allgather_bytes_per_step': allgather_bytes(lowered.as_text()),
-      'compiled_memory': compiled_memory(compiled),
+      'allreduce_bytes_per_step': xla_costs.allreduce_bytes(lowered.as_text()),
+      'allgather_bytes_per_step': xla_costs.allgather_bytes(lowered.as_text()),
+      'compiled_memory': xla_costs.compiled_memory(compiled),
       'achieved_flops_per_s': achieved, 'dot_peak_flops_per_s': statistics.median(peaks),
       'peak_ratio': None if peak_ratio is None else round(peak_ratio, 4),
       'peak_rss_mb': round(_peak_rss_mb(), 1),
