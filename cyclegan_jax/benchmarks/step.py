@@ -197,7 +197,7 @@ def benchmark(config, steps: int, config_path: str | None = None, input_pipeline
   achieved = None if flops is None else flops / median
   peak_ratio = None if flops is None else statistics.median(
       flops / t / p for t, p in zip(times, peaks))
-  return {
+  record = {
       'config': config_path,
       'generator': model.generator, 'discriminator': model.discriminator,
       'dtype': model.dtype, 'conv_impl': convolution.current_impl(),
@@ -205,8 +205,7 @@ def benchmark(config, steps: int, config_path: str | None = None, input_pipeline
       'devices': jax.device_count(), 'platform': jax.default_backend(),
       'device_kind': jax.devices()[0].device_kind,
       'jax_version': jax.__version__, 'jaxlib_version': jaxlib.__version__,
-      'init_s': round(init_s, 3),
-      'restore_s': round(restore_seconds(config, family, models, state), 3),
+      'init_s': round(init_s, 3), 'restore_s': None,  # Set last, below.
       'compile_s': round(compile_s, 3),
       'compile_warm_s': round(compile_warm_s, 3),
       'compile_warm_traced_s': round(compile_traced_s, 3), 'steps': steps,
@@ -226,6 +225,9 @@ def benchmark(config, steps: int, config_path: str | None = None, input_pipeline
       'huge_pages': host_memory.huge_pages_in_use(),
       'device_peak_memory_mb': _device_peak_memory_mb(),
   }
+  # Last: the checkpoint's host copies would add to peak_rss_mb, which is the step's.
+  record['restore_s'] = round(restore_seconds(config, family, models, state), 3)
+  return record
 
 
 def main() -> None:
