@@ -3,9 +3,10 @@
 Builds the models and a fresh state for the config at --size² crops and times the pmapped train
 step on synthetic inputs already on the devices, on whatever devices JAX sees: CPU, GPU or TPU.
 Prints one JSON record:
-- state-init time (a new run's, cold), and restore time (a resumed run's: the state's shapes and
-  a checkpoint of it restored onto them); step-compile time cold (empty caches), warm (as a restarted run: loaded by
-  step_cache) and warm_traced (from JAX's persistent cache alone, traced and lowered);
+- state-init time (a new run's, cold) and restore time (a resumed run's: the state's shapes and
+  a checkpoint of it restored onto them); step-compile time cold (empty caches), warm (as a
+  restarted run: loaded by step_cache) and warm_traced (from JAX's persistent cache alone,
+  traced and lowered);
 - seconds per step, median and min over --steps timed steps after two warm-up steps; image
   pairs per second (one A image plus one B image is one pair);
 - `flops_per_step`: the model's FLOPs, XLA's count for the step traced with XLA's own convs
