@@ -239,6 +239,15 @@ def test_auto_is_winograd_on_the_cpu_backend_and_unknown_impls_are_named():
       pass
 
 
+def test_every_command_offers_the_impls_and_says_what_auto_picks():
+  from absl import flags
+  from cyclegan_jax import main  # Its flags (defined at import) list the impls without jax.
+  assert flags.FLAGS['conv_impl'].parser.enum_values == list(convolution.IMPLS)
+  auto = convolution.resolve_impl('auto')  # This backend's (CPU).
+  assert f'auto picks {auto} on the CPU backend' in flags.FLAGS['conv_impl'].help
+  assert f'auto: {auto} on the CPU backend' in convolution.IMPL_HELP  # The benchmarks' help.
+
+
 def test_the_process_impl_is_overridden_inside_using_blocks_only():
   try:
     convolution.set_impl('xla')

@@ -236,7 +236,7 @@ def main() -> None:
   steps = flags.DEFINE_integer('steps', 3, 'Timed steps per size, after 2 warm-up steps.')
   batch_per_device = flags.DEFINE_integer('batch_per_device', 1, 'Image pairs per device.')
   conv_impl = flags.DEFINE_enum('conv_impl', 'auto', list(convolution.IMPLS),
-                                'How convs are computed (auto: cpu on CPU, xla on GPU/TPU).')
+                                convolution.IMPL_HELP)
   chip_s_per_step = flags.DEFINE_float(
       'accelerator_s_per_step', None, f'A {POD["name"]} chip\'s s/step at batch '
       f'{POD["batch_per_chip"]}, {POD["size"]}² (an assumption); default: the model\'s FLOPs '

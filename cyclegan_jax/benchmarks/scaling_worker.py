@@ -63,7 +63,7 @@ def main() -> None:
   steps = flags.DEFINE_integer('steps', 0, 'Timed steps per size; 0: lower only.')
   compile_step = flags.DEFINE_bool('compile', False, 'With --steps=0: also compile the step.')
   conv_impl = flags.DEFINE_enum('conv_impl', 'auto', list(convolution.IMPLS),
-                                'How convs are computed (auto: cpu on CPU, xla on GPU/TPU).')
+                                convolution.IMPL_HELP)
   flags.mark_flags_as_required(['config', 'sizes'])
 
   def run(argv: list[str]) -> None:

@@ -239,7 +239,7 @@ def main() -> None:
   steps = flags.DEFINE_integer('steps', 10, 'Timed steps, after 2 warm-up steps.')
   batch = flags.DEFINE_integer('batch', None, 'Global batch; default: config.batch_size.')
   conv_impl = flags.DEFINE_enum('conv_impl', 'auto', list(convolution.IMPLS),
-                                'How convs are computed (auto: cpu on CPU, xla on GPU/TPU).')
+                                convolution.IMPL_HELP)
   as_json = flags.DEFINE_bool('json', False, 'Print the record as one JSON line (else indented).')
   input_pipeline = flags.DEFINE_bool(
       'input_pipeline', True, 'Also time the input pipeline at --size (writes temporary jpgs).')

@@ -42,6 +42,7 @@ from jax import lax
 from cyclegan_jax.models import kernel_grad, winograd
 
 IMPLS = ('auto', 'xla', 'cpu', 'winograd', 'patches')
+IMPL_HELP = 'How convs are computed (auto: winograd on the CPU backend, xla on GPU and TPU).'
 _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
 _MIN_MATMUL_GRAD_PIXELS = 2048
 _MIN_MATMUL_GRAD_VALUES = 32 * 32 * 512  # Output values per image.
