@@ -183,7 +183,7 @@ class Run:
     table = table_path.read_text() if table_path.exists() else None
     if table is not None and table != self.plotted:
       with _writing('loss_curves.png', self.workdir):
-        visualize.plot_loss_curves(visualize.read_csv(table_path),
+        visualize.plot_loss_curves(visualize.parse_csv(table),
                                    self.workdir / 'loss_curves.png', self.family.loss_groups)
       self.plotted = table
     with _writing(results_page.PAGE, self.workdir):

@@ -97,8 +97,12 @@ def truncate_csv(path: epath.PathLike, max_step: int) -> None:
 
 
 def read_csv(path: epath.PathLike) -> dict[str, np.ndarray]:
-  with epath.Path(path).open() as f:
-    rows = list(csv.DictReader(f))
+  return parse_csv(epath.Path(path).read_text())
+
+
+def parse_csv(text: str) -> dict[str, np.ndarray]:
+  """The columns of a table append_csv wrote, as float arrays by header."""
+  rows = list(csv.DictReader(io.StringIO(text)))
   return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]} if rows else {}
 
 
