@@ -241,7 +241,8 @@ def test_auto_is_winograd_on_the_cpu_backend_and_unknown_impls_are_named():
 
 def test_every_command_offers_the_impls_and_says_what_auto_picks():
   from absl import flags
-  from cyclegan_jax import main  # Its flags (defined at import) list the impls without jax.
+  # main defines its flags at import, listing the impls itself so as not to import jax then.
+  from cyclegan_jax import main  # noqa: F401
   assert flags.FLAGS['conv_impl'].parser.enum_values == list(convolution.IMPLS)
   auto = convolution.resolve_impl('auto')  # This backend's (CPU).
   assert f'auto picks {auto} on the CPU backend' in flags.FLAGS['conv_impl'].help
