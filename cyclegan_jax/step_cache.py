@@ -21,6 +21,7 @@ import os
 import pathlib
 import pickle
 import sys
+import time
 from typing import Any, Sequence
 
 from absl import logging
@@ -116,8 +117,9 @@ def load(folder: epath.Path, step_key: str, args: Sequence[Any]) -> jax.stages.C
   return compiled
 
 
-def store(folder: epath.Path, step_key: str, compiled: jax.stages.Compiled) -> None:
-  """Keeps `compiled` under `step_key`. A failure only costs the next start its time: logged."""
+def store(folder: epath.Path, step_key: str, compiled: jax.stages.Compiled) -> bool:
+  """Keeps `compiled` under `step_key`, and says whether it could. A failure only costs the next
+  start its time: logged."""
   try:
     executable, _, out_tree = serialize_executable.serialize(compiled)
     folder.mkdir(parents=True, exist_ok=True)
@@ -125,20 +127,26 @@ def store(folder: epath.Path, step_key: str, compiled: jax.stages.Compiled) -> N
   except Exception as e:
     logging.warning('could not keep the compiled train step in %s (%s: %s); the next start '
                     'compiles it again', folder, type(e).__name__, e)
+    return False
+  return True
 
 
 def compile_step(p_step: Any, args: Sequence[Any], built_from: Any) -> jax.stages.Compiled:
   """`p_step` (a pmapped step) compiled for `args`: loaded from the folder if it holds it,
   else lowered, compiled (through JAX's cache) and, if XLA compiled it, stored there."""
+  start = time.perf_counter()
   folder = directory()
   step_key = key(args, built_from) if folder is not None else None
   compiled = load(folder, step_key, args) if folder is not None else None
   if compiled is not None:
-    logging.info('train step loaded from %s', folder)
+    logging.info('train step loaded from %s in %.1f s', folder, time.perf_counter() - start)
     return compiled
+  logging.info('compiling the train step')  # The one long silence of a first start.
   compiled, compiled_here = _compile(p_step, args)
-  if folder is not None and compiled_here:
-    store(folder, step_key, compiled)
+  kept = folder is not None and compiled_here and store(folder, step_key, compiled)
+  how = 'compiled by XLA' if compiled_here else "traced and read from JAX's persistent cache"
+  where = f'; kept in {folder} for the next start' if kept else ''
+  logging.info('train step %s in %.1f s%s', how, time.perf_counter() - start, where)
   return compiled
 
 

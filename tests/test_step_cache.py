@@ -1,10 +1,13 @@
 """step_cache: a restarted run loads its compiled step without tracing it, and runs it as the
 step it compiled; the key moves with every input of tracing; a bad file is compiled over; CPU
-steps compile with XLA's memory-optimised scheduler, to the same bits in less memory."""
+steps compile with XLA's memory-optimised scheduler, to the same bits in less memory; the log
+says what each start spent on its step."""
 
 import functools
+import logging
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import uuid
@@ -164,6 +167,28 @@ def test_a_loaded_step_is_marked_used_and_one_pruned_meanwhile_is_compiled(folde
   with mock.patch.object(pathlib.Path, 'read_bytes', side_effect=FileNotFoundError(path)):
     assert step_cache.load(folder, path.stem, args) is None
   assert 'cannot be loaded' not in caplog.text
+
+
+def test_a_start_says_what_its_step_cost_and_where_it_is_kept(folder, caplog):
+  caplog.set_level(logging.INFO)
+  traces = []
+  step_cache.compile_step(_tiny_step(traces), _tiny_args(), 'tiny')
+  kept = re.escape(f'; kept in {folder} for the next start')
+  assert 'compiling the train step' in caplog.text
+  assert re.search(r'train step compiled by XLA in \d+\.\d s' + kept, caplog.text)
+  caplog.clear()
+  jax.clear_caches()
+  step_cache.compile_step(_tiny_step(traces), _tiny_args(), 'tiny')
+  assert re.search(rf'train step loaded from {re.escape(str(folder))} in \d+\.\d s', caplog.text)
+  assert 'compiling' not in caplog.text and len(traces) == 1
+  caplog.clear()
+  jax.clear_caches()  # Another key; a step that cannot be kept is not said to be.
+  with mock.patch.object(step_cache.serialize_executable, 'serialize',
+                         side_effect=OSError('No space left on device')):
+    step_cache.compile_step(_tiny_step(traces), _tiny_args(), 'tiny, again')
+  assert 'could not keep the compiled train step' in caplog.text
+  assert re.search(r'train step compiled by XLA in \d+\.\d s\n', caplog.text)
+  assert 'kept in' not in caplog.text
 
 
 def test_nothing_is_kept_while_the_compilation_cache_is_off():
