@@ -39,6 +39,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from cyclegan_jax import faults  # noqa: E402
 from cyclegan_jax.benchmarks import step as step_benchmark  # noqa: E402
 from cyclegan_jax.models import convolution  # noqa: E402
 
@@ -251,6 +252,7 @@ def main() -> None:
   def run(argv: list[str]) -> None:
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    faults.quiet_library_logs()
     ints = lambda values: [int(v) for v in values]
     record = measure(config_flag.value, config_flags.get_config_filename(flags.FLAGS['config']),
                      ints(sizes.value), ints(memory_sizes.value), ints(devices_per_host.value),

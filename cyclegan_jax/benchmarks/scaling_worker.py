@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
-from cyclegan_jax import families, parallel, step_cache
+from cyclegan_jax import families, faults, parallel, step_cache
 from cyclegan_jax.benchmarks import step as step_benchmark
 from cyclegan_jax.benchmarks import xla_costs
 from cyclegan_jax.models import convolution
@@ -69,6 +69,7 @@ def main() -> None:
   def run(argv: list[str]) -> None:
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    faults.quiet_library_logs()
     config = config_flag.value
     config.batch_size = batch_per_device.value * jax.device_count()
     convolution.set_impl(conv_impl.value)

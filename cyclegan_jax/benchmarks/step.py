@@ -49,7 +49,7 @@ import jaxlib  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cyclegan_jax import checkpointing, families, parallel, step_cache  # noqa: E402
+from cyclegan_jax import checkpointing, families, faults, parallel, step_cache  # noqa: E402
 from cyclegan_jax.benchmarks import input as input_benchmark  # noqa: E402
 from cyclegan_jax.benchmarks import xla_costs  # noqa: E402
 from cyclegan_jax.models import convolution  # noqa: E402
@@ -250,6 +250,7 @@ def main() -> None:
   def run(argv: list[str]) -> None:
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    faults.quiet_library_logs()
     config = config_flag.value
     if size.value is not None:
       config.data.crop_size = size.value
