@@ -5,7 +5,7 @@ Builds the config's AtoB generator (configs/default.py: resnet_9blocks, ngf 64) 
 initialised weights (speed does not depend on their values), and times batch-1 size² calls
 after two warm-up calls (compiles), in this one process:
 - `jax_translate_ms`: `translate.translate_image`, uint8 in and out, with this process's conv
-  impl (`auto`: the cpu forms on the CPU backend), as `--mode=translate` runs each image;
+  impl (`auto`: winograd on the CPU backend), as `--mode=translate` runs each image;
 - `jax_exported_fn_ms`: the function `export` converts, jitted in JAX (XLA's own convs), which
   tells the conv impl's share from the runtime's;
 - `saved_model_ms`: `export`'s SavedModel, loaded with tf.saved_model.load and called.
