@@ -158,8 +158,8 @@ def test_scaling_command_reports_every_table():
   # 1-device rows, the same programs (test_record_has_the_issue_keys_...).
   assert 'compiling at [24]' in result.stderr and 'on 1 CPU devices' not in result.stderr
   assert 'lowering on 2 CPU devices' in result.stderr
-  # Its progress lines, and none of the libraries' INFO chatter (JAX's search for a TPU; orbax
-  # logs every step of a save and a restore).
+  # None of the libraries' INFO chatter (JAX's search for a TPU; orbax logs every step of a
+  # save and a restore) among those progress lines.
   assert 'libtpu' not in result.stderr and 'orbax' not in result.stderr
   small, large = record['sizes']
   assert (small['size'], large['size']) == (16, 32)
