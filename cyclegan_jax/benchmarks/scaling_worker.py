@@ -48,8 +48,7 @@ def lowered_record(config, compile_step: bool) -> dict[str, Any]:
   return {
       'size': size, 'batch': config.batch_size, 'devices': devices,
       'platform': jax.default_backend(), 'conv_impl': convolution.current_impl(),
-      'allreduce_bytes_per_step': xla_costs.allreduce_bytes(lowered.as_text()),
-      'allgather_bytes_per_step': xla_costs.allgather_bytes(lowered.as_text()),
+      **xla_costs.collective_bytes(lowered),
       'compiled_memory': (xla_costs.compiled_memory(step_cache.compile_lowered(lowered))
                           if compile_step else None),
   }

@@ -217,8 +217,7 @@ def benchmark(config, steps: int, config_path: str | None = None, input_pipeline
       'flops_per_step': flops, 'executed_flops_per_step': step_flops(
           config, family, state, batch, convolution.current_impl()),
       'flops_scope': 'per device',
-      'allreduce_bytes_per_step': xla_costs.allreduce_bytes(lowered.as_text()),
-      'allgather_bytes_per_step': xla_costs.allgather_bytes(lowered.as_text()),
+      **xla_costs.collective_bytes(lowered),
       'compiled_memory': xla_costs.compiled_memory(compiled),
       'achieved_flops_per_s': achieved, 'dot_peak_flops_per_s': statistics.median(peaks),
       'peak_ratio': None if peak_ratio is None else round(peak_ratio, 4),

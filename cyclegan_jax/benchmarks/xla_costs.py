@@ -43,6 +43,14 @@ def allgather_bytes(stablehlo: str) -> int:
   return _result_bytes(_ALL_GATHER_RESULT, stablehlo)
 
 
+def collective_bytes(lowered: Any) -> dict[str, int]:
+  """A record's `allreduce_bytes_per_step` and `allgather_bytes_per_step` of a lowered step,
+  from one rendering of its text (large for a whole step)."""
+  stablehlo = lowered.as_text()
+  return {'allreduce_bytes_per_step': allreduce_bytes(stablehlo),
+          'allgather_bytes_per_step': allgather_bytes(stablehlo)}
+
+
 def compiled_memory(compiled: Any) -> dict[str, int | None]:
   """The bytes XLA assigns the compiled step on each device, known before it runs (so also for
   sizes that would not fit): arguments (state, batch), outputs, outputs that reuse donated
